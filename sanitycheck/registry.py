@@ -1,0 +1,172 @@
+"""Registries of named parts, with lazy Python entry points.
+
+Modelled on lm-evaluation-harness: a built-in part is registered by *import path*
+(``"sanitycheck.explainers.gradients:Gradient"``) and imported only when asked
+for, and another package adds parts through entry points (group
+``sanitycheck.explainers``, ``sanitycheck.metrics``, ...) without touching this
+package. A name may also be an import path itself (``package.module:attr`` or
+``path/to/file.py:attr``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar, Union
+
+from .errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+def load_object(path: str) -> Any:
+    """Import ``package.module:attr`` or ``path/to/file.py:attr``."""
+    if ":" not in path:
+        raise UnknownNameError(f"{path!r} is not an import path; expected 'package.module:attr' or 'file.py:attr'")
+    module_name, _, attr = path.rpartition(":")
+    if module_name.endswith(".py"):
+        file = Path(module_name)
+        if not file.is_file():
+            raise UnknownNameError(f"cannot load {path!r}: file {file} does not exist")
+        unique = f"_sanitycheck_user_{abs(hash(str(file.resolve())))}"
+        spec = importlib.util.spec_from_file_location(unique, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[unique] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise UnknownNameError(f"cannot import module {module_name!r} for {path!r}: {err}") from err
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise UnknownNameError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from err
+    return obj
+
+
+class Registry(Generic[T]):
+    """Name -> object, resolved lazily from import paths and entry points."""
+
+    def __init__(self, kind: str, group: str):
+        self.kind = kind
+        self.group = group
+        self._objects: Dict[str, T] = {}
+        self._lazy: Dict[str, str] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str, obj: Union[T, str, None] = None, *, overwrite: bool = False):
+        """Register ``obj`` (or an import path to it) under ``name``; usable as a decorator."""
+
+        def _add(o):
+            if not overwrite and (name in self._objects or name in self._lazy):
+                raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
+            self._objects.pop(name, None)
+            self._lazy.pop(name, None)
+            if isinstance(o, str):
+                self._lazy[name] = o
+            else:
+                self._objects[name] = o
+            return o
+
+        return _add if obj is None else _add(obj)
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._objects and ep.name not in self._lazy:
+                self._lazy[ep.name] = ep.value
+
+    def names(self) -> List[str]:
+        self._load_entry_points()
+        return sorted(set(self._objects) | set(self._lazy))
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._objects or name in self._lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        """Return the object for ``name``; unknown names get a "did you mean" error."""
+        self._load_entry_points()
+        if name in self._objects:
+            return self._objects[name]
+        if name in self._lazy:
+            obj = load_object(self._lazy[name])
+            self._objects[name] = obj
+            del self._lazy[name]
+            return obj
+        if ":" in name:
+            return load_object(name)
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names()) or '(none)'}. "
+            f"Other packages add {self.kind}s through the {self.group!r} entry point; "
+            f"an import path 'package.module:attr' also works."
+        )
+
+
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "sanitycheck.datasets")
+MODELS: Registry[Callable[..., Any]] = Registry("model", "sanitycheck.models")
+EXPLAINERS: Registry[Any] = Registry("explainer", "sanitycheck.explainers")
+CHECKS: Registry[Any] = Registry("check", "sanitycheck.checks")
+METRICS: Registry[Any] = Registry("metric", "sanitycheck.metrics")
+
+# Built-ins, registered by import path so that nothing is imported until used.
+for _name, _path in {
+    "fashion_mnist": "sanitycheck.data.fashion_mnist:load_fashion_mnist",
+    "digits": "sanitycheck.data.digits:load_digits",
+    "image_folder": "sanitycheck.data.image_folder:load_image_folder",
+}.items():
+    DATASETS.register(_name, _path)
+
+for _name, _path in {
+    "fmnist_cnn": "sanitycheck.models.zoo:fmnist_cnn",
+    "fmnist_mlp": "sanitycheck.models.zoo:fmnist_mlp",
+    "digits_cnn": "sanitycheck.models.zoo:digits_cnn",
+    "resnet18": "sanitycheck.models.torchvision_models:resnet18",
+    "resnet50": "sanitycheck.models.torchvision_models:resnet50",
+    "vgg16": "sanitycheck.models.torchvision_models:vgg16",
+    "inception_v3": "sanitycheck.models.torchvision_models:inception_v3",
+}.items():
+    MODELS.register(_name, _path)
+
+for _name, _path in {
+    "gradient": "sanitycheck.explainers.gradients:Gradient",
+    "gradient_x_input": "sanitycheck.explainers.gradients:GradientXInput",
+    "smoothgrad": "sanitycheck.explainers.noise_tunnel:SmoothGrad",
+    "vargrad": "sanitycheck.explainers.noise_tunnel:VarGrad",
+    "integrated_gradients": "sanitycheck.explainers.gradients:IntegratedGradients",
+    "guided_backprop": "sanitycheck.explainers.gradients:GuidedBackprop",
+    "gradcam": "sanitycheck.explainers.cam:GradCAM",
+    "guided_gradcam": "sanitycheck.explainers.cam:GuidedGradCAM",
+    "sobel": "sanitycheck.explainers.controls:SobelEdges",
+    "noise": "sanitycheck.explainers.controls:UniformNoise",
+}.items():
+    EXPLAINERS.register(_name, _path)
+
+for _name, _path in {
+    "cascading_randomization": "sanitycheck.checks.randomization:CascadingRandomization",
+    "independent_randomization": "sanitycheck.checks.randomization:IndependentRandomization",
+    "data_randomization": "sanitycheck.checks.data_randomization:DataRandomization",
+}.items():
+    CHECKS.register(_name, _path)
+
+for _name, _path in {
+    "spearman_abs": "sanitycheck.metrics.similarity:spearman_abs",
+    "spearman": "sanitycheck.metrics.similarity:spearman",
+    "ssim": "sanitycheck.metrics.similarity:ssim",
+    "hog": "sanitycheck.metrics.similarity:hog",
+}.items():
+    METRICS.register(_name, _path)
