@@ -32,3 +32,7 @@ class WeightsUnavailableError(ModelError):
 
 class AttributionError(SanityCheckError, ValueError):
     """An explainer returned maps of the wrong shape, with NaN/inf, or failed."""
+
+
+class NotApplicableError(AttributionError):
+    """An explainer or check does not apply to this model (e.g. Grad-CAM on a model without convolutions)."""
