@@ -1,0 +1,49 @@
+# The README's two set-up commands: `make run` (the default audit) and `make test`.
+# Both create the virtual environment and install pinned dependencies on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+FMNIST_DEB := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+
+# glibc hands large tensors back to the OS on every step by default; keeping them makes
+# CPU training and batched attribution several times faster (PyTorch CPU performance guide).
+export MALLOC_MMAP_MAX_      ?= 0
+export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
+export MALLOC_TOP_PAD_       ?= 268435456
+
+.PHONY: run test bench env data clean-runs
+
+run: env data
+	$(BIN)/sanitycheck run $(ARGS)
+
+test: env data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: env data
+	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only $(PYTEST_ARGS)
+
+env: $(STAMP)
+
+# torch first, from its exact version: a loose torch requirement would pull a multi-GB CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Fashion-MNIST from Debian when apt is available and the data is absent (or set SANITYCHECK_DATA).
+data:
+	@if [ -n "$$SANITYCHECK_DATA" ] || [ -f $(FMNIST_DEB) ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "Fashion-MNIST not found: set SANITYCHECK_DATA to a folder with its four .gz files (see datasets/fashion_mnist.md)"; \
+	fi
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,111 @@
+"""Figures of a run: the maps of each check's model states (after Adebayo et al.'s Figure 2)
+and similarity versus step, one curve per explainer with its 95 % CI band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _image_for_display(x: Tensor):
+    x = x.detach().cpu().float()
+    if x.shape[0] == 1:
+        return x[0].numpy(), "gray"
+    return x.permute(1, 2, 0).clamp(0, 1).numpy(), None
+
+
+def plot_state_maps(path: Path, title: str, image: Tensor, explainers: Sequence[str], steps: Sequence[str],
+                    maps: Dict[str, List[Tensor]]) -> Path:
+    """Rows: explainers; columns: the input, the original model, then each step. |map| on one scale per row."""
+    plt = _plt()
+    cols = 2 + len(steps)
+    fig, axes = plt.subplots(len(explainers), cols, figsize=(1.25 * cols + 1.2, 1.25 * len(explainers) + 0.8),
+                             squeeze=False)
+    img, cmap = _image_for_display(image)
+    for r, name in enumerate(explainers):
+        row = [m.abs() for m in maps[name]]
+        scale = max(float(torch.quantile(torch.stack(row).flatten(), 0.99)), 1e-12)
+        axes[r, 0].imshow(img, cmap=cmap)
+        for c, m in enumerate(row, start=1):
+            axes[r, c].imshow((m / scale).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    for c, label in enumerate(["input", "original", *steps]):
+        axes[0, c].set_title(label, fontsize=8, rotation=30 if len(label) > 8 else 0)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_similarity_curves(path: Path, title: str, metric: str, steps: Sequence[str], explainers: Sequence[str],
+                           records: Sequence[Any], threshold: float | None = None) -> Path:
+    """Mean similarity per step with its 95 % bootstrap CI band; one curve per explainer."""
+    plt = _plt()
+    labels = ["original", *steps]
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(labels) + 3), 4))
+    cmap = plt.get_cmap("tab10")
+    for i, name in enumerate(explainers):
+        by_step = {r.step: r for r in records if r.explainer == name and r.metric == metric}
+        xs, ys, lo, hi = [], [], [], []
+        for j, step in enumerate(labels):
+            r = by_step.get(step)
+            if r is not None and r.mean is not None:
+                xs.append(j), ys.append(r.mean), lo.append(r.ci_low), hi.append(r.ci_high)
+        style = "--" if name in ("sobel", "noise") else "-"
+        ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i % 10), label=name)
+        ax.fill_between(xs, lo, hi, color=cmap(i % 10), alpha=0.18, linewidth=0)
+    if threshold is not None:
+        ax.axhline(threshold, color="k", lw=0.8, ls=":", label=f"threshold {threshold:g}")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.25, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_run_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, Dict[str, Any]],
+                      records: Sequence[Any]) -> Dict[str, List[str]]:
+    """All figures of a run into ``run.out_dir``; returns {check: [file names]}."""
+    out: Dict[str, List[str]] = {}
+    explainers = [n for n in run.explainers if n not in run.skipped]
+    for spec in run.check_specs:
+        steps = run.steps.get(spec.name, [])
+        files = []
+        maps = {name: [originals[name][0]] + [scored[(spec.name, s)][name]["examples"][0] for s in steps]
+                for name in explainers}
+        p = plot_state_maps(run.out_dir / f"{spec.name}_maps.png",
+                            f"{run.suite.name} — {spec.name} on {run.model_name} (image 0, |map|, one scale per row)",
+                            run.x[0], explainers, steps, maps)
+        files.append(p.name)
+        check_records = [r for r in records if r.check == spec.name]
+        for metric in run.metrics:
+            thr = spec.verdict.threshold if metric == spec.verdict.metric else None
+            p = plot_similarity_curves(run.out_dir / f"{spec.name}_{metric}.png",
+                                       f"{spec.name}: {metric} to the original maps (n={len(run.x)}, 95% CI)",
+                                       metric, steps, explainers, check_records, thr)
+            files.append(p.name)
+        out[spec.name] = files
+    return out

@@ -1,0 +1,355 @@
+"""Executes a suite: explanations of each model state computed once and shared by every metric.
+
+Data flow (see DESIGN.md): dataset -> (x, target); model -> original state, then each
+check's states, lazily, one at a time; explainer x state -> maps (batched); every
+metric compares those maps with the original model's maps; per-sample scores are
+cached atomically in ``<out>/cache`` as each (check, step, explainer) finishes, so an
+interrupted run resumes where it stopped; aggregates carry bootstrap CIs; verdicts
+apply the suite's thresholds; ``results.json`` and figures are written last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .checks.base import Check, get_check
+from .errors import ConfigError, ModelError, NotApplicableError, SanityCheckError
+from .explainers import Explainer, check_eval_mode, get_explainer
+from .io import atomic_torch_save, atomic_write_json, read_json
+from .registry import METRICS
+from .results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, git_hash,
+                      package_versions, records_to_json, verdicts_to_json)
+from .stats import bootstrap_ci_many
+from .suites import Suite, load_suite
+from .targets import ClassTarget
+
+
+def _progress(iterable=None, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+def explain_batched(explainer: Explainer, model: nn.Module, x: Tensor, target: ClassTarget,
+                    batch_size: int) -> Tensor:
+    """Maps for all of ``x``, ``batch_size`` inputs per explainer call, on the model's device."""
+    device = next((p.device for p in model.parameters()), x.device)
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        xb = x[sl].to(device)
+        out.append(explainer(model, xb, target.select(sl)).to("cpu", torch.float32))
+    return torch.cat(out)
+
+
+def _undefined_reason(ref: Tensor, other: Tensor, scores: Tensor) -> Optional[str]:
+    nan = torch.isnan(scores)
+    if not nan.any():
+        return None
+    flat_r, flat_o = ref.flatten(1), other.flatten(1)
+    const_r = (flat_r.amax(1) == flat_r.amin(1)) & nan
+    const_o = (flat_o.amax(1) == flat_o.amin(1)) & nan
+    parts = []
+    if const_o.any():
+        zero = int(((flat_o.abs().amax(1) == 0) & const_o).sum())
+        parts.append(f"{int(const_o.sum())} constant maps in this state" + (f" ({zero} all zero)" if zero else ""))
+    if const_r.any():
+        parts.append(f"{int(const_r.sum())} constant maps of the original model")
+    other_nan = int((nan & ~const_r & ~const_o).sum())
+    if other_nan:
+        parts.append(f"{other_nan} scores undefined for another reason")
+    return "; ".join(parts) + " (a constant map has no ranks and no [0,1] normalization)"
+
+
+class AuditRun:
+    """One execution of a suite. Use :func:`run_suite` unless you need the pieces."""
+
+    def __init__(self, suite: Suite, *, out_dir: Path, explainers: Optional[Sequence[str]] = None,
+                 n: Optional[int] = None, seed: Optional[int] = None, device: str = "cpu",
+                 batch_size: Optional[int] = None, progress: bool = True, cache_dir: Optional[str] = None,
+                 model: Optional[nn.Module] = None, model_name: Optional[str] = None,
+                 dataset: Any = None, explainer_objects: Optional[Dict[str, Explainer]] = None,
+                 figures: bool = True, checks: Optional[Sequence[str]] = None):
+        self.suite = suite
+        self.out_dir = Path(out_dir)
+        self.seed = suite.seed if seed is None else int(seed)
+        self.n = n or suite.dataset.get("n", 128)
+        self.device = device
+        self.batch_size = batch_size or suite.batch_size
+        self.progress = progress
+        self.cache_dir = cache_dir
+        self.figures = figures
+        self._model, self._model_name, self._dataset = model, model_name, dataset
+        # explainers: from the suite, filtered by name, or given as objects (plugin / submissions)
+        if explainer_objects:
+            self.explainers = dict(explainer_objects)
+        else:
+            wanted = list(explainers) if explainers else suite.explainer_names
+            params = dict(suite.explainers)
+            unknown = [w for w in wanted if w not in params and ":" not in w]
+            built = {}
+            for name in wanted:
+                built[name] = get_explainer(name, **params.get(name, {}))  # raises "did you mean" for typos
+            if unknown:
+                pass  # names outside the suite but registered (or import paths) run with default parameters
+            self.explainers = built
+        self.check_specs = [c for c in suite.checks if not checks or c.name in checks]
+        if checks:
+            missing = set(checks) - {c.name for c in suite.checks}
+            if missing:
+                raise ConfigError(f"checks {sorted(missing)} are not in suite {suite.name!r} "
+                                  f"(it has {[c.name for c in suite.checks]})")
+        self.metrics = {name: METRICS.get(name) for name in suite.metrics}
+        self.skipped: Dict[str, str] = {}
+        self.state_info: Dict[str, Dict[str, Any]] = {}
+        self.steps: Dict[str, List[str]] = {}
+        self.examples: Dict[Tuple[str, str, str], Tensor] = {}
+        self.timing: Dict[str, float] = {}
+
+    # ---------------------------------------------------------------- inputs
+    def load_inputs(self) -> None:
+        from .data import load_dataset
+        from .models import load_model
+
+        t0 = time.perf_counter()
+        ds_cfg = self.suite.dataset
+        if self._dataset is None:
+            params = dict(ds_cfg.get("params", {}))
+            if "split" in ds_cfg:
+                params.setdefault("split", ds_cfg["split"])
+            self._dataset = load_dataset(ds_cfg["name"], **params)
+        self.dataset = self._dataset.head(self.n) if hasattr(self._dataset, "head") else self._dataset
+        if self._model is None:
+            params = dict(self.suite.model.get("params", {}))
+            self._model = load_model(self.suite.model["name"], seed=params.pop("seed", 0), device=self.device,
+                                     progress=self.progress, cache_dir=self.cache_dir, **params)
+        self.model = self._model
+        check_eval_mode(self.model)
+        self.model_name = self._model_name or self.suite.model["name"]
+        self.x = self.dataset.images.to(torch.float32)
+        with torch.no_grad():
+            logits = torch.cat([self.model(self.x[i:i + self.batch_size].to(self.device)).cpu()
+                                for i in range(0, len(self.x), self.batch_size)])
+        self.predicted = logits.argmax(1)
+        classes = self.predicted if self.suite.target == "predicted" else self.dataset.labels
+        self.target = ClassTarget(classes)
+        self.accuracy_on_sample = float((self.predicted == self.dataset.labels).float().mean())
+        self.timing["load_seconds"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- cache
+    def fingerprint(self) -> Dict[str, Any]:
+        model_info = getattr(self.model, "sanitycheck_info", {}) or {}
+        return clean_json({
+            "suite": self.suite.name, "suite_version": self.suite.version, "suite_sha256": self.suite.sha256,
+            "seed": self.seed, "n": len(self.x), "model": self.model_name,
+            "model_key": model_info.get("cache_key") or hashlib.sha256(
+                b"".join(t.detach().cpu().numpy().tobytes() for t in self.model.state_dict().values())).hexdigest()[:16],
+            "data_sha256": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()[:16],
+            "explainers": {k: [e.code_hash(), json.dumps(e.config(), sort_keys=True, default=str)]
+                           for k, e in self.explainers.items()},
+            "metrics": sorted(self.metrics), "target": self.suite.target,
+        })
+
+    def _cache_path(self, *parts: str) -> Path:
+        return self.out_dir / "cache" / Path(*parts)
+
+    def prepare_cache(self) -> None:
+        fp = self.fingerprint()
+        path = self._cache_path("fingerprint.json")
+        if path.exists():
+            old = read_json(path)
+            shared = {k: v for k, v in old.items() if k != "explainers"}
+            if shared != {k: v for k, v in fp.items() if k != "explainers"}:
+                raise ConfigError(
+                    f"{self.out_dir} holds a run with different settings "
+                    f"({', '.join(k for k in shared if shared[k] != fp.get(k))} differ); "
+                    "use another --out directory to start a new run")
+            # explainers whose code or parameters changed are recomputed; others resume
+            for name, sig in fp["explainers"].items():
+                if old.get("explainers", {}).get(name) not in (None, sig):
+                    for stale in self._cache_path().rglob(f"{name}.pt"):
+                        stale.unlink()
+            merged = dict(old.get("explainers", {}))
+            merged.update(fp["explainers"])
+            fp["explainers"] = merged
+        atomic_write_json(path, fp)
+
+    # ---------------------------------------------------------------- work
+    def original_maps(self) -> Dict[str, Tensor]:
+        maps: Dict[str, Tensor] = {}
+        bar = _progress(list(self.explainers.items()), desc="original maps", disable=not self.progress,
+                        leave=False)
+        for name, explainer in bar:
+            path = self._cache_path("original", f"{name}.pt")
+            if path.exists():
+                maps[name] = torch.load(path)
+                continue
+            try:
+                m = explain_batched(explainer, self.model, self.x, self.target, self.batch_size)
+            except NotApplicableError as err:
+                self.skipped[name] = str(err)
+                continue
+            atomic_torch_save(path, m)
+            maps[name] = m
+        return maps
+
+    def score_state(self, check: str, step: str, model: nn.Module, originals: Dict[str, Tensor],
+                    bar) -> Dict[str, Dict[str, Any]]:
+        out = {}
+        k = self.suite.figure_images
+        for name, explainer in self.explainers.items():
+            if name in self.skipped:
+                continue
+            path = self._cache_path("scores", check, step, f"{name}.pt")
+            if path.exists():
+                out[name] = torch.load(path)
+            else:
+                bar.set_postfix_str(f"{step}: {name}")
+                maps = explain_batched(explainer, model, self.x, self.target, self.batch_size)
+                ref = originals[name]
+                scores, reasons = {}, {}
+                for mname, metric in self.metrics.items():
+                    s = metric(ref, maps).to(torch.float64).cpu()
+                    scores[mname], reasons[mname] = s, _undefined_reason(ref, maps, s)
+                out[name] = {"scores": scores, "reasons": reasons, "examples": maps[:k].clone()}
+                atomic_torch_save(path, out[name])
+            bar.update(1)
+        return out
+
+    def run_checks(self, originals: Dict[str, Tensor]) -> Dict[Tuple[str, str], Dict[str, Any]]:
+        results: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        context = {"cache_dir": self.cache_dir, "device": self.device, "progress": self.progress}
+        live = [n for n in self.explainers if n not in self.skipped]
+        for spec in self.check_specs:
+            t0 = time.perf_counter()
+            check: Check = get_check(spec.name, **spec.params)
+            steps = check.steps(self.model, self.x[:2].to(self.device)) if hasattr(check, "steps") else None
+            total = len(steps) * len(live) if steps else None
+            self.steps[spec.name] = []
+            with _progress(total=total, desc=spec.name, disable=not self.progress, unit="map set") as bar:
+                for state in check.states(self.model, seed=self.seed, example_input=self.x[:2].to(self.device),
+                                          context=context):
+                    state.model.eval()
+                    self.steps[spec.name].append(state.step)
+                    if state.info:
+                        self.state_info[f"{spec.name}/{state.step}"] = state.info
+                    results[(spec.name, state.step)] = self.score_state(spec.name, state.step, state.model,
+                                                                        originals, bar)
+            self.timing[f"{spec.name}_seconds"] = time.perf_counter() - t0
+        return results
+
+    # ---------------------------------------------------------------- aggregate
+    def aggregate(self, originals: Dict[str, Tensor],
+                  scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Tuple[List[Record], List[Verdict]]:
+        records: List[Record] = []
+        verdicts: List[Verdict] = []
+        for spec in self.check_specs:
+            steps = self.steps.get(spec.name, [])
+            for name in self.explainers:
+                if name in self.skipped:
+                    continue
+                ref = originals[name]
+                per_metric_rows, keys = [], []
+                # step 0: the original model compared with itself (1 where defined; shows constant originals)
+                for mname, metric in self.metrics.items():
+                    s = metric(ref, ref).to(torch.float64).cpu()
+                    per_metric_rows.append(s)
+                    keys.append((mname, ORIGINAL_STEP, 0, _undefined_reason(ref, ref, s)))
+                for i, step in enumerate(steps, start=1):
+                    entry = scored[(spec.name, step)][name]
+                    for mname in self.metrics:
+                        per_metric_rows.append(entry["scores"][mname])
+                        keys.append((mname, step, i, entry["reasons"][mname]))
+                summaries = bootstrap_ci_many(torch.stack(per_metric_rows),
+                                              seed_parts=(self.seed, "bootstrap", spec.name, name))
+                recs = [Record(name, spec.name, mname, step, idx, s.mean, s.ci_low, s.ci_high, s.n,
+                               s.n_undefined, reason if s.n_undefined else None)
+                        for (mname, step, idx, reason), s in zip(keys, summaries)]
+                records.extend(recs)
+                verdicts.append(decide(spec.verdict, name, spec.name, recs))
+        return records, verdicts
+
+    # ---------------------------------------------------------------- main
+    def execute(self) -> Dict[str, Any]:
+        t_start = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.load_inputs()
+        self.prepare_cache()
+        t0 = time.perf_counter()
+        originals = self.original_maps()
+        self.timing["original_maps_seconds"] = time.perf_counter() - t0
+        scored = self.run_checks(originals)
+        records, verdicts = self.aggregate(originals, scored)
+        self.timing["total_seconds"] = time.perf_counter() - t_start
+        results = self.results_dict(records, verdicts)
+        atomic_write_json(self.out_dir / "results.json", results)
+        if self.figures:
+            from .report.figures import write_run_figures
+
+            results["figures"] = write_run_figures(self, originals, scored, records)
+            atomic_write_json(self.out_dir / "results.json", results)
+        return results
+
+    def results_dict(self, records: List[Record], verdicts: List[Verdict]) -> Dict[str, Any]:
+        model_info = dict(getattr(self.model, "sanitycheck_info", {}) or {})
+        spec = getattr(self.model, "sanitycheck_spec", None)
+        return clean_json({
+            "schema_version": SCHEMA_VERSION,
+            "suite": self.suite.name,
+            "suite_version": self.suite.version,
+            "suite_sha256": self.suite.sha256,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seed": self.seed,
+            "model": {"name": self.model_name, "spec": asdict(spec) if spec is not None else None,
+                      "info": {k: str(v) if isinstance(v, Path) else v for k, v in model_info.items()},
+                      "accuracy_on_audited_sample": self.accuracy_on_sample},
+            "dataset": {"name": self.suite.dataset["name"], "split": self.suite.dataset.get("split"),
+                        "n": len(self.x), "checksum": getattr(self.dataset, "checksum", None),
+                        "input_shape": list(self.x.shape[1:])},
+            "target": {"rule": self.suite.target, "description": "class logit of the "
+                       + ("trained model's predicted class" if self.suite.target == "predicted" else "true label")
+                       + ", the same class in every model state"},
+            "postprocessing": {
+                "channel_reduction": {k: e.channel_reduction for k, e in self.explainers.items()},
+                "spearman_abs": "Spearman rank correlation of |map| (average ranks for ties)",
+                "spearman": "Spearman rank correlation of the signed map",
+                "ssim": "SSIM of |map| min-max normalized to [0,1], Gaussian window sigma 1.5",
+                "hog": "Spearman correlation of HOG features of |map| normalized to [0,1]"},
+            "versions": package_versions(),
+            "git_hash": git_hash(),
+            "explainers": {k: {"class": f"{type(e).__module__}.{type(e).__qualname__}", "config": e.config(),
+                               "code_hash": e.code_hash(), "requires_model": e.requires_model}
+                           for k, e in self.explainers.items()},
+            "skipped": [{"explainer": k, "reason": v} for k, v in self.skipped.items()],
+            "metrics": {k: asdict(m.info) for k, m in self.metrics.items()},
+            "checks": {c.name: {"params": c.params, "verdict_rule": asdict(c.verdict),
+                                "steps": self.steps.get(c.name, [])} for c in self.check_specs},
+            "state_info": self.state_info,
+            "bootstrap": {"resamples": 2000, "confidence": 0.95, "method": "percentile"},
+            "timing": self.timing,
+            "records": records_to_json(records),
+            "verdicts": verdicts_to_json(verdicts),
+        })
+
+
+def default_out_dir(suite_name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{suite_name}-{stamp}"
+
+
+def run_suite(suite: Union[str, Suite] = "adebayo2018", *, out: Optional[Union[str, Path]] = None,
+              **kwargs: Any) -> Dict[str, Any]:
+    """Run ``suite`` (a name, a path, or a :class:`Suite`) and return the results dictionary."""
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    out_dir = Path(out) if out is not None else default_out_dir(suite.name)
+    return AuditRun(suite, out_dir=out_dir, **kwargs).execute()

@@ -1,0 +1,174 @@
+"""Suites: versioned YAML data naming registered parts and their parameters — never code.
+
+A suite is found by path, or by name in (in order) ``$SANITYCHECK_SUITES``, ``./suites``
+and the ``suites/`` directory of this repository. Its structure is validated against
+``SUITE_SCHEMA`` (JSON Schema) and every named part against its registry, so a typo
+fails before any model is trained, with the offending path in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .errors import ConfigError, UnknownNameError
+from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
+from .results import VERDICT_RULES, VerdictRule
+
+DEFAULT_SUITE = "adebayo2018"
+REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
+
+_PART = {"oneOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1,
+                                         "additionalProperties": {"type": ["object", "null"]}}]}
+SUITE_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "description", "dataset", "model", "explainers", "metrics", "checks"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
+        "description": {"type": "string"},
+        "reference": {"type": "string"},
+        "seed": {"type": "integer", "minimum": 0},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "figure_images": {"type": "integer", "minimum": 1, "maximum": 16},
+        "target": {"enum": ["predicted", "label"]},
+        "dataset": {"type": "object", "required": ["name"], "additionalProperties": False,
+                    "properties": {"name": {"type": "string"}, "split": {"type": "string"},
+                                   "n": {"type": "integer", "minimum": 2}, "params": {"type": "object"}}},
+        "model": {"type": "object", "required": ["name"], "additionalProperties": False,
+                  "properties": {"name": {"type": "string"}, "params": {"type": "object"}}},
+        "explainers": {"type": "array", "minItems": 1, "items": _PART},
+        "metrics": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "checks": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["name", "verdict"], "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "params": {"type": "object"},
+                "verdict": {"type": "object", "required": ["metric", "threshold"], "additionalProperties": False,
+                            "properties": {"metric": {"type": "string"}, "threshold": {"type": "number"},
+                                           "rule": {"enum": list(VERDICT_RULES)}}}}}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    params: Dict[str, Any]
+    verdict: VerdictRule
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: str
+    description: str
+    reference: str
+    dataset: Dict[str, Any]
+    model: Dict[str, Any]
+    explainers: List[Tuple[str, Dict[str, Any]]]
+    metrics: List[str]
+    checks: List[CheckSpec]
+    seed: int = 0
+    batch_size: int = 64
+    figure_images: int = 4
+    target: str = "predicted"
+    path: Optional[str] = None
+    sha256: str = ""
+
+    @property
+    def explainer_names(self) -> List[str]:
+        return [name for name, _ in self.explainers]
+
+
+def suite_dirs() -> List[Path]:
+    dirs = [Path(p) for p in os.environ.get("SANITYCHECK_SUITES", "").split(os.pathsep) if p]
+    return dirs + [Path.cwd() / "suites", REPO_SUITES]
+
+
+def available_suites() -> Dict[str, Path]:
+    found: Dict[str, Path] = {}
+    for d in suite_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.yaml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def find_suite(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"suite file {p} does not exist")
+        return p
+    suites = available_suites()
+    if name_or_path in suites:
+        return suites[name_or_path]
+    import difflib
+
+    close = difflib.get_close_matches(name_or_path, list(suites), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownNameError(f"unknown suite {name_or_path!r}.{hint} Known: {', '.join(suites) or '(none)'} "
+                           f"(searched {', '.join(str(d) for d in suite_dirs())}).")
+
+
+def _parts(items: List[Any]) -> List[Tuple[str, Dict[str, Any]]]:
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((item, {}))
+        else:
+            (name, params), = item.items()
+            out.append((name, dict(params or {})))
+    return out
+
+
+def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> Suite:
+    import jsonschema
+
+    where = path or "<suite>"
+    try:
+        jsonschema.validate(data, SUITE_SCHEMA)
+    except jsonschema.ValidationError as err:
+        loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"malformed suite {where}: at {loc}: {err.message}") from None
+    explainers = _parts(data["explainers"])
+    for registry, names in ((EXPLAINERS, [n for n, _ in explainers]), (METRICS, data["metrics"]),
+                            (CHECKS, [c["name"] for c in data["checks"]]), (DATASETS, [data["dataset"]["name"]]),
+                            (MODELS, [data["model"]["name"]])):
+        for name in names:
+            if ":" not in name and name not in registry:
+                try:
+                    registry.get(name)
+                except UnknownNameError as err:
+                    raise ConfigError(f"suite {where}: {err}") from None
+    checks = []
+    for c in data["checks"]:
+        v = c["verdict"]
+        if v["metric"] not in data["metrics"]:
+            raise ConfigError(f"suite {where}: check {c['name']!r} decides on metric {v['metric']!r}, "
+                              f"which the suite does not compute (metrics: {data['metrics']})")
+        checks.append(CheckSpec(c["name"], dict(c.get("params") or {}),
+                                VerdictRule(v["metric"], float(v["threshold"]), v.get("rule", "all_steps"))))
+    return Suite(name=data["name"], version=data["version"], description=data["description"].strip(),
+                 reference=data.get("reference", ""), dataset=data["dataset"], model=data["model"],
+                 explainers=explainers, metrics=list(data["metrics"]), checks=checks,
+                 seed=data.get("seed", 0), batch_size=data.get("batch_size", 64),
+                 figure_images=data.get("figure_images", 4), target=data.get("target", "predicted"),
+                 path=path, sha256=sha256)
+
+
+def load_suite(name_or_path: str = DEFAULT_SUITE) -> Suite:
+    path = find_suite(name_or_path)
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"suite {path} is not valid YAML: {err}") from None
+    return parse_suite(data, path=str(path), sha256=hashlib.sha256(raw).hexdigest())

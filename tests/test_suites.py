@@ -1,0 +1,55 @@
+import pytest
+import yaml
+
+from sanitycheck.errors import ConfigError, UnknownNameError
+from sanitycheck.suites import DEFAULT_SUITE, available_suites, load_suite
+
+
+def test_default_suite_loads_and_names_registered_parts():
+    suite = load_suite(DEFAULT_SUITE)
+    assert suite.name == "adebayo2018" and suite.version.count(".") == 2
+    assert set(suite.explainer_names) == {"gradient", "gradient_x_input", "smoothgrad", "vargrad",
+                                          "integrated_gradients", "guided_backprop", "gradcam", "guided_gradcam",
+                                          "sobel", "noise"}
+    assert [c.name for c in suite.checks] == ["cascading_randomization", "independent_randomization",
+                                              "data_randomization"]
+    assert suite.dataset["n"] >= 128 and len(suite.sha256) == 64
+
+
+def _write(tmp_path, **changes):
+    data = yaml.safe_load(open(available_suites()[DEFAULT_SUITE]))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(version=None), "'version' is a required property"),
+    (dict(version="1"), "at version"),
+    (dict(explainers=["gradient", "guided_backprob"]), "Did you mean 'guided_backprop'"),
+    (dict(metrics=["spearman_abs", "spearmann"]), "Did you mean 'spearman'"),
+    (dict(metrics=["ssim"]), "does not compute"),
+    (dict(checks=[{"name": "cascading_randomization"}]), "'verdict' is a required property"),
+    (dict(seed=-1), "at seed"),
+    (dict(python_code="import os"), "Additional properties are not allowed"),
+])
+def test_malformed_suites_fail_with_the_location(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+        load_suite(str(_write(tmp_path, **changes)))
+
+
+def test_unknown_suite_name_suggests_close_ones():
+    with pytest.raises(UnknownNameError, match="Did you mean 'adebayo2018'"):
+        load_suite("adebayo2019")
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_suite(str(path))
