@@ -8,7 +8,7 @@ the inputs: captum receives them as ``additional_forward_args``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -37,6 +37,11 @@ class Target:
     def __len__(self) -> int:
         return len(self.per_sample[0]) if self.per_sample else 0
 
+    def class_indices(self) -> Optional[Tensor]:
+        """Class indices when this target is exactly "the logit of class c_i" (so captum can take
+        them as its ``target``); None for any other target."""
+        return None
+
 
 class _Rebound(Target):
     def __init__(self, base: Target, per_sample: Tuple[Tensor, ...]):
@@ -44,6 +49,9 @@ class _Rebound(Target):
 
     def score(self, output: Tensor, *per_sample: Tensor) -> Tensor:
         return self.base.score(output, *per_sample)
+
+    def class_indices(self) -> Optional[Tensor]:
+        return self.per_sample[0] if self.base.class_indices() is not None else None
 
 
 class ClassTarget(Target):
@@ -57,6 +65,9 @@ class ClassTarget(Target):
     @property
     def classes(self) -> Tensor:
         return self.per_sample[0]
+
+    def class_indices(self) -> Optional[Tensor]:
+        return None if self.softmax else self.per_sample[0]
 
     def score(self, output: Tensor, classes: Tensor) -> Tensor:
         if output.ndim != 2:

@@ -51,5 +51,23 @@ def get_explainer(spec: Union[str, Any], **params: Any) -> Explainer:
     return as_explainer(spec, **params)
 
 
+# Built-in explainer classes, imported on first access (``from sanitycheck.explainers import Gradient``)
+# so that importing this package does not import captum.
+_LAZY = {
+    "Gradient": "gradients", "GradientXInput": "gradients", "IntegratedGradients": "gradients",
+    "GuidedBackprop": "gradients", "NoiseTunnel": "noise_tunnel", "SmoothGrad": "noise_tunnel",
+    "VarGrad": "noise_tunnel", "GradCAM": "cam", "GuidedGradCAM": "cam", "find_last_conv": "cam",
+    "SobelEdges": "controls", "UniformNoise": "controls",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["Explainer", "CaptumExplainer", "FunctionExplainer", "as_explainer", "get_explainer",
-           "check_eval_mode", "reduce_channels", "target_forward"]
+           "check_eval_mode", "reduce_channels", "target_forward", *_LAZY]

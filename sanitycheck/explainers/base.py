@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import AttributionError, ModelError
+from ..errors import AttributionError, ConfigError, ModelError
 from ..targets import Target, as_target
 
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs", "none")
@@ -107,6 +107,43 @@ def target_forward(model: nn.Module, target: Target) -> Callable[..., Tensor]:
     return forward
 
 
+class TargetModule(nn.Module):
+    """``model`` composed with ``target`` as an ``nn.Module`` (``forward(x, *per_sample) -> (B,)``),
+    for captum methods that need a module (Guided Backprop) and a target that is not a class index.
+    Wrapping does not touch ``model``: its train/eval flag is copied, not set recursively."""
+
+    def __init__(self, model: nn.Module, target: Target):
+        super().__init__()
+        self.model = model
+        self.target = target
+        self.training = model.training
+
+    def forward(self, inputs: Tensor, *per_sample: Tensor) -> Tensor:
+        return self.target.score(self.model(inputs), *per_sample)
+
+
+def captum_forward_args(model: nn.Module, target: Target, x: Tensor,
+                        needs_module: bool = False) -> Tuple[Callable[..., Tensor], Dict[str, Any]]:
+    """``(forward_func, attribute kwargs)`` for a captum method.
+
+    A class-logit target is passed to captum as class indices (``target=``); any other
+    target becomes part of the forward function, its per-sample tensors passed as
+    ``additional_forward_args`` so that batch-expanding methods (IG, internal
+    batching) expand them alongside the inputs.
+    """
+    classes = target.class_indices()
+    if classes is not None:
+        return model, {"target": classes.to(x.device)}
+    forward = TargetModule(model, target) if needs_module else target_forward(model, target)
+    return forward, {"additional_forward_args": tuple(target.per_sample) or None}
+
+
+def check_channel_reduction(rule: str) -> str:
+    if rule not in CHANNEL_REDUCTIONS or rule == "none":
+        raise ConfigError(f"unknown channel_reduction {rule!r}; use one of {[r for r in CHANNEL_REDUCTIONS if r != 'none']}")
+    return rule
+
+
 class CaptumExplainer(Explainer):
     """Adapter for any captum ``Attribution`` class: ``CaptumExplainer(captum.attr.Saliency, abs=False)``.
 
@@ -135,19 +172,21 @@ class CaptumExplainer(Explainer):
             src = self.method.__qualname__
         return hashlib.sha256((super().code_hash() + src).encode()).hexdigest()[:16]
 
+    def batch_attribute_kwargs(self, x: Tensor) -> Dict[str, Any]:
+        """Keyword arguments of captum's ``attribute`` for this batch (subclasses may adapt them)."""
+        return dict(self.attribute_kwargs)
+
     def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         init = dict(self.init_kwargs)
         if isinstance(init.get("layer"), str):
             init["layer"] = model.get_submodule(init["layer"])
         needs_model = "model" in inspect.signature(self.method.__init__).parameters
-        method = self.method(model, **init) if needs_model else self.method(target_forward(model, target), **init)
+        forward, kwargs = captum_forward_args(model, target, x, needs_module=needs_model)
+        method = self.method(forward, **init)
         x = x.detach().clone().requires_grad_(True)
-        kwargs = dict(self.attribute_kwargs)
-        if needs_model:  # e.g. GuidedBackprop(model): target must be a class index
-            kwargs["target"] = target.per_sample[0] if target.per_sample else None
-        else:
-            kwargs["additional_forward_args"] = target.per_sample or None
-        return method.attribute(x, **kwargs)
+        kwargs.update(self.batch_attribute_kwargs(x))
+        with torch.enable_grad():
+            return method.attribute(x, **kwargs)
 
 
 class FunctionExplainer(Explainer):
