@@ -82,7 +82,7 @@ class AuditRun:
         self.suite = suite
         self.out_dir = Path(out_dir)
         self.seed = suite.seed if seed is None else int(seed)
-        self.n = n or suite.dataset.get("n", 128)
+        self.n = n or suite.dataset.get("n")  # None: the whole dataset
         self.device = device
         self.batch_size = batch_size or suite.batch_size
         self.progress = progress
@@ -93,14 +93,10 @@ class AuditRun:
         if explainer_objects:
             self.explainers = dict(explainer_objects)
         else:
+            # names outside the suite (registered, or import paths) run with their default parameters
             wanted = list(explainers) if explainers else suite.explainer_names
             params = dict(suite.explainers)
-            unknown = [w for w in wanted if w not in params and ":" not in w]
-            built = {}
-            for name in wanted:
-                built[name] = get_explainer(name, **params.get(name, {}))  # raises "did you mean" for typos
-            if unknown:
-                pass  # names outside the suite but registered (or import paths) run with default parameters
+            built = {name: get_explainer(name, **params.get(name, {})) for name in wanted}
             self.explainers = built
         self.check_specs = [c for c in suite.checks if not checks or c.name in checks]
         if checks:
@@ -127,7 +123,7 @@ class AuditRun:
             if "split" in ds_cfg:
                 params.setdefault("split", ds_cfg["split"])
             self._dataset = load_dataset(ds_cfg["name"], **params)
-        self.dataset = self._dataset.head(self.n) if hasattr(self._dataset, "head") else self._dataset
+        self.dataset = self._dataset.head(self.n or len(self._dataset))
         if self._model is None:
             params = dict(self.suite.model.get("params", {}))
             self._model = load_model(self.suite.model["name"], seed=params.pop("seed", 0), device=self.device,

@@ -28,17 +28,22 @@ def _image_for_display(x: Tensor):
 
 def plot_state_maps(path: Path, title: str, image: Tensor, explainers: Sequence[str], steps: Sequence[str],
                     maps: Dict[str, List[Tensor]]) -> Path:
-    """Rows: explainers; columns: the input, the original model, then each step. |map| on one scale per row."""
+    """Rows: explainers; columns: the input, the original model, then each step.
+
+    Each |map| is divided by its own 99th percentile and clipped to [0, 1], as in Adebayo et al.'s
+    figures: randomized models' gradients are orders of magnitude smaller, and the rank metrics
+    being plotted ignore scale, so a shared scale would show black squares instead of structure.
+    """
     plt = _plt()
     cols = 2 + len(steps)
     fig, axes = plt.subplots(len(explainers), cols, figsize=(1.25 * cols + 1.2, 1.25 * len(explainers) + 0.8),
                              squeeze=False)
     img, cmap = _image_for_display(image)
     for r, name in enumerate(explainers):
-        row = [m.abs() for m in maps[name]]
-        scale = max(float(torch.quantile(torch.stack(row).flatten(), 0.99)), 1e-12)
         axes[r, 0].imshow(img, cmap=cmap)
-        for c, m in enumerate(row, start=1):
+        for c, m in enumerate(maps[name], start=1):
+            m = m.abs()
+            scale = max(float(torch.quantile(m.flatten(), 0.99)), 1e-12)
             axes[r, c].imshow((m / scale).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     for c, label in enumerate(["input", "original", *steps]):
@@ -97,7 +102,7 @@ def write_run_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, 
         maps = {name: [originals[name][0]] + [scored[(spec.name, s)][name]["examples"][0] for s in steps]
                 for name in explainers}
         p = plot_state_maps(run.out_dir / f"{spec.name}_maps.png",
-                            f"{run.suite.name} — {spec.name} on {run.model_name} (image 0, |map|, one scale per row)",
+                            f"{run.suite.name} — {spec.name} on {run.model_name} (image 0; |map| scaled to [0, 1] by its 99th percentile)",
                             run.x[0], explainers, steps, maps)
         files.append(p.name)
         check_records = [r for r in records if r.check == spec.name]
