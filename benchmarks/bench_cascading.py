@@ -17,7 +17,7 @@ from sanitycheck.runner import AuditRun
 from sanitycheck.suites import parse_suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import digits_batch  # noqa: E402
+from helpers import digits_batch  # noqa: E402
 
 
 class LeNet(nn.Module):

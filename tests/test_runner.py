@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import digits_batch, make_tiny_cnn
+from helpers import digits_batch, make_tiny_cnn
 from sanitycheck.data import ImageDataset
 from sanitycheck.errors import AttributionError, DataError, ModelError
 from sanitycheck.explainers import FunctionExplainer, get_explainer

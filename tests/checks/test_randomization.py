@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_cnn
+from helpers import make_tiny_cnn
 from sanitycheck.checks import get_check
 from sanitycheck.checks.data_randomization import DataRandomization
 from sanitycheck.checks.randomization import (ROOT, CascadingRandomization, IndependentRandomization,
