@@ -15,8 +15,12 @@ export MALLOC_TOP_PAD_       ?= 268435456
 
 .PHONY: run test bench env data clean-runs
 
+# The default audit (suite adebayo2018), then its results onto the leaderboard.
 run: env data
-	$(BIN)/sanitycheck run $(ARGS)
+	@out=runs/adebayo2018-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/sanitycheck run --out $$out $(ARGS) && \
+	mkdir -p leaderboard/results && cp $$out/results.json leaderboard/results/adebayo2018-fmnist_cnn.json && \
+	$(BIN)/sanitycheck leaderboard
 
 test: env data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

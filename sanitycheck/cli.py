@@ -61,6 +61,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .report.leaderboard import write_leaderboard
+
+    files = [Path(p) for p in args.results] or sorted(Path(args.dir).glob("results/*.json"))
+    if not files:
+        print(f"sanitycheck: error: no result files given and none in {Path(args.dir) / 'results'}", file=sys.stderr)
+        return 2
+    out = write_leaderboard(files, Path(args.dir) / "LEADERBOARD.md")
+    print(f"wrote {out} from {len(files)} result file(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sanitycheck",
                                      description="Sanity checks for saliency explanations (Adebayo et al. 2018 and more).")
@@ -74,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "models", "datasets", "checks", "metrics"])
     ls.set_defaults(func=cmd_ls)
+    board = sub.add_parser("leaderboard", help="regenerate <dir>/LEADERBOARD.md from result files")
+    board.add_argument("results", nargs="*", help="results.json files (default: <dir>/results/*.json)")
+    board.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")
+    board.set_defaults(func=cmd_leaderboard)
     return parser
 
 
