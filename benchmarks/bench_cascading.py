@@ -1,6 +1,6 @@
 """Cascading randomization check: explanations of every model state + all four metrics, 128 images.
 
-Untrained LeNet-style CNN (the timing does not depend on the weights), real digit images
+Untrained ``fmnist_cnn`` architecture (the timing does not depend on the weights), real digit images
 upsampled to 28x28. Run: ``make bench`` or
 ``python -m pytest benchmarks/bench_cascading.py --benchmark-enable``.
 """
@@ -9,28 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from sanitycheck.data import ImageDataset
+from sanitycheck.models.zoo import build
 from sanitycheck.runner import AuditRun
 from sanitycheck.suites import parse_suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import digits_batch  # noqa: E402
-
-
-class LeNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.relu1, self.pool1 = nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2)
-        self.conv2, self.relu2, self.pool2 = nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2)
-        self.flatten, self.fc1, self.relu3, self.fc2 = nn.Flatten(), nn.Linear(1024, 128), nn.ReLU(), nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
 
 
 def _suite(explainers):
@@ -44,9 +30,7 @@ def _suite(explainers):
 
 @pytest.fixture(scope="module")
 def inputs():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LeNet().eval()
+    model = build("fmnist_cnn", seed=0).eval()  # untrained: timing does not depend on the weights
     x, y = digits_batch(128, size=28)
     return model, ImageDataset("digits28", x, y, [str(i) for i in range(10)], "sklearn", "bench")
 

@@ -8,39 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from sanitycheck.explainers import get_explainer
+from sanitycheck.models.zoo import build
 from sanitycheck.registry import EXPLAINERS
-
-
-class LeNet(nn.Module):
-    """conv(1,32,5)-relu-pool-conv(32,64,5)-relu-pool-fc(1024,128)-relu-fc(128,10)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(32, 64, 5)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(1024, 128)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
 
 
 @pytest.fixture(scope="module")
 def lenet_batch():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LeNet().eval()
+    model = build("fmnist_cnn", seed=0).eval()  # untrained: timing does not depend on the weights
     g = torch.Generator().manual_seed(0)
     x = torch.rand(128, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (128,), generator=g)

@@ -14,24 +14,21 @@ def _csv(value: str) -> List[str]:
     return items
 
 
-def _positive_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            v = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {what}, got {value!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {v}")
+        return v
+
+    return parse
 
 
-def _seed(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"seed must be >= 0, got {v}")
-    return v
+_positive_int = _int_at_least(1, "count")
+_seed = _int_at_least(0, "seed")
 
 
 @dataclass(frozen=True)
