@@ -1,4 +1,4 @@
-"""Run options, defined once and shared by the CLI and (later) the pytest plugin, as in pytest-benchmark."""
+"""Options defined once and shared by the CLI and the pytest plugin (as in pytest-benchmark), and the verdict gate."""
 
 from __future__ import annotations
 
@@ -78,3 +78,130 @@ def run_kwargs(ns: Any) -> Dict[str, Any]:
     return {"explainers": ns.explainers, "checks": ns.checks, "n": ns.n, "seed": ns.seed,
             "batch_size": ns.batch_size, "device": ns.device, "cache_dir": ns.cache_dir,
             "progress": not ns.no_progress, "figures": not ns.no_figures}
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+# Which failing verdicts fail the command (CLI: exit 1) or the test (pytest plugin), like pytest-benchmark's
+# ``--benchmark-compare-fail``. An expression is a comma-separated list of ``check`` or ``explainer:check``
+# glob patterns (fnmatch), ``any`` / ``*`` for every verdict, ``none`` for none (the default: only explicit
+# assertions fail). Stored as the normalized string; :func:`parse_fail_on` turns it into a predicate.
+
+FAIL_ON_ANY = ("any", "*")
+FAIL_ON_NONE = "none"
+
+
+def _fail_on_patterns(expr: str) -> List[str]:
+    if not isinstance(expr, str):
+        raise argparse.ArgumentTypeError(f"expected a fail-on expression string, got {expr!r}")
+    items = [p.strip() for p in expr.split(",") if p.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(
+            "empty fail-on expression; use 'none', 'any', or comma-separated 'check' / 'explainer:check' patterns")
+    for item in items:
+        if item.count(":") > 1 or item.startswith(":") or item.endswith(":"):
+            raise argparse.ArgumentTypeError(
+                f"bad fail-on pattern {item!r}: expected 'check' or 'explainer:check' (globs allowed), "
+                "'any' or 'none'")
+    if FAIL_ON_NONE in [i.lower() for i in items] and len(items) > 1:
+        raise argparse.ArgumentTypeError(f"'none' cannot be combined with other fail-on patterns, got {expr!r}")
+    return items
+
+
+def fail_on_expr(value: str) -> str:
+    """argparse/pytest ``type=``: validate a fail-on expression and return it normalized (no blanks)."""
+    return ",".join(_fail_on_patterns(value))
+
+
+def parse_fail_on(expr: str) -> Callable[[Dict[str, Any]], bool]:
+    """``predicate(verdict_dict) -> bool``: whether the gate reads that verdict (pass or fail)."""
+    import fnmatch
+
+    items = _fail_on_patterns(expr)
+    lowered = [i.lower() for i in items]
+    if lowered == [FAIL_ON_NONE]:
+        return lambda verdict: False
+    if any(i in FAIL_ON_ANY for i in lowered):
+        return lambda verdict: True
+    pats = [tuple(i.split(":", 1)) if ":" in i else ("*", i) for i in items]
+
+    def predicate(verdict: Dict[str, Any]) -> bool:
+        return any(fnmatch.fnmatchcase(str(verdict.get("explainer")), e)
+                   and fnmatch.fnmatchcase(str(verdict.get("check")), c) for e, c in pats)
+
+    return predicate
+
+
+def failing_verdicts(results: Dict[str, Any], expr: str,
+                     exempt: Optional[Callable[[Dict[str, Any]], bool]] = None) -> List[Dict[str, Any]]:
+    """The verdicts of ``results`` that failed and that ``expr`` gates on (less those ``exempt`` accepts)."""
+    wanted = parse_fail_on(expr)
+    return [v for v in results.get("verdicts", [])
+            if not v["passed"] and wanted(v) and not (exempt and exempt(v))]
+
+
+def _fmt3(v: Optional[float]) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
+
+
+def format_verdict(verdict: Dict[str, Any], results: Dict[str, Any]) -> str:
+    """The one message of a verdict used by the CLI gate and every assertion of the pytest plugin::
+
+        sanitycheck: <explainer> FAILED|PASSED <check> (suite <suite> v<version>): <metric> at <step> =
+        <mean> [95% CI <lo>, <hi>], n=<n>; threshold: upper CI bound < <thr> (<rule>)
+          reason: <the verdict's reason>
+
+    (one line before ``reason``; values to 3 decimals, ``undefined`` where no score was defined,
+    threshold to 2 decimals; ``<step>`` is the deciding step of the verdict).
+    """
+    rec = next((r for r in results.get("records", [])
+                if r["explainer"] == verdict["explainer"] and r["check"] == verdict["check"]
+                and r["metric"] == verdict["metric"] and r["step"] == verdict["step"]), None)
+    mean, lo, hi, n = ((rec["mean"], rec["ci_low"], rec["ci_high"], rec["n"]) if rec else (None, None, None, 0))
+    status = "PASSED" if verdict["passed"] else "FAILED"
+    return (f"sanitycheck: {verdict['explainer']} {status} {verdict['check']} "
+            f"(suite {results.get('suite')} v{results.get('suite_version')}): "
+            f"{verdict['metric']} at {verdict['step'] if verdict['step'] is not None else '(no step)'} = "
+            f"{_fmt3(mean)} [95% CI {_fmt3(lo)}, {_fmt3(hi)}], n={n}; "
+            f"threshold: upper CI bound < {float(verdict['threshold']):.2f} ({verdict['rule']})\n"
+            f"  reason: {verdict['reason']}")
+
+
+GATE_OPTIONS: List[Option] = [
+    Option("fail-on", "failing verdicts that fail the run: comma-separated 'check' or 'explainer:check' glob "
+                      "patterns, 'any' (or '*') for all, 'none' (default) for none",
+           fail_on_expr, FAIL_ON_NONE, metavar="EXPR"),
+    Option("strict", "fail when any verdict fails (the same as fail-on any)", action="store_true", default=False),
+]
+
+#: options of the pytest plugin only (``--sanity-<name>``); the CLI has ``--out`` and positional suites
+PLUGIN_OPTIONS: List[Option] = [
+    Option("suite", "suite (name or YAML path) of the `sanity` fixture (default: adebayo2018)", str,
+           "adebayo2018", metavar="NAME"),
+    Option("save", "save each audit's results.json and figures under DIR/<test id>/<explainer>/ "
+                   "(default: a temporary directory, no figures)", str, metavar="DIR"),
+]
+
+
+def add_gate_options(parser: Any, prefix: str = "", dest_prefix: str = "") -> None:
+    """Add ``--fail-on`` and ``--strict`` (CLI ``run``/``submit``) — or, with a prefix, the plugin's flags.
+
+    ``parser`` is an ``argparse`` parser or a pytest option group (both have ``add_argument`` /
+    ``addoption`` with argparse keywords).
+    """
+    add = getattr(parser, "add_argument", None) or parser.addoption
+    for opt in GATE_OPTIONS:
+        kw = opt.kwargs()
+        kw["dest"] = dest_prefix + opt.dest
+        add(f"--{prefix}{opt.name}", **kw)
+
+
+def gate_expr(ns: Any, dest_prefix: str = "") -> str:
+    """The fail-on expression from parsed options: ``any`` when ``--strict``, otherwise ``--fail-on``."""
+    if getattr(ns, dest_prefix + "strict", False):
+        return "any"
+    return getattr(ns, dest_prefix + "fail_on", None) or FAIL_ON_NONE
+
+
+def gate_messages(results: Dict[str, Any], ns: Any) -> List[str]:
+    """Messages of the verdicts that fail the gate (empty: the run passes). The CLI exits 1 when non-empty."""
+    return [format_verdict(v, results) for v in failing_verdicts(results, gate_expr(ns))]

@@ -156,6 +156,49 @@ def clean_json(obj: Any) -> Any:
     return obj
 
 
+def encode_array(t: Any) -> Dict[str, Any]:
+    """A small tensor as ``{shape, dtype: float16, data: base64}`` (thumbnails travel inside result files)."""
+    import base64
+
+    import numpy as np
+
+    arr = np.ascontiguousarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype="<f2")
+    return {"shape": list(arr.shape), "dtype": "float16", "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def decode_array(d: Dict[str, Any]):
+    """Inverse of :func:`encode_array`, as a float32 NumPy array."""
+    import base64
+
+    import numpy as np
+
+    if d.get("dtype") != "float16":
+        raise ConfigError(f"unsupported array dtype {d.get('dtype')!r} (expected 'float16')")
+    raw = base64.b64decode(d["data"], validate=True)
+    arr = np.frombuffer(raw, dtype="<f2")
+    expected = int(np.prod(d["shape"])) if d["shape"] else 1
+    if arr.size != expected:
+        raise ConfigError(f"array data holds {arr.size} values, shape {d['shape']} needs {expected}")
+    return arr.reshape(d["shape"]).astype("float32")
+
+
+def split_by_explainer(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """One result document per explainer (the unit of the leaderboard), sharing the run's provenance."""
+    out = {}
+    for name, info in results["explainers"].items():
+        doc = {k: v for k, v in results.items() if k not in ("explainers", "records", "verdicts", "per_sample",
+                                                               "examples", "skipped", "figures")}
+        doc["explainers"] = {name: info}
+        doc["records"] = [r for r in results["records"] if r["explainer"] == name]
+        doc["verdicts"] = [v for v in results["verdicts"] if v["explainer"] == name]
+        doc["skipped"] = [s for s in results.get("skipped", []) if s["explainer"] == name]
+        doc["per_sample"] = {name: results.get("per_sample", {}).get(name, {})}
+        ex = results.get("examples", {})
+        doc["examples"] = {"image": ex.get("image"), "explainers": {name: ex.get("explainers", {}).get(name, {})}}
+        out[name] = doc
+    return out
+
+
 def records_to_json(records: Iterable[Record]) -> List[Dict[str, Any]]:
     return [clean_json(asdict(r)) for r in records]
 

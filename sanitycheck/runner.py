@@ -26,7 +26,7 @@ from .errors import ConfigError, ModelError, NotApplicableError, SanityCheckErro
 from .explainers import Explainer, check_eval_mode, get_explainer
 from .io import atomic_torch_save, atomic_write_json, read_json
 from .registry import METRICS
-from .results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, git_hash,
+from .results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, encode_array, git_hash,
                       package_versions, records_to_json, verdicts_to_json)
 from .stats import bootstrap_ci_many
 from .suites import Suite, load_suite
@@ -78,7 +78,8 @@ class AuditRun:
                  batch_size: Optional[int] = None, progress: bool = True, cache_dir: Optional[str] = None,
                  model: Optional[nn.Module] = None, model_name: Optional[str] = None,
                  dataset: Any = None, explainer_objects: Optional[Dict[str, Explainer]] = None,
-                 figures: bool = True, checks: Optional[Sequence[str]] = None):
+                 figures: bool = True, checks: Optional[Sequence[str]] = None,
+                 context: Optional[Dict[str, Any]] = None):
         self.suite = suite
         self.out_dir = Path(out_dir)
         self.seed = suite.seed if seed is None else int(seed)
@@ -88,6 +89,7 @@ class AuditRun:
         self.progress = progress
         self.cache_dir = cache_dir
         self.figures = figures
+        self.context = dict(context or {})  # extra check context, e.g. random_label_model=
         self._model, self._model_name, self._dataset = model, model_name, dataset
         # explainers: from the suite, filtered by name, or given as objects (plugin / submissions)
         if explainer_objects:
@@ -223,7 +225,7 @@ class AuditRun:
 
     def run_checks(self, originals: Dict[str, Tensor]) -> Dict[Tuple[str, str], Dict[str, Any]]:
         results: Dict[Tuple[str, str], Dict[str, Any]] = {}
-        context = {"cache_dir": self.cache_dir, "device": self.device, "progress": self.progress}
+        context = {"cache_dir": self.cache_dir, "device": self.device, "progress": self.progress, **self.context}
         live = [n for n in self.explainers if n not in self.skipped]
         for spec in self.check_specs:
             t0 = time.perf_counter()
@@ -286,7 +288,7 @@ class AuditRun:
         scored = self.run_checks(originals)
         records, verdicts = self.aggregate(originals, scored)
         self.timing["total_seconds"] = time.perf_counter() - t_start
-        results = self.results_dict(records, verdicts)
+        results = self.results_dict(records, verdicts, originals, scored)
         atomic_write_json(self.out_dir / "results.json", results)
         if self.figures:
             from .report.figures import write_run_figures
@@ -295,7 +297,30 @@ class AuditRun:
             atomic_write_json(self.out_dir / "results.json", results)
         return results
 
-    def results_dict(self, records: List[Record], verdicts: List[Verdict]) -> Dict[str, Any]:
+    def per_sample(self, scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
+        """Per-image scores {explainer: {check: {step: {metric: [...]}}}}: what ``validate`` re-runs and re-aggregates."""
+        out: Dict[str, Any] = {}
+        for (check, step), by_explainer in scored.items():
+            for name, entry in by_explainer.items():
+                out.setdefault(name, {}).setdefault(check, {})[step] = {
+                    m: [None if v != v else round(float(v), 7) for v in s.tolist()] for m, s in entry["scores"].items()}
+        return out
+
+    def example_maps(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
+        """Image 0 and its maps in every state, float16: the leaderboard draws thumbnails from these."""
+        explainers: Dict[str, Any] = {}
+        for name in originals:
+            per_check = {}
+            for spec in self.check_specs:
+                maps = {ORIGINAL_STEP: encode_array(originals[name][0])}
+                for step in self.steps.get(spec.name, []):
+                    maps[step] = encode_array(scored[(spec.name, step)][name]["examples"][0])
+                per_check[spec.name] = maps
+            explainers[name] = per_check
+        return {"image": encode_array(self.x[0]), "explainers": explainers}
+
+    def results_dict(self, records: List[Record], verdicts: List[Verdict], originals: Dict[str, Tensor],
+                     scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         model_info = dict(getattr(self.model, "sanitycheck_info", {}) or {})
         spec = getattr(self.model, "sanitycheck_spec", None)
         return clean_json({
@@ -303,6 +328,9 @@ class AuditRun:
             "suite": self.suite.name,
             "suite_version": self.suite.version,
             "suite_sha256": self.suite.sha256,
+            "suite_description": self.suite.description,
+            "suite_reference": self.suite.reference,
+            "input_kind": self.suite.input_kind,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seed": self.seed,
             "model": {"name": self.model_name, "spec": asdict(spec) if spec is not None else None,
@@ -334,6 +362,8 @@ class AuditRun:
             "timing": self.timing,
             "records": records_to_json(records),
             "verdicts": verdicts_to_json(verdicts),
+            "per_sample": self.per_sample(scored),
+            "examples": self.example_maps(originals, scored),
         })
 
 

@@ -38,6 +38,7 @@ SUITE_SCHEMA: Dict[str, Any] = {
         "batch_size": {"type": "integer", "minimum": 1},
         "figure_images": {"type": "integer", "minimum": 1, "maximum": 16},
         "target": {"enum": ["predicted", "label"]},
+        "input_kind": {"enum": ["image", "text", "image_text"]},
         "dataset": {"type": "object", "required": ["name"], "additionalProperties": False,
                     "properties": {"name": {"type": "string"}, "split": {"type": "string"},
                                    "n": {"type": "integer", "minimum": 2}, "params": {"type": "object"}}},
@@ -79,6 +80,7 @@ class Suite:
     batch_size: int = 64
     figure_images: int = 4
     target: str = "predicted"
+    input_kind: str = "image"
     path: Optional[str] = None
     sha256: str = ""
 
@@ -161,6 +163,7 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
                  explainers=explainers, metrics=list(data["metrics"]), checks=checks,
                  seed=data.get("seed", 0), batch_size=data.get("batch_size", 64),
                  figure_images=data.get("figure_images", 4), target=data.get("target", "predicted"),
+                 input_kind=data.get("input_kind", "image"),
                  path=path, sha256=sha256)
 
 

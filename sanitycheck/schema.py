@@ -1,0 +1,88 @@
+"""The published JSON Schema of result documents (``results.json`` and leaderboard submissions).
+
+``leaderboard/schema.json`` is this dictionary, written by ``sanitycheck validate --write-schema``;
+a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .results import SCHEMA_VERSION
+
+_num_or_null = {"type": ["number", "null"]}
+_str_or_null = {"type": ["string", "null"]}
+_array = {"type": "object", "required": ["shape", "dtype", "data"], "additionalProperties": False,
+          "properties": {"shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                         "dtype": {"const": "float16"}, "data": {"type": "string"}}}
+
+RESULT_SCHEMA: Dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://github.com/sanitycheck/sanitycheck/leaderboard/schema.json",
+    "title": "sanitycheck result document",
+    "description": "Results of one suite run: provenance, per-step records with bootstrap CIs, verdicts, "
+                   "per-image scores and thumbnails. A leaderboard submission holds exactly one explainer "
+                   "and a 'method' block.",
+    "type": "object",
+    "required": ["schema_version", "suite", "suite_version", "suite_sha256", "seed", "model", "dataset",
+                 "versions", "git_hash", "explainers", "checks", "metrics", "records", "verdicts", "per_sample",
+                 "examples"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "suite": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "suite_version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
+        "suite_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "suite_description": {"type": "string"},
+        "suite_reference": {"type": "string"},
+        "input_kind": {"enum": ["image", "text", "image_text"]},
+        "created": {"type": "string"},
+        "seed": {"type": "integer", "minimum": 0},
+        "model": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "dataset": {"type": "object", "required": ["name", "n"],
+                    "properties": {"name": {"type": "string"}, "n": {"type": "integer", "minimum": 1}}},
+        "versions": {"type": "object", "required": ["python", "torch", "sanitycheck"],
+                     "additionalProperties": _str_or_null},
+        "git_hash": _str_or_null,
+        "method": {"type": "object", "required": ["name", "source", "source_sha256"],
+                   "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                                  "source": {"type": "string"},
+                                  "source_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                  "params": {"type": "object"}}},
+        "explainers": {"type": "object", "minProperties": 1, "additionalProperties": {
+            "type": "object", "required": ["config", "code_hash"],
+            "properties": {"config": {"type": "object"}, "code_hash": {"type": "string"},
+                           "requires_model": {"type": "boolean"}}}},
+        "checks": {"type": "object", "minProperties": 1, "additionalProperties": {
+            "type": "object", "required": ["steps", "verdict_rule"],
+            "properties": {"steps": {"type": "array", "items": {"type": "string"}},
+                           "verdict_rule": {"type": "object", "required": ["metric", "threshold", "rule"]}}}},
+        "metrics": {"type": "object", "minProperties": 1, "additionalProperties": {
+            "type": "object", "required": ["name", "higher_is_better", "category"]}},
+        "records": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["explainer", "check", "metric", "step", "step_index", "mean", "ci_low", "ci_high", "n",
+                         "n_undefined", "undefined_reason"],
+            "properties": {"explainer": {"type": "string"}, "check": {"type": "string"},
+                           "metric": {"type": "string"}, "step": {"type": "string"},
+                           "step_index": {"type": "integer", "minimum": 0},
+                           "mean": _num_or_null, "ci_low": _num_or_null, "ci_high": _num_or_null,
+                           "n": {"type": "integer", "minimum": 0}, "n_undefined": {"type": "integer", "minimum": 0},
+                           "undefined_reason": _str_or_null}}},
+        "verdicts": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["explainer", "check", "passed", "reason", "metric", "rule", "threshold", "measured", "step"],
+            "properties": {"explainer": {"type": "string"}, "check": {"type": "string"},
+                           "passed": {"type": "boolean"}, "reason": {"type": "string", "minLength": 10},
+                           "metric": {"type": "string"}, "rule": {"enum": ["all_steps", "final_step"]},
+                           "threshold": {"type": "number"}, "measured": _num_or_null, "step": _str_or_null}}},
+        "per_sample": {"type": "object", "description": "{explainer: {check: {step: {metric: [score|null]}}}}",
+                       "additionalProperties": {"type": "object", "additionalProperties": {
+                           "type": "object", "additionalProperties": {
+                               "type": "object", "additionalProperties": {"type": "array",
+                                                                          "items": _num_or_null}}}}},
+        "examples": {"type": "object", "required": ["image", "explainers"],
+                     "properties": {"image": _array, "explainers": {
+                         "type": "object", "additionalProperties": {"type": "object", "additionalProperties": {
+                             "type": "object", "additionalProperties": _array}}}}},
+    },
+}
