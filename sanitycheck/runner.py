@@ -79,7 +79,7 @@ class AuditRun:
                  model: Optional[nn.Module] = None, model_name: Optional[str] = None,
                  dataset: Any = None, explainer_objects: Optional[Dict[str, Explainer]] = None,
                  figures: bool = True, checks: Optional[Sequence[str]] = None,
-                 context: Optional[Dict[str, Any]] = None):
+                 context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None):
         self.suite = suite
         self.out_dir = Path(out_dir)
         self.seed = suite.seed if seed is None else int(seed)
@@ -89,6 +89,7 @@ class AuditRun:
         self.progress = progress
         self.cache_dir = cache_dir
         self.figures = figures
+        self.indices = list(indices) if indices is not None else None  # a subset of the first n images
         self.context = dict(context or {})  # extra check context, e.g. random_label_model=
         self._model, self._model_name, self._dataset = model, model_name, dataset
         # explainers: from the suite, filtered by name, or given as objects (plugin / submissions)
@@ -126,6 +127,13 @@ class AuditRun:
                 params.setdefault("split", ds_cfg["split"])
             self._dataset = load_dataset(ds_cfg["name"], **params)
         self.dataset = self._dataset.head(self.n or len(self._dataset))
+        if self.indices is not None:
+            from .data import ImageDataset
+
+            idx = torch.tensor(self.indices, dtype=torch.long)
+            self.dataset = ImageDataset(self.dataset.name, self.dataset.images[idx], self.dataset.labels[idx],
+                                        self.dataset.classes, self.dataset.source, self.dataset.checksum,
+                                        {**self.dataset.meta, "indices": self.indices})
         if self._model is None:
             params = dict(self.suite.model.get("params", {}))
             self._model = load_model(self.suite.model["name"], seed=params.pop("seed", 0), device=self.device,
@@ -148,7 +156,7 @@ class AuditRun:
         model_info = getattr(self.model, "sanitycheck_info", {}) or {}
         return clean_json({
             "suite": self.suite.name, "suite_version": self.suite.version, "suite_sha256": self.suite.sha256,
-            "seed": self.seed, "n": len(self.x), "model": self.model_name,
+            "seed": self.seed, "n": len(self.x), "indices": self.indices, "model": self.model_name,
             "model_key": model_info.get("cache_key") or hashlib.sha256(
                 b"".join(t.detach().cpu().numpy().tobytes() for t in self.model.state_dict().values())).hexdigest()[:16],
             "data_sha256": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()[:16],

@@ -123,8 +123,27 @@ def test_plain():
 '''
 
 
+@pytest.fixture(scope="module")
+def warm_imports(tmp_path_factory):
+    """Inner sessions run in this process, and pytester removes the modules each one imported; C extensions
+    (numpy.fft, ...) cannot be loaded twice, so import everything an audit with figures needs once, here."""
+    import sklearn.datasets  # noqa: F401
+
+    from helpers import digits_batch, make_tiny_cnn
+    from sanitycheck.data import ImageDataset
+    from sanitycheck.runner import AuditRun
+    from sanitycheck.suites import parse_suite
+    import yaml
+
+    x, y = digits_batch(4)
+    AuditRun(parse_suite(yaml.safe_load(SUITE)), out_dir=tmp_path_factory.mktemp("warm"), model=make_tiny_cnn(0),
+             dataset=ImageDataset("d", x, y, [str(i) for i in range(10)], "sklearn", "x"),
+             explainer_objects={"gradient": __import__("sanitycheck").get_explainer("gradient")},
+             progress=False, figures=True).execute()
+
+
 @pytest.fixture
-def project(pytester):
+def project(pytester, warm_imports):
     pytester.makeconftest(CONFTEST)
     pytester.makefile(".yaml", tiny=SUITE)
     pytester.makepyfile(test_claims=TESTS)
@@ -226,7 +245,8 @@ VERDICTS = {"suite": "s", "suite_version": "1.0.0", "verdicts": [
 ])
 def test_fail_on_expressions(expr, expected):
     assert [v["explainer"] for v in failing_verdicts(VERDICTS, expr)] == expected
-    assert parse_fail_on(expr)(VERDICTS["verdicts"][2]) == (expr in ("any", "*") or expr == "sobel:*")
+    # the predicate selects verdicts whether or not they failed (sobel passed cascading_randomization)
+    assert parse_fail_on(expr)(VERDICTS["verdicts"][2]) == (expr in ("any", "*", "sobel:*", "cascading_randomization"))
 
 
 @pytest.mark.parametrize("bad", ["", " , ", "a:b:c", ":x", "none,gradient"])
@@ -257,3 +277,22 @@ def test_cli_gate_options_are_the_same_definitions():
         "[95% CI undefined, undefined], n=0; threshold: upper CI bound < 0.50 (final_step)"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--fail-on", "a:b:c"])
+
+
+def test_random_label_model_reaches_data_randomization(sanity, tiny_cnn):
+    """The fixture in this very session: a dict suite, x alone (labels: predictions), random_label_model=."""
+    import yaml
+
+    from helpers import digits_batch, make_tiny_cnn
+
+    suite = yaml.safe_load(SUITE)
+    suite["checks"] = [{"name": "data_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5,
+                                                                  "rule": "final_step"}}]
+    x, _ = digits_batch(8)
+    report = sanity.run("gradient", tiny_cnn, x, suite=suite, random_label_model=make_tiny_cnn(1))
+    assert report.checks == ["data_randomization"] and report.explainers == ["gradient"]
+    assert report.record("data_randomization", "random_labels")["n"] == 8
+    assert report.record("data_randomization", 1) == report.record("data_randomization", "random_labels")
+    assert report.verdict()["step"] == "random_labels"
+    with pytest.raises(Exception, match="no check 'cascading_randomization'"):
+        report.assert_passes("cascading_randomization")
