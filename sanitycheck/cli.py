@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import SanityCheckError
-from .options import add_run_options, run_kwargs
+from .options import add_gate_options, add_run_options, gate_messages, run_kwargs
 
 
 def _print_summary(results: dict, out_dir: Path) -> None:
@@ -44,7 +44,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(suite.name)
     results = AuditRun(suite, out_dir=out_dir, **run_kwargs(args)).execute()
     _print_summary(results, out_dir)
-    return 0
+    return _gate(results, args)
+
+
+def _gate(results: dict, args: argparse.Namespace) -> int:
+    """Exit 1 when a verdict selected by --fail-on / --strict failed (gating a method claim in CI)."""
+    messages = gate_messages(results, args)
+    for message in messages:
+        print(message, file=sys.stderr)
+    return 1 if messages else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .submissions import submit
+
+    docs = submit(args.method, suites=args.suites, root=Path(args.dir), name=args.name,
+                  timeout_s=args.timeout, memory_mb=args.memory_mb, progress=not args.no_progress,
+                  n=args.n, seed=args.seed)
+    if not docs:
+        print("sanitycheck: error: no suite takes this method's input kind", file=sys.stderr)
+        return 2
+    status = 0
+    for suite, doc in docs.items():
+        name = doc["method"]["name"]
+        print(f"{suite}: wrote {Path(args.dir) / 'submissions' / name / (suite + '.json')}")
+        for v in doc["verdicts"]:
+            print(f"  {'PASS' if v['passed'] else 'FAIL'} {v['check']}: {v['reason']}")
+        status = max(status, _gate(doc, args))
+    return status
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .submissions import validate_file
+
+    bad = 0
+    for path in args.paths:
+        problems = validate_file(Path(path), rerun=not args.no_rerun, sample=args.sample,
+                                 tolerance=args.tolerance, timeout_s=args.timeout, memory_mb=args.memory_mb)
+        if problems:
+            bad += 1
+            print(f"REJECTED {path}")
+            for p in problems:
+                print(f"  - {p}")
+        else:
+            how = "schema, suite version, aggregates, verdicts" + (
+                "" if args.no_rerun else f", re-run of {args.sample} seeded images within {args.tolerance:g}")
+            print(f"OK {path} ({how})")
+    return 1 if bad else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -73,6 +119,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    from .submissions import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S
+
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"wall-clock limit of the sandboxed method, seconds (default: {DEFAULT_TIMEOUT_S})")
+    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB,
+                        help=f"address-space limit of the sandboxed method, MiB (default: {DEFAULT_MEMORY_MB})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sanitycheck",
                                      description="Sanity checks for saliency explanations (Adebayo et al. 2018 and more).")
@@ -82,7 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default: runs/<suite>-<timestamp>); "
                                    "re-using one resumes an interrupted run")
     add_run_options(run)
+    add_gate_options(run)
     run.set_defaults(func=cmd_run)
+
+    sub_p = sub.add_parser("submit", help="run a method on every suite of its input kind (sandboxed) and write "
+                                          "leaderboard/submissions/<method>/<suite>.json")
+    sub_p.add_argument("method", help="registered name, 'package.module:attr' or 'path/to/file.py:attr'")
+    sub_p.add_argument("--suites", type=lambda v: [x for x in v.split(",") if x], metavar="A,B",
+                       help="suites to run (default: every suite of the method's input kind)")
+    sub_p.add_argument("--name", help="method name on the board (default: the attribute or registry name)")
+    sub_p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")
+    sub_p.add_argument("--n", type=int, help="number of images (default: the suite's)")
+    sub_p.add_argument("--seed", type=int, help="run seed (default: the suite's)")
+    _add_limits(sub_p)
+    sub_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_gate_options(sub_p)
+    sub_p.set_defaults(func=cmd_submit)
+
+    val = sub.add_parser("validate", help="check result files: schema, suite version, consistency, seeded re-run")
+    val.add_argument("paths", nargs="+", help="result files (leaderboard/submissions/<method>/<suite>.json)")
+    val.add_argument("--sample", type=int, default=16, help="images re-run per file (default: 16)")
+    val.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| of a re-run score (default: 1e-4)")
+    val.add_argument("--no-rerun", action="store_true", help="static checks only (no method code is run)")
+    _add_limits(val)
+    val.set_defaults(func=cmd_validate)
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "models", "datasets", "checks", "metrics"])
     ls.set_defaults(func=cmd_ls)

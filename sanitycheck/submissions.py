@@ -1,0 +1,319 @@
+"""Leaderboard submissions: run a method on every suite of its input kind, in a sandbox; validate results.
+
+``submit`` writes ``leaderboard/submissions/<method>/<suite>.json``: a result document (schema in
+``leaderboard/schema.json``) for exactly one explainer, plus a ``method`` block with the hash of the
+method's source. The method's code runs only in :mod:`sanitycheck.sandbox` workers; everything that
+produces a number runs here.
+
+``validate`` rejects a result file that is malformed, stale (suite or method source changed),
+inconsistent (aggregates or verdicts that do not follow from its per-image scores), or whose
+per-image scores a seeded re-run of the method does not reproduce within ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .errors import AttributionError, ConfigError, SanityCheckError
+from .explainers.base import Explainer
+from .io import atomic_write_json
+from .registry import EXPLAINERS
+from .sandbox import read_frame, write_frame
+from .targets import Target
+
+DEFAULT_TIMEOUT_S = 3600
+DEFAULT_MEMORY_MB = 8192
+RERUN_TOLERANCE = 1e-4
+
+
+class SubmissionError(SanityCheckError):
+    """A submitted method failed to load, crashed, or exceeded its limits."""
+
+
+# ------------------------------------------------------------------------- provenance
+def _module_file(module: str) -> Optional[Path]:
+    """The source file of ``module`` *without executing submitted code*: a search of sys.path, or, when
+    the top-level package is already imported here (sanitycheck itself), the import system's answer."""
+    import importlib.util
+
+    parts = module.split(".")
+    for entry in sys.path:
+        base = Path(entry or ".").joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    if parts[0] in sys.modules:  # parents are imported already: find_spec executes nothing new
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            return Path(spec.origin)
+    return None
+
+
+def resolve_source(spec: str) -> Tuple[str, Path]:
+    """(import path, source file) of a method given by registry name, import path or file path."""
+    target = spec
+    if ":" not in spec:
+        if spec not in EXPLAINERS:
+            EXPLAINERS.get(spec)  # raises the "did you mean" error
+        target = EXPLAINERS._lazy.get(spec) or "{0.__module__}:{0.__qualname__}".format(EXPLAINERS.get(spec))
+    module, _, attr = target.rpartition(":")
+    if module.endswith(".py"):
+        path = Path(module)
+    else:
+        path = _module_file(module)
+    if path is None or not path.is_file():
+        raise SubmissionError(f"cannot find the source of method {spec!r} (looked for {module!r} on sys.path "
+                              "without importing it); submit it by file path instead: path/to/file.py:attr")
+    return target, path.resolve()
+
+
+def method_block(spec: str, name: Optional[str] = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    target, path = resolve_source(spec)
+    default = spec if ":" not in spec else target.rpartition(":")[2]
+    name = name or default
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"method name {name!r} may use only letters, digits, '_', '.' and '-'")
+    return {"name": name, "source": spec, "source_file": str(path),
+            "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "params": dict(params or {})}
+
+
+# ------------------------------------------------------------------------- the sandboxed explainer
+def absolute_spec(spec: str) -> str:
+    """``file.py:attr`` with an absolute path (the worker runs in its own directory)."""
+    module, sep, attr = spec.rpartition(":")
+    return f"{Path(module).resolve()}:{attr}" if sep and module.endswith(".py") else spec
+
+
+class RemoteExplainer(Explainer):
+    """An explainer whose code runs in a sandbox worker; maps come back as plain tensors."""
+
+    def __init__(self, spec: str, *, work_dir: Path, params: Optional[Dict[str, Any]] = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB):
+        spec = absolute_spec(spec)
+        self.spec, self.params = spec, dict(params or {})
+        self.work_dir = Path(work_dir)
+        self.deadline = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self._state_key: Optional[str] = None
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        to_worker_r, self._to_worker = os.pipe()
+        self._from_worker, from_worker_w = os.pipe()
+        self._log = open(self.work_dir / "worker.log", "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GITHUB_", "HF_TOKEN"))}
+        env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sanitycheck.sandbox", "--method", spec, "--params", json.dumps(self.params),
+             "--out", str(self.work_dir / "sandbox"), "--memory-mb", str(memory_mb),
+             "--fd-in", str(to_worker_r), "--fd-out", str(from_worker_w)],
+            pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, env=env, cwd=str(self.work_dir))
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        hello = self._receive()
+        if "error" in hello:
+            self.close()
+            raise SubmissionError(hello["error"])
+        self.name = hello["name"]
+        self._config = json.loads(hello["config"])
+        self._code_hash = hello["code_hash"]
+        self.requires_model = hello["requires_model"]
+        self.channel_reduction = hello["channel_reduction"]
+        self.input_kind = hello["input_kind"]
+
+    def _receive(self) -> Dict[str, Any]:
+        remaining = self.deadline - time.monotonic()
+        ready, _, _ = select.select([self._from_worker], [], [], max(remaining, 0))
+        if not ready:
+            self.close(kill=True)
+            raise SubmissionError(f"method {self.spec!r} exceeded its time limit of {self.timeout_s:.0f} s; "
+                                  f"the worker was stopped (log: {self.work_dir / 'worker.log'})")
+        try:
+            frame = read_frame(self._from_worker)
+        except (EOFError, ValueError) as err:
+            code = self.process.poll()
+            self.close(kill=True)
+            raise SubmissionError(f"the sandbox worker of {self.spec!r} died (exit code {code}: {err}); "
+                                  f"a memory limit hit shows as MemoryError in {self.work_dir / 'worker.log'}") from None
+        try:
+            reply = torch.load(io.BytesIO(frame), weights_only=True)
+        except Exception as err:  # noqa: BLE001 - anything unreadable from the untrusted side
+            raise SubmissionError(f"unreadable reply from the sandbox worker of {self.spec!r}: {err}") from None
+        if not isinstance(reply, dict):
+            raise SubmissionError(f"malformed reply from the sandbox worker of {self.spec!r}")
+        return reply
+
+    def config(self) -> Dict[str, Any]:
+        return self._config
+
+    def code_hash(self) -> str:
+        return self._code_hash
+
+    def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
+        if not target.per_sample:
+            raise AttributionError("sandboxed methods explain class targets only")
+        state = hashlib.sha256()
+        for t in model.state_dict().values():
+            state.update(t.detach().cpu().numpy().tobytes())
+        key = state.hexdigest()
+        request = {"op": "explain", "state_key": key, "x": x.detach().cpu(), "classes": target.per_sample[0].cpu(),
+                   "model": model if key != self._state_key else None}
+        buf = io.BytesIO()
+        torch.save(request, buf)
+        try:
+            write_frame(self._to_worker, buf.getvalue())
+        except BrokenPipeError:
+            raise SubmissionError(f"the sandbox worker of {self.spec!r} has exited (see "
+                                  f"{self.work_dir / 'worker.log'})") from None
+        self._state_key = key
+        reply = self._receive()
+        if "error" in reply:
+            raise AttributionError(f"{self.name} (sandboxed): {reply['error']}")
+        maps = reply.get("maps")
+        if not isinstance(maps, Tensor):
+            raise AttributionError(f"{self.name} (sandboxed): the worker returned no maps")
+        return maps.to(x.device)
+
+    def close(self, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            if not kill:
+                try:
+                    buf = io.BytesIO()
+                    torch.save({"op": "exit"}, buf)
+                    write_frame(self._to_worker, buf.getvalue())
+                    self.process.wait(timeout=10)
+                except (BrokenPipeError, subprocess.TimeoutExpired, OSError):
+                    pass
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        for fd in (self._to_worker, self._from_worker):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._log.close()
+
+    def __enter__(self) -> "RemoteExplainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------- submit
+def suites_for(input_kind: str, wanted: Optional[Sequence[str]] = None) -> List[str]:
+    from .suites import available_suites, load_suite
+
+    names = list(wanted) if wanted else list(available_suites())
+    chosen = [n for n in names if load_suite(n).input_kind == input_kind]
+    if wanted and len(chosen) != len(names):
+        other = sorted(set(names) - set(chosen))
+        raise ConfigError(f"suites {other} do not take {input_kind!r} methods")
+    return chosen
+
+
+def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Path("leaderboard"),
+           work_root: Path = Path("runs/submissions"), name: Optional[str] = None,
+           params: Optional[Dict[str, Any]] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+           memory_mb: int = DEFAULT_MEMORY_MB, progress: bool = True, n: Optional[int] = None,
+           seed: Optional[int] = None, cache_dir: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Run ``spec`` on every applicable suite; returns {suite: result document} and writes them."""
+    from .results import split_by_explainer
+    from .runner import AuditRun
+    from .suites import load_suite
+    from .validation import static_problems
+
+    block = method_block(spec, name, params)
+    work = Path(work_root) / block["name"]
+    documents: Dict[str, Dict[str, Any]] = {}
+    with RemoteExplainer(spec, work_dir=work, params=params, timeout_s=timeout_s, memory_mb=memory_mb) as remote:
+        for suite_name in suites_for(remote.input_kind, suites):
+            suite = load_suite(suite_name)
+            run = AuditRun(suite, out_dir=work / suite.name, explainer_objects={block["name"]: remote},
+                           progress=progress, figures=False, n=n, seed=seed, cache_dir=cache_dir)
+            doc = split_by_explainer(run.execute())[block["name"]]
+            doc["method"] = block
+            problems = static_problems(doc, submission=True)
+            if problems:  # our own output failing our own validation is a bug, not a user error
+                raise SubmissionError(f"internal: the result of {block['name']} on {suite.name} does not validate: "
+                                      + "; ".join(problems))
+            atomic_write_json(Path(root) / "submissions" / block["name"] / f"{suite.name}.json", doc)
+            documents[suite.name] = doc
+    return documents
+
+
+# ------------------------------------------------------------------------- validate
+def sample_indices(doc: Dict[str, Any], raw: bytes, k: int) -> List[int]:
+    """k image indices drawn with a seed from the file's own bytes: an edit moves the sample."""
+    from .seeding import generator
+
+    n = doc["dataset"]["n"]
+    g = generator("validate", hashlib.sha256(raw).hexdigest())
+    return sorted(torch.randperm(n, generator=g)[: min(k, n)].tolist())
+
+
+def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance: float = RERUN_TOLERANCE,
+                  timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                  work_root: Path = Path("runs/validate"), progress: bool = False) -> List[str]:
+    """Problems with the result file at ``path`` (empty list: valid)."""
+    from .runner import AuditRun
+    from .suites import load_suite
+    from .validation import load_document, static_problems
+
+    path = Path(path)
+    doc, problems = load_document(path)
+    if doc is None:
+        return problems
+    problems = static_problems(doc, submission=True)
+    if problems or not rerun:
+        return problems
+    method = doc["method"]
+    try:
+        _, source = resolve_source(method["source"])
+    except SanityCheckError as err:
+        return [f"cannot re-run: {err}"]
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    if digest != method["source_sha256"]:
+        return [f"stale: the source of {method['name']} ({source}) has changed since this result was written "
+                f"(sha256 {digest[:12]}… vs {method['source_sha256'][:12]}…); re-submit it"]
+    indices = sample_indices(doc, path.read_bytes(), sample)
+    suite = load_suite(doc["suite"])
+    work = Path(work_root) / method["name"] / suite.name
+    name = method["name"]
+    with RemoteExplainer(method["source"], work_dir=work, params=method.get("params"), timeout_s=timeout_s,
+                         memory_mb=memory_mb) as remote:
+        fresh = AuditRun(suite, out_dir=work / f"rerun-{os.getpid()}-{int(time.time())}",
+                         explainer_objects={name: remote}, progress=progress, figures=False,
+                         n=doc["dataset"]["n"], seed=doc["seed"], indices=indices).execute()
+    stored = doc["per_sample"][name]
+    worst, where = 0.0, None
+    for check, steps in fresh["per_sample"][name].items():
+        for step, metrics in steps.items():
+            for metric, values in metrics.items():
+                recorded = stored.get(check, {}).get(step, {}).get(metric)
+                if recorded is None:
+                    return [f"re-run: {check}/{step}/{metric} is missing from the file"]
+                for i, new in zip(indices, values):
+                    old = recorded[i]
+                    if (old is None) != (new is None):
+                        return [f"tampered: image {i} {check}/{step}/{metric} is {old} in the file, re-run gives {new}"]
+                    if old is not None and abs(old - new) > worst:
+                        worst, where = abs(old - new), (i, check, step, metric, old, new)
+    if worst > tolerance:
+        i, check, step, metric, old, new = where
+        return [f"tampered or irreproducible: re-running {len(indices)} seeded images, image {i} {check}/{step}/"
+                f"{metric} is {old} in the file but {new} now (|diff| {worst:.2e} > tolerance {tolerance:g})"]
+    return []
