@@ -1,0 +1,213 @@
+"""Submissions end to end on a tiny suite (digits CNN, 24 images): sandboxed runs, validation, gating."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sanitycheck.cli import main
+from sanitycheck.errors import AttributionError
+from sanitycheck.stats import bootstrap_ci
+from sanitycheck.submissions import SubmissionError, submit, validate_file
+
+SUITE = """\
+name: tinydigits
+version: 0.1.0
+description: digits CNN, 24 images, for tests
+input_kind: image
+seed: 0
+batch_size: 32
+dataset: {name: digits, split: test, n: 24}
+model: {name: digits_cnn}
+explainers: [gradient]
+metrics: [spearman_abs, ssim]
+checks:
+  - name: cascading_randomization
+    verdict: {metric: spearman_abs, threshold: 0.5}
+  - name: data_randomization
+    verdict: {metric: spearman_abs, threshold: 0.5, rule: final_step}
+"""
+
+METHODS = '''\
+import time
+import torch
+
+def gradient(model, x, target):
+    x = x.clone().requires_grad_(True)
+    out = model(x).gather(1, target.view(-1, 1)).sum()
+    (g,) = torch.autograd.grad(out, x)
+    return g.sum(1)
+
+def ignores_model(model, x, target):
+    return x.sum(1)
+
+def writes_outside(model, x, target):
+    open(OUTSIDE, "w").write("escaped")
+    return x.sum(1)
+
+def runs_a_process(model, x, target):
+    import subprocess
+    subprocess.run(["true"])
+    return x.sum(1)
+
+def sleeps(model, x, target):
+    time.sleep(60)
+    return x.sum(1)
+
+def hogs_memory(model, x, target):
+    blocks = [bytearray(256 * 2**20) for _ in range(64)]
+    return x.sum(1)
+'''
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("author")
+    (root / "suites").mkdir()
+    (root / "suites" / "tinydigits.yaml").write_text(SUITE)
+    outside = root / "outside.txt"
+    (root / "methods.py").write_text(f"OUTSIDE = {str(outside)!r}\n" + METHODS)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SANITYCHECK_SUITES", str(root / "suites"))
+    mp.setenv("SANITYCHECK_CACHE", str(root / "cache"))
+    mp.chdir(root)
+    docs = {m: submit(f"methods.py:{m}", suites=["tinydigits"], root=root / "leaderboard",
+                      work_root=root / "runs", progress=False)["tinydigits"] for m in ("gradient", "ignores_model")}
+    yield root, docs
+    mp.undo()
+
+
+def _file(root, method):
+    return root / "leaderboard" / "submissions" / method / "tinydigits.json"
+
+
+def test_submission_files_record_provenance(project):
+    root, docs = project
+    doc = json.loads(_file(root, "gradient").read_text())
+    assert doc["method"]["name"] == "gradient" and doc["method"]["source"] == "methods.py:gradient"
+    assert len(doc["method"]["source_sha256"]) == 64
+    for key in ("schema_version", "suite_version", "seed", "versions", "git_hash"):
+        assert key in doc
+    assert list(doc["explainers"]) == ["gradient"]
+
+
+def test_model_dependent_method_passes_and_model_ignoring_method_fails(project):
+    _, docs = project
+    assert all(v["passed"] for v in docs["gradient"]["verdicts"])
+    assert not any(v["passed"] for v in docs["ignores_model"]["verdicts"])
+
+
+def test_untouched_files_validate_with_a_rerun(project):
+    root, _ = project
+    assert validate_file(_file(root, "gradient"), work_root=root / "val") == []
+    assert validate_file(_file(root, "ignores_model"), work_root=root / "val") == []
+
+
+def test_hand_edited_aggregate_is_rejected(project, tmp_path):
+    root, _ = project
+    doc = json.loads(_file(root, "ignores_model").read_text())
+    verdict = next(v for v in doc["verdicts"] if v["check"] == "cascading_randomization")
+    verdict["passed"] = True
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    problems = validate_file(edited, rerun=False)
+    assert problems and "tampered: verdict ignores_model/cascading_randomization" in problems[0]
+    assert main(["validate", str(edited), "--no-rerun"]) == 1
+
+
+def test_consistent_forgery_of_scores_is_caught_by_the_seeded_rerun(project, tmp_path):
+    """Lower every per-image score and recompute aggregates and verdicts so the file is self-consistent."""
+    root, _ = project
+    doc = json.loads(_file(root, "ignores_model").read_text())
+    scores = doc["per_sample"]["ignores_model"]
+    for check, steps in scores.items():
+        for step, metrics in steps.items():
+            for metric, values in metrics.items():
+                metrics[metric] = [None if v is None else v - 0.8 for v in values]
+    from sanitycheck.results import Record, VerdictRule, decide
+
+    for r in doc["records"]:
+        if r["step"] == "original":
+            continue
+        s = bootstrap_ci(torch.tensor(scores[r["check"]][r["step"]][r["metric"]], dtype=torch.float64),
+                         seed_parts=(doc["seed"], "bootstrap", r["check"], r["explainer"]))
+        r.update(mean=s.mean, ci_low=s.ci_low, ci_high=s.ci_high)
+    for i, v in enumerate(doc["verdicts"]):
+        rule = doc["checks"][v["check"]]["verdict_rule"]
+        recs = [Record(**r) for r in doc["records"] if r["check"] == v["check"]]
+        d = decide(VerdictRule(rule["metric"], rule["threshold"], rule["rule"]), v["explainer"], v["check"], recs)
+        v.update(passed=d.passed, reason=d.reason, measured=d.measured, step=d.step)
+    assert all(v["passed"] for v in doc["verdicts"])  # the forgery would put a control on the board as passing
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    assert validate_file(forged, rerun=False) == []  # self-consistent: only running the method can tell
+    problems = validate_file(forged, work_root=root / "val")
+    assert problems and problems[0].startswith("tampered or irreproducible: re-running 16 seeded images")
+
+
+def test_changed_method_source_makes_a_result_stale(project, tmp_path):
+    root, _ = project
+    copy = tmp_path / "methods.py"
+    shutil.copy(root / "methods.py", copy)
+    doc = json.loads(_file(root, "gradient").read_text())
+    doc["method"]["source"] = f"{copy}:gradient"
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(doc))
+    copy.write_text(copy.read_text() + "\n# changed\n")
+    problems = validate_file(moved, work_root=root / "val")
+    assert problems and problems[0].startswith("stale: the source of gradient")
+
+
+def test_a_new_suite_version_makes_a_result_stale(project, tmp_path):
+    root, _ = project
+    doc = json.loads(_file(root, "gradient").read_text())
+    doc["suite_version"] = "0.0.9"
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    problems = validate_file(old, rerun=False)
+    assert problems == ["stale: written for suite tinydigits v0.0.9, the current version is v0.1.0; "
+                        "re-run the submission"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "malformed: cannot read"),
+    ('{"schema_version": "1.0"}', "schema: at (top level): 'suite' is a required property"),
+])
+def test_malformed_files_are_rejected(tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    problems = validate_file(bad)
+    assert problems and problems[0].startswith(message)
+
+
+@pytest.mark.parametrize("method, error, message", [
+    ("writes_outside", AttributionError, "is outside the output directory"),
+    ("runs_a_process", AttributionError, "subprocess.Popen is not allowed"),
+])
+def test_the_sandbox_refuses_writes_and_processes(project, method, error, message):
+    root, _ = project
+    with pytest.raises(error, match=message):
+        submit(f"methods.py:{method}", suites=["tinydigits"], root=root / "leaderboard", work_root=root / "runs",
+               progress=False)
+    assert not (root / "outside.txt").exists()
+    assert not _file(root, method).exists()
+
+
+def test_the_sandbox_enforces_time_and_memory_limits(project):
+    root, _ = project
+    with pytest.raises(SubmissionError, match="exceeded its time limit of 8 s"):
+        submit("methods.py:sleeps", suites=["tinydigits"], root=root / "leaderboard", work_root=root / "runs",
+               progress=False, timeout_s=8)
+    with pytest.raises((SubmissionError, AttributionError), match="MemoryError"):
+        submit("methods.py:hogs_memory", suites=["tinydigits"], root=root / "leaderboard", work_root=root / "runs",
+               progress=False, memory_mb=3072)
+
+
+def test_cli_submit_strict_gates_on_verdicts(project, capsys):
+    root, _ = project
+    args = ["--suites", "tinydigits", "--dir", str(root / "leaderboard"), "--no-progress", "--strict"]
+    assert main(["submit", "methods.py:gradient"] + args) == 0
+    assert main(["submit", "methods.py:ignores_model"] + args) == 1
+    assert "ignores_model FAILED cascading_randomization" in capsys.readouterr().err
