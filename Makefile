@@ -13,17 +13,27 @@ export MALLOC_MMAP_MAX_      ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export MALLOC_TOP_PAD_       ?= 268435456
 
-.PHONY: run test bench env data clean-runs
+.PHONY: run test bench env data browser clean-runs
 
-# The default audit (suite adebayo2018), then its results onto the leaderboard.
+# The default audit (suite adebayo2018); its built-in explainers published as leaderboard files; the board.
 run: env data
 	@out=runs/adebayo2018-$$(date +%Y%m%d-%H%M%S); \
 	$(BIN)/sanitycheck run --out $$out $(ARGS) && \
-	mkdir -p leaderboard/results && cp $$out/results.json leaderboard/results/adebayo2018-fmnist_cnn.json && \
+	$(BIN)/sanitycheck publish $$out/results.json && \
 	$(BIN)/sanitycheck leaderboard
 
-test: env data
+test: env data browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium for the leaderboard page test (Debian's chromium + chromium-driver, when apt is available).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  echo "installing Debian's chromium and chromium-driver for the leaderboard page test"; \
+	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null \
+	    || echo "could not install chromium: the page test will skip and say why"; \
+	fi
 
 bench: env data
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only $(PYTEST_ARGS)

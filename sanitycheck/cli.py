@@ -74,6 +74,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .io import read_json
+    from .submissions import publish_run
+
+    for path in publish_run(read_json(Path(args.results)), root=Path(args.dir)):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .submissions import validate_file
 
@@ -108,14 +117,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .report.leaderboard import write_leaderboard
+    from .report.leaderboard import build_leaderboard
 
-    files = [Path(p) for p in args.results] or sorted(Path(args.dir).glob("results/*.json"))
-    if not files:
-        print(f"sanitycheck: error: no result files given and none in {Path(args.dir) / 'results'}", file=sys.stderr)
-        return 2
-    out = write_leaderboard(files, Path(args.dir) / "LEADERBOARD.md")
-    print(f"wrote {out} from {len(files)} result file(s)")
+    summary = build_leaderboard(Path(args.dir))
+    for suite, methods in summary["suites"].items():
+        print(f"{suite}: {len(methods)} method(s)")
+    for path, problems in summary["rejected"].items():
+        print(f"rejected {path}:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {Path(args.dir) / 'LEADERBOARD.md'} and {Path(args.dir) / 'index.html'}")
     return 0
 
 
@@ -154,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_gate_options(sub_p)
     sub_p.set_defaults(func=cmd_submit)
 
+    pub = sub.add_parser("publish", help="split a run of built-in explainers into leaderboard result files")
+    pub.add_argument("results", help="a run's results.json")
+    pub.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")
+    pub.set_defaults(func=cmd_publish)
+
     val = sub.add_parser("validate", help="check result files: schema, suite version, consistency, seeded re-run")
     val.add_argument("paths", nargs="+", help="result files (leaderboard/submissions/<method>/<suite>.json)")
     val.add_argument("--sample", type=int, default=16, help="images re-run per file (default: 16)")
@@ -164,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "models", "datasets", "checks", "metrics"])
     ls.set_defaults(func=cmd_ls)
-    board = sub.add_parser("leaderboard", help="regenerate <dir>/LEADERBOARD.md from result files")
-    board.add_argument("results", nargs="*", help="results.json files (default: <dir>/results/*.json)")
+    board = sub.add_parser("leaderboard", help="regenerate <dir>/LEADERBOARD.md, index.html and thumbnails from "
+                                               "the valid files in <dir>/submissions/")
     board.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")
     board.set_defaults(func=cmd_leaderboard)
     return parser

@@ -16,7 +16,7 @@ import importlib.util
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, Iterator, List, TypeVar, Union
 
 from .errors import UnknownNameError
 

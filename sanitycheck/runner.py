@@ -14,15 +14,15 @@ import datetime as _dt
 import hashlib
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .checks.base import Check, get_check
-from .errors import ConfigError, ModelError, NotApplicableError, SanityCheckError
+from .errors import ConfigError, NotApplicableError
 from .explainers import Explainer, check_eval_mode, get_explainer
 from .io import atomic_torch_save, atomic_write_json, read_json
 from .registry import METRICS

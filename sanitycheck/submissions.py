@@ -255,6 +255,31 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
     return documents
 
 
+def publish_run(results: Dict[str, Any], *, root: Path = Path("leaderboard")) -> List[Path]:
+    """Split a run of *registered* explainers into leaderboard files (one per explainer), without re-running.
+
+    Only explainers resolvable by registry name are published: their code is installed, so
+    ``validate`` can re-run them. A run's per-explainer document is the one ``submit`` would write.
+    """
+    from .results import split_by_explainer
+    from .validation import static_problems
+
+    written = []
+    for name, doc in split_by_explainer(results).items():
+        if name not in EXPLAINERS:
+            raise ConfigError(f"cannot publish {name!r}: only registered explainers are published from a run; "
+                              f"submit other methods with `sanitycheck submit`")
+        from .suites import load_suite
+
+        params = dict(load_suite(doc["suite"]).explainers).get(name, {})  # what the suite constructed it with
+        doc["method"] = method_block(name, params=params)
+        problems = static_problems(doc, submission=True)
+        if problems:
+            raise SubmissionError(f"internal: {name} on {doc['suite']} does not validate: " + "; ".join(problems))
+        written.append(atomic_write_json(Path(root) / "submissions" / name / f"{doc['suite']}.json", doc))
+    return written
+
+
 # ------------------------------------------------------------------------- validate
 def sample_indices(doc: Dict[str, Any], raw: bytes, k: int) -> List[int]:
     """k image indices drawn with a seed from the file's own bytes: an edit moves the sample."""

@@ -65,6 +65,12 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
     for r in doc["records"]:
         records.setdefault((r["explainer"], r["check"]), []).append(Record(**r))
         if r["step"] == ORIGINAL_STEP:
+            # the original model's maps compared with themselves: exactly 1 wherever defined
+            if r["n"] + r["n_undefined"] != n_images or (r["n"] and not all(
+                    _close(r[k], 1.0) for k in ("mean", "ci_low", "ci_high"))) or (not r["n"] and r["mean"] is not None):
+                problems.append(f"tampered: record {r['explainer']}/{r['check']}/original/{r['metric']} must be 1.0 "
+                                f"over n={n_images} images (the original maps against themselves), got mean "
+                                f"{r['mean']} n={r['n']}+{r['n_undefined']} undefined")
             continue
         scores = per_sample.get(r["explainer"], {}).get(r["check"], {}).get(r["step"], {}).get(r["metric"])
         where = f"{r['explainer']}/{r['check']}/{r['step']}/{r['metric']}"
@@ -87,9 +93,12 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
             continue
         expected = decide(VerdictRule(rule["metric"], rule["threshold"], rule["rule"]), v["explainer"], v["check"],
                           records.get((v["explainer"], v["check"]), []))
-        if (expected.passed, expected.reason) != (v["passed"], v["reason"]):
+        if expected.passed != v["passed"]:
             problems.append(f"tampered: verdict {v['explainer']}/{v['check']} says passed={v['passed']}, "
                             f"its records give passed={expected.passed}")
+        elif (expected.reason, expected.measured, expected.step) != (v["reason"], v["measured"], v["step"]):
+            problems.append(f"tampered: verdict {v['explainer']}/{v['check']} states a reason or value its records "
+                            f"do not give (expected: {expected.reason!r})")
     return problems
 
 

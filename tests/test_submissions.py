@@ -211,3 +211,23 @@ def test_cli_submit_strict_gates_on_verdicts(project, capsys):
     assert main(["submit", "methods.py:gradient"] + args) == 0
     assert main(["submit", "methods.py:ignores_model"] + args) == 1
     assert "ignores_model FAILED cascading_randomization" in capsys.readouterr().err
+
+
+def test_a_run_of_builtin_explainers_publishes_valid_leaderboard_files(project):
+    root, _ = project
+    from sanitycheck.runner import run_suite
+    from sanitycheck.submissions import publish_run
+
+    results = run_suite("tinydigits", out=root / "run", progress=False, figures=False)
+    paths = publish_run(results, root=root / "published")
+    assert [p.relative_to(root / "published").as_posix() for p in paths] == ["submissions/gradient/tinydigits.json"]
+    doc = json.loads(paths[0].read_text())
+    assert doc["method"]["source"] == "gradient" and doc["method"]["source_file"].endswith("gradients.py")
+    assert validate_file(paths[0], work_root=root / "val") == []
+
+
+def test_published_schema_file_is_the_schema_the_code_validates_with():
+    from sanitycheck.schema import RESULT_SCHEMA
+
+    published = Path(__file__).resolve().parent.parent / "leaderboard" / "schema.json"
+    assert json.loads(published.read_text()) == RESULT_SCHEMA
