@@ -231,3 +231,17 @@ def test_published_schema_file_is_the_schema_the_code_validates_with():
 
     published = Path(__file__).resolve().parent.parent / "leaderboard" / "schema.json"
     assert json.loads(published.read_text()) == RESULT_SCHEMA
+
+
+def test_the_board_flags_the_model_ignoring_submission_and_passes_the_gradient(project):
+    root, _ = project
+    from sanitycheck.report.leaderboard import build_leaderboard
+
+    summary = build_leaderboard(root / "leaderboard")
+    assert sorted(summary["suites"]["tinydigits"]) == ["gradient", "ignores_model"] and not summary["rejected"]
+    rows = {line.split("|")[1].strip(): line for line in (root / "leaderboard" / "LEADERBOARD.md").read_text().splitlines()
+            if line.startswith("| ") and ("gradient" in line or "ignores_model" in line)}
+    gradient = next(v for k, v in rows.items() if "gradient" in k and "ignores" not in k)
+    ignores = next(v for k, v in rows.items() if "ignores_model" in k)
+    assert "fail" not in gradient and gradient.count("pass") == 2
+    assert ignores.count("fail") == 2 and "1.000 @ fc2" in ignores
