@@ -11,26 +11,43 @@ from .errors import SanityCheckError
 from .options import add_gate_options, add_run_options, gate_messages, run_kwargs
 
 
+def _score_cell(r: Optional[dict]) -> str:
+    if r is None or r["mean"] is None:
+        return "undefined"
+    return f"{r['mean']:.3f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]"
+
+
 def _print_summary(results: dict, out_dir: Path) -> None:
-    verdicts = results["verdicts"]
-    checks = list(dict.fromkeys(v["check"] for v in verdicts))
-    explainers = list(dict.fromkeys(v["explainer"] for v in verdicts))
-    table = {(v["explainer"], v["check"]): v for v in verdicts}
-    width = max(len(e) for e in explainers) + 2
     print(f"\n{results['suite']} v{results['suite_version']} on {results['model']['name']} / "
           f"{results['dataset']['name']} (n={results['dataset']['n']}, seed={results['seed']})")
-    print(" " * width + "".join(f"{c[:26]:>28}" for c in checks))
-    for e in explainers:
-        cells = []
-        for c in checks:
-            v = table.get((e, c))
-            if v is None:
-                cells.append(f"{'-':>28}")
-            else:
-                m = "undef" if v["measured"] is None else f"{v['measured']:.2f}"
-                cells.append(f"{('PASS' if v['passed'] else 'FAIL') + ' (' + m + ')':>28}")
-        print(f"{e:<{width}}" + "".join(cells))
-    print("(value: the deciding upper 95% CI bound of the verdict metric; see results.json for reasons)")
+    explainers = list(results["explainers"])
+    width = max(len(e) for e in explainers) + 2
+    verdicts = results["verdicts"]
+    checks = list(dict.fromkeys(v["check"] for v in verdicts))
+    if checks:
+        table = {(v["explainer"], v["check"]): v for v in verdicts}
+        print(" " * width + "".join(f"{c[:26]:>28}" for c in checks))
+        for e in explainers:
+            cells = []
+            for c in checks:
+                v = table.get((e, c))
+                m = "-" if v is None else ("undef" if v["measured"] is None else f"{v['measured']:.2f}")
+                cells.append(f"{'-' if v is None else ('PASS' if v['passed'] else 'FAIL') + ' (' + m + ')':>28}")
+            print(f"{e:<{width}}" + "".join(cells))
+        print("(value: the CI bound that decided the verdict; see results.json for the reasons)")
+    scores = [(c, r["metric"]) for c, info in results["checks"].items() if info.get("kind") == "evaluation"
+              for r in results["records"] if r["check"] == c and r["explainer"] == explainers[0]
+              and not r["step"].isdigit()]
+    if scores:
+        print("\nscores (mean [95% CI]):")
+        print(' ' * width + ''.join(f"{(c + ' ' + m)[:22]:>24}" for c, m in scores))
+        index = {(r["explainer"], r["check"], r["metric"]): r for r in results["records"] if not r["step"].isdigit()}
+        for e in explainers:
+            cells = []
+            for c, m in scores:
+                r = index.get((e, c, m))
+                cells.append(f"{_score_cell(r):>24}")
+            print(f"{e:<{width}}" + "".join(cells))
     for s in results.get("skipped", []):
         print(f"skipped {s['explainer']}: {s['reason']}")
     print(f"\nresults: {out_dir / 'results.json'}")

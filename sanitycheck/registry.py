@@ -160,6 +160,19 @@ for _name, _path in {
     "cascading_randomization": "sanitycheck.checks.randomization:CascadingRandomization",
     "independent_randomization": "sanitycheck.checks.randomization:IndependentRandomization",
     "data_randomization": "sanitycheck.checks.data_randomization:DataRandomization",
+    # refined randomization checks (Sixt et al. 2020; Hedström et al. 2023)
+    "random_logit": "sanitycheck.checks.refined:RandomLogit",
+    "smooth_mprt": "sanitycheck.checks.refined:SmoothMPRT",
+    "efficient_mprt": "sanitycheck.checks.refined:EfficientMPRT",
+    # faithfulness families: evaluations of the trained model's maps (no model states)
+    "deletion": "sanitycheck.metrics.curves:Deletion",
+    "insertion": "sanitycheck.metrics.curves:Insertion",
+    "aopc_morf": "sanitycheck.metrics.curves:AOPCMoRF",
+    "aopc_lerf": "sanitycheck.metrics.curves:AOPCLeRF",
+    "faithfulness_correlation": "sanitycheck.metrics.faithfulness:FaithfulnessCorrelation",
+    "infidelity": "sanitycheck.metrics.faithfulness:Infidelity",
+    "max_sensitivity": "sanitycheck.metrics.faithfulness:MaxSensitivity",
+    "road": "sanitycheck.metrics.faithfulness:ROAD",
 }.items():
     CHECKS.register(_name, _path)
 
@@ -168,5 +181,6 @@ for _name, _path in {
     "spearman": "sanitycheck.metrics.similarity:spearman",
     "ssim": "sanitycheck.metrics.similarity:ssim",
     "hog": "sanitycheck.metrics.similarity:hog",
+    "entropy_increase": "sanitycheck.metrics.similarity:entropy_increase",
 }.items():
     METRICS.register(_name, _path)

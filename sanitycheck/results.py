@@ -27,6 +27,7 @@ from .errors import ConfigError
 SCHEMA_VERSION = "1.0"
 ORIGINAL_STEP = "original"
 VERDICT_RULES = ("all_steps", "final_step")
+VERDICT_DIRECTIONS = ("below", "above")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class VerdictRule:
-    """Pass when the similarity's upper 95 % CI bound is below ``threshold`` at the steps ``rule`` reads.
+    """Pass when the metric's upper 95 % CI bound is below ``threshold`` at the steps ``rule`` reads
+    (``direction="below"``, for similarities) — or its lower bound above it (``"above"``, e.g. the
+    entropy increase of efficient MPRT).
 
     ``all_steps`` reads every step of the check — the failure of Guided Backprop is at the *top* of the
     cascade (Adebayo et al.'s erratum), so reading only the fully randomized end would miss it;
@@ -69,12 +72,16 @@ class VerdictRule:
     metric: str
     threshold: float
     rule: str = "all_steps"
+    direction: str = "below"
 
     def __post_init__(self):
         if self.rule not in VERDICT_RULES:
             raise ConfigError(f"unknown verdict rule {self.rule!r}; use one of {VERDICT_RULES}")
-        if not isinstance(self.threshold, (int, float)) or not -1.0 <= float(self.threshold) <= 1.0:
-            raise ConfigError(f"verdict threshold must be a number in [-1, 1], got {self.threshold!r}")
+        if self.direction not in VERDICT_DIRECTIONS:
+            raise ConfigError(f"unknown verdict direction {self.direction!r}; use one of {VERDICT_DIRECTIONS}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not -10.0 <= float(self.threshold) <= 10.0:
+            raise ConfigError(f"verdict threshold must be a number in [-10, 10], got {self.threshold!r}")
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -102,22 +109,31 @@ def decide(rule: VerdictRule, explainer: str, check: str, records: Sequence[Reco
         undefined_note += (f" Up to {worst_u.n_undefined} of {worst_u.n + worst_u.n_undefined} maps per step "
                            f"were undefined ({worst_u.undefined_reason}) and left out.")
     where = "every step" if rule.rule == "all_steps" else "the final step"
-    criterion = f"threshold: the upper 95% CI bound of {rule.metric} must stay below {rule.threshold:.2f} at {where}"
+    below = rule.direction == "below"
+    bound = "upper" if below else "lower"
+    criterion = (f"threshold: the {bound} 95% CI bound of {rule.metric} must stay {rule.direction} "
+                 f"{rule.threshold:.2f} at {where}")
     if not defined:
-        return Verdict(explainer, check, True,
-                       f"PASS: {rule.metric} undefined at every step read. {criterion}.{undefined_note}",
+        return Verdict(explainer, check, below,
+                       f"{'PASS' if below else 'FAIL'}: {rule.metric} undefined at every step read. "
+                       f"{criterion}.{undefined_note}",
                        rule.metric, rule.rule, rule.threshold, None, read[-1].step)
-    worst = max(defined, key=lambda r: r.ci_high)
-    passed = worst.ci_high < rule.threshold
-    pos = f"step {worst.step_index}/{total}"
-    if passed:
-        head = (f"PASS: {rule.metric} falls below {rule.threshold:.2f} under {check}; highest at {worst.step} "
-                f"({pos}): mean {_fmt(worst.mean)} [95% CI {_fmt(worst.ci_low)}, {_fmt(worst.ci_high)}], n={worst.n}")
+    if below:
+        worst = max(defined, key=lambda r: r.ci_high)
+        measured, passed = worst.ci_high, worst.ci_high < rule.threshold
     else:
-        head = (f"FAIL: {rule.metric} stays high under {check}: at {worst.step} ({pos}) mean {_fmt(worst.mean)} "
-                f"[95% CI {_fmt(worst.ci_low)}, {_fmt(worst.ci_high)}], n={worst.n}, not below {rule.threshold:.2f}")
+        worst = min(defined, key=lambda r: r.ci_low)
+        measured, passed = worst.ci_low, worst.ci_low > rule.threshold
+    pos = f"step {worst.step_index}/{total}"
+    values = f"mean {_fmt(worst.mean)} [95% CI {_fmt(worst.ci_low)}, {_fmt(worst.ci_high)}], n={worst.n}"
+    if passed:
+        head = (f"PASS: {rule.metric} {'falls below' if below else 'rises above'} {rule.threshold:.2f} under {check}; "
+                f"{'highest' if below else 'lowest'} at {worst.step} ({pos}): {values}")
+    else:
+        head = (f"FAIL: {rule.metric} {'stays high' if below else 'stays low'} under {check}: at {worst.step} ({pos}) "
+                f"{values}, not {rule.direction} {rule.threshold:.2f}")
     return Verdict(explainer, check, passed, f"{head}; {criterion}.{undefined_note}", rule.metric,
-                   rule.rule, rule.threshold, worst.ci_high, worst.step)
+                   rule.rule, rule.threshold, measured, worst.step)
 
 
 def git_hash(path: Optional[Path] = None) -> Optional[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import time
 from dataclasses import asdict
@@ -111,6 +112,10 @@ class AuditRun:
         self.skipped: Dict[str, str] = {}
         self.state_info: Dict[str, Dict[str, Any]] = {}
         self.steps: Dict[str, List[str]] = {}
+        self.check_kinds: Dict[str, str] = {}
+        self.check_directions: Dict[str, Dict[str, bool]] = {}
+        self.families: Dict[str, Any] = {}
+        self.variant_originals: Dict[str, Dict[str, Tensor]] = {}
         self.examples: Dict[Tuple[str, str, str], Tensor] = {}
         self.timing: Dict[str, float] = {}
 
@@ -145,6 +150,7 @@ class AuditRun:
         with torch.no_grad():
             logits = torch.cat([self.model(self.x[i:i + self.batch_size].to(self.device)).cpu()
                                 for i in range(0, len(self.x), self.batch_size)])
+        self.logits = logits
         self.predicted = logits.argmax(1)
         classes = self.predicted if self.suite.target == "predicted" else self.dataset.labels
         self.target = ClassTarget(classes)
@@ -190,12 +196,14 @@ class AuditRun:
         atomic_write_json(path, fp)
 
     # ---------------------------------------------------------------- work
-    def original_maps(self) -> Dict[str, Tensor]:
+    def original_maps(self, explainers: Optional[Dict[str, Explainer]] = None, variant: str = "") -> Dict[str, Tensor]:
+        """Maps of the trained model, once per explainer (``variant``: a check that transforms explainers)."""
         maps: Dict[str, Tensor] = {}
-        bar = _progress(list(self.explainers.items()), desc="original maps", disable=not self.progress,
-                        leave=False)
+        items = [(n, e) for n, e in (explainers or self.explainers).items() if n not in self.skipped]
+        bar = _progress(items, desc=f"original maps{' (' + variant + ')' if variant else ''}",
+                        disable=not self.progress, leave=False)
         for name, explainer in bar:
-            path = self._cache_path("original", f"{name}.pt")
+            path = self._cache_path("original", *( [variant] if variant else []), f"{name}.pt")
             if path.exists():
                 maps[name] = torch.load(path)
                 continue
@@ -208,19 +216,57 @@ class AuditRun:
             maps[name] = m
         return maps
 
-    def score_state(self, check: str, step: str, model: nn.Module, originals: Dict[str, Tensor],
-                    bar) -> Dict[str, Dict[str, Any]]:
+    def is_evaluation(self, check: Any) -> bool:
+        from .metrics.base import FaithfulnessFamily
+
+        return isinstance(check, FaithfulnessFamily)
+
+    def evaluate_family(self, spec: Any, family: Any, originals: Dict[str, Tensor]) -> Dict[Tuple[str, str], Dict[str, Any]]:
+        """A faithfulness family on the trained model's maps: per-image scores per step, cached per explainer."""
+        out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        steps: List[str] = []
+        live = [n for n in self.explainers if n not in self.skipped]
+        for name in _progress(live, desc=spec.name, disable=not self.progress, leave=False):
+            path = self._cache_path("scores", spec.name, f"{name}.pt")
+            if path.exists():
+                per_step = torch.load(path)
+            else:
+                kwargs = {"explainer": self.explainers[name]} if "explainer" in inspect.signature(
+                    family.evaluate).parameters else {}
+                ev = family.evaluate(self.model, self.x.to(self.device), self.target, originals[name].to(self.device),
+                                     seed=self.seed, **kwargs)
+                per_step = {}
+                if ev.curve is not None:
+                    for i in range(ev.curve.shape[1]):
+                        per_step[str(i)] = {ev.curve_metric: ev.curve[:, i].detach().to("cpu", torch.float64)}
+                per_step[ev.summary_step] = {k: v.detach().to("cpu", torch.float64) for k, v in ev.scores.items()}
+                per_step = {"steps": per_step, "notes": dict(ev.notes or {})}
+                atomic_torch_save(path, per_step)
+            if per_step["notes"]:
+                self.state_info.setdefault(spec.name, {})[name] = per_step["notes"]
+            for step, scores in per_step["steps"].items():
+                if step not in steps:
+                    steps.append(step)
+                reasons = {m: (f"{int(torch.isnan(v).sum())} scores undefined (e.g. a constant map has no correlation)"
+                               if torch.isnan(v).any() else None) for m, v in scores.items()}
+                out.setdefault((spec.name, step), {})[name] = {"scores": scores, "reasons": reasons, "examples": None}
+        self.steps[spec.name] = steps
+        return out
+
+    def score_state(self, check: str, step: str, model: nn.Module, originals: Dict[str, Tensor], bar,
+                    explainers: Optional[Dict[str, Explainer]] = None, target: Any = None) -> Dict[str, Dict[str, Any]]:
         out = {}
         k = self.suite.figure_images
-        for name, explainer in self.explainers.items():
-            if name in self.skipped:
+        target = self.target if target is None else target
+        for name, explainer in (explainers or self.explainers).items():
+            if name in self.skipped or name not in originals:
                 continue
             path = self._cache_path("scores", check, step, f"{name}.pt")
             if path.exists():
                 out[name] = torch.load(path)
             else:
                 bar.set_postfix_str(f"{step}: {name}")
-                maps = explain_batched(explainer, model, self.x, self.target, self.batch_size)
+                maps = explain_batched(explainer, model, self.x, target, self.batch_size)
                 ref = originals[name]
                 scores, reasons = {}, {}
                 for mname, metric in self.metrics.items():
@@ -234,24 +280,41 @@ class AuditRun:
     def run_checks(self, originals: Dict[str, Tensor]) -> Dict[Tuple[str, str], Dict[str, Any]]:
         results: Dict[Tuple[str, str], Dict[str, Any]] = {}
         context = {"cache_dir": self.cache_dir, "device": self.device, "progress": self.progress, **self.context}
-        live = [n for n in self.explainers if n not in self.skipped]
+        example = self.x[:2].to(self.device)
         for spec in self.check_specs:
             t0 = time.perf_counter()
             check: Check = get_check(spec.name, **spec.params)
-            steps = check.steps(self.model, self.x[:2].to(self.device)) if hasattr(check, "steps") else None
+            if self.is_evaluation(check):
+                self.check_kinds[spec.name] = "evaluation"
+                self.check_directions[spec.name] = dict(check.higher_is_better)
+                self.families[spec.name] = check
+                results.update(self.evaluate_family(spec, check, originals))
+                self.timing[f"{spec.name}_seconds"] = time.perf_counter() - t0
+                continue
+            self.check_kinds[spec.name] = "randomization"
+            explainers, refs = self.explainers, originals
+            if type(check).transform_explainer is not Check.transform_explainer:  # e.g. smooth MPRT
+                explainers = {n: check.transform_explainer(e) for n, e in self.explainers.items()}
+                refs = self.original_maps(explainers, variant=spec.name)
+                self.variant_originals[spec.name] = refs
+            target = check.transform_target(self.target, self.logits, seed=self.seed, x=self.x)
+            live = [n for n in explainers if n not in self.skipped]
+            steps = check.steps(self.model, example) if hasattr(check, "steps") else None
             total = len(steps) * len(live) if steps else None
             self.steps[spec.name] = []
             with _progress(total=total, desc=spec.name, disable=not self.progress, unit="map set") as bar:
-                for state in check.states(self.model, seed=self.seed, example_input=self.x[:2].to(self.device),
-                                          context=context):
+                for state in check.states(self.model, seed=self.seed, example_input=example, context=context):
                     state.model.eval()
                     self.steps[spec.name].append(state.step)
                     if state.info:
                         self.state_info[f"{spec.name}/{state.step}"] = state.info
-                    results[(spec.name, state.step)] = self.score_state(spec.name, state.step, state.model,
-                                                                        originals, bar)
+                    results[(spec.name, state.step)] = self.score_state(spec.name, state.step, state.model, refs,
+                                                                        bar, explainers, target)
             self.timing[f"{spec.name}_seconds"] = time.perf_counter() - t0
         return results
+
+    def originals_of(self, check: str, originals: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return self.variant_originals.get(check, originals)
 
     # ---------------------------------------------------------------- aggregate
     def aggregate(self, originals: Dict[str, Tensor],
@@ -260,20 +323,23 @@ class AuditRun:
         verdicts: List[Verdict] = []
         for spec in self.check_specs:
             steps = self.steps.get(spec.name, [])
+            evaluation = self.check_kinds.get(spec.name) == "evaluation"
+            refs = self.originals_of(spec.name, originals)
             for name in self.explainers:
-                if name in self.skipped:
+                if name in self.skipped or name not in refs:
                     continue
-                ref = originals[name]
                 per_metric_rows, keys = [], []
-                # step 0: the original model compared with itself (1 where defined; shows constant originals)
-                for mname, metric in self.metrics.items():
-                    s = metric(ref, ref).to(torch.float64).cpu()
-                    per_metric_rows.append(s)
-                    keys.append((mname, ORIGINAL_STEP, 0, _undefined_reason(ref, ref, s)))
+                if not evaluation:
+                    # step 0: the original model compared with itself (1 where defined; shows constant originals)
+                    ref = refs[name]
+                    for mname, metric in self.metrics.items():
+                        s = metric(ref, ref).to(torch.float64).cpu()
+                        per_metric_rows.append(s)
+                        keys.append((mname, ORIGINAL_STEP, 0, _undefined_reason(ref, ref, s)))
                 for i, step in enumerate(steps, start=1):
                     entry = scored[(spec.name, step)][name]
-                    for mname in self.metrics:
-                        per_metric_rows.append(entry["scores"][mname])
+                    for mname, values in entry["scores"].items():
+                        per_metric_rows.append(values)
                         keys.append((mname, step, i, entry["reasons"][mname]))
                 summaries = bootstrap_ci_many(torch.stack(per_metric_rows),
                                               seed_parts=(self.seed, "bootstrap", spec.name, name))
@@ -281,7 +347,8 @@ class AuditRun:
                                s.n_undefined, reason if s.n_undefined else None)
                         for (mname, step, idx, reason), s in zip(keys, summaries)]
                 records.extend(recs)
-                verdicts.append(decide(spec.verdict, name, spec.name, recs))
+                if spec.verdict is not None:
+                    verdicts.append(decide(spec.verdict, name, spec.name, recs))
         return records, verdicts
 
     # ---------------------------------------------------------------- main
@@ -320,7 +387,10 @@ class AuditRun:
         for name in originals:
             per_check = {}
             for spec in self.check_specs:
-                maps = {ORIGINAL_STEP: encode_array(originals[name][0])}
+                refs = self.originals_of(spec.name, originals)
+                if self.check_kinds.get(spec.name) == "evaluation" or name not in refs:
+                    continue
+                maps = {ORIGINAL_STEP: encode_array(refs[name][0])}
                 for step in self.steps.get(spec.name, []):
                     maps[step] = encode_array(scored[(spec.name, step)][name]["examples"][0])
                 per_check[spec.name] = maps
@@ -331,6 +401,12 @@ class AuditRun:
                      scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         model_info = dict(getattr(self.model, "sanitycheck_info", {}) or {})
         spec = getattr(self.model, "sanitycheck_spec", None)
+        per_sample = self.per_sample(scored)
+        from .report.reliability import reliability_report
+
+        summaries = [(c, step, m, hib) for c, d in self.check_directions.items() for m, hib in d.items()
+                     for step in self.steps.get(c, []) if not step.isdigit()]
+        reliability = reliability_report(per_sample, summaries) if summaries else None
         return clean_json({
             "schema_version": SCHEMA_VERSION,
             "suite": self.suite.name,
@@ -363,14 +439,17 @@ class AuditRun:
                            for k, e in self.explainers.items()},
             "skipped": [{"explainer": k, "reason": v} for k, v in self.skipped.items()],
             "metrics": {k: asdict(m.info) for k, m in self.metrics.items()},
-            "checks": {c.name: {"params": c.params, "verdict_rule": asdict(c.verdict),
+            "checks": {c.name: {"kind": self.check_kinds.get(c.name, "randomization"), "params": c.params,
+                                "higher_is_better": self.check_directions.get(c.name),
+                                "verdict_rule": asdict(c.verdict) if c.verdict is not None else None,
                                 "steps": self.steps.get(c.name, [])} for c in self.check_specs},
             "state_info": self.state_info,
             "bootstrap": {"resamples": 2000, "confidence": 0.95, "method": "percentile"},
             "timing": self.timing,
             "records": records_to_json(records),
             "verdicts": verdicts_to_json(verdicts),
-            "per_sample": self.per_sample(scored),
+            "per_sample": per_sample,
+            "reliability": reliability,
             "examples": self.example_maps(originals, scored),
         })
 

@@ -54,8 +54,12 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "requires_model": {"type": "boolean"}}}},
         "checks": {"type": "object", "minProperties": 1, "additionalProperties": {
             "type": "object", "required": ["steps", "verdict_rule"],
-            "properties": {"steps": {"type": "array", "items": {"type": "string"}},
-                           "verdict_rule": {"type": "object", "required": ["metric", "threshold", "rule"]}}}},
+            "properties": {"kind": {"enum": ["randomization", "evaluation"]},
+                           "steps": {"type": "array", "items": {"type": "string"}},
+                           "verdict_rule": {"oneOf": [
+                               {"type": "null"},
+                               {"type": "object", "required": ["metric", "threshold", "rule"],
+                                "properties": {"direction": {"enum": ["below", "above"]}}}]}}}},
         "metrics": {"type": "object", "minProperties": 1, "additionalProperties": {
             "type": "object", "required": ["name", "higher_is_better", "category"]}},
         "records": {"type": "array", "items": {

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError, UnknownNameError
 from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
-from .results import VERDICT_RULES, VerdictRule
+from .results import VERDICT_DIRECTIONS, VERDICT_RULES, VerdictRule
 
 DEFAULT_SUITE = "adebayo2018"
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -47,13 +47,14 @@ SUITE_SCHEMA: Dict[str, Any] = {
         "explainers": {"type": "array", "minItems": 1, "items": _PART},
         "metrics": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "checks": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["name", "verdict"], "additionalProperties": False,
+            "type": "object", "required": ["name"], "additionalProperties": False,
             "properties": {
                 "name": {"type": "string"},
                 "params": {"type": "object"},
                 "verdict": {"type": "object", "required": ["metric", "threshold"], "additionalProperties": False,
                             "properties": {"metric": {"type": "string"}, "threshold": {"type": "number"},
-                                           "rule": {"enum": list(VERDICT_RULES)}}}}}},
+                                           "rule": {"enum": list(VERDICT_RULES)},
+                                           "direction": {"enum": list(VERDICT_DIRECTIONS)}}}}}},
     },
 }
 
@@ -62,7 +63,7 @@ SUITE_SCHEMA: Dict[str, Any] = {
 class CheckSpec:
     name: str
     params: Dict[str, Any]
-    verdict: VerdictRule
+    verdict: Optional[VerdictRule]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,16 @@ def find_suite(name_or_path: str) -> Path:
                            f"(searched {', '.join(str(d) for d in suite_dirs())}).")
 
 
+def _is_family(name: str) -> bool:
+    """A faithfulness family (evaluates the trained model's maps) rather than a model intervention."""
+    import inspect
+
+    from .metrics.base import FaithfulnessFamily
+
+    obj = CHECKS.get(name)
+    return inspect.isclass(obj) and issubclass(obj, FaithfulnessFamily)
+
+
 def _parts(items: List[Any]) -> List[Tuple[str, Dict[str, Any]]]:
     out = []
     for item in items:
@@ -152,12 +163,23 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
                     raise ConfigError(f"suite {where}: {err}") from None
     checks = []
     for c in data["checks"]:
-        v = c["verdict"]
-        if v["metric"] not in data["metrics"]:
+        v = c.get("verdict")
+        if v is None:
+            if not _is_family(c["name"]):
+                raise ConfigError(f"suite {where}: at checks: randomization check {c['name']!r} needs a 'verdict' "
+                                  "(metric, threshold)")
+            checks.append(CheckSpec(c["name"], dict(c.get("params") or {}), None))
+            continue
+        if v["metric"] not in data["metrics"] and not _is_family(c["name"]):
             raise ConfigError(f"suite {where}: check {c['name']!r} decides on metric {v['metric']!r}, "
                               f"which the suite does not compute (metrics: {data['metrics']})")
         checks.append(CheckSpec(c["name"], dict(c.get("params") or {}),
-                                VerdictRule(v["metric"], float(v["threshold"]), v.get("rule", "all_steps"))))
+                                VerdictRule(v["metric"], float(v["threshold"]), v.get("rule", "all_steps"),
+                                            v.get("direction", "below"))))
+    if not sha256:  # a suite given as data, not a file: hash its canonical JSON
+        import json
+
+        sha256 = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     return Suite(name=data["name"], version=data["version"], description=data["description"].strip(),
                  reference=data.get("reference", ""), dataset=data["dataset"], model=data["model"],
                  explainers=explainers, metrics=list(data["metrics"]), checks=checks,

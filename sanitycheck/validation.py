@@ -65,10 +65,11 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
     for r in doc["records"]:
         records.setdefault((r["explainer"], r["check"]), []).append(Record(**r))
         if r["step"] == ORIGINAL_STEP:
-            # the original model's maps compared with themselves: exactly 1 wherever defined
+            # the original model's maps compared with themselves: the metric's identity value wherever defined
+            identity = float(doc["metrics"].get(r["metric"], {}).get("identity", 1.0))
             if r["n"] + r["n_undefined"] != n_images or (r["n"] and not all(
-                    _close(r[k], 1.0) for k in ("mean", "ci_low", "ci_high"))) or (not r["n"] and r["mean"] is not None):
-                problems.append(f"tampered: record {r['explainer']}/{r['check']}/original/{r['metric']} must be 1.0 "
+                    _close(r[k], identity) for k in ("mean", "ci_low", "ci_high"))) or (not r["n"] and r["mean"] is not None):
+                problems.append(f"tampered: record {r['explainer']}/{r['check']}/original/{r['metric']} must be {identity} "
                                 f"over n={n_images} images (the original maps against themselves), got mean "
                                 f"{r['mean']} n={r['n']}+{r['n_undefined']} undefined")
             continue
@@ -89,9 +90,10 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
     for v in doc["verdicts"]:
         rule = doc["checks"].get(v["check"], {}).get("verdict_rule")
         if rule is None:
-            problems.append(f"verdict for unknown check {v['check']!r}")
+            problems.append(f"verdict for {v['check']!r}, which has no verdict rule")
             continue
-        expected = decide(VerdictRule(rule["metric"], rule["threshold"], rule["rule"]), v["explainer"], v["check"],
+        expected = decide(VerdictRule(rule["metric"], rule["threshold"], rule["rule"], rule.get("direction", "below")),
+                          v["explainer"], v["check"],
                           records.get((v["explainer"], v["check"]), []))
         if expected.passed != v["passed"]:
             problems.append(f"tampered: verdict {v['explainer']}/{v['check']} says passed={v['passed']}, "

@@ -51,7 +51,8 @@ def test_missing_records_cannot_pass():
     assert not v.passed and "cannot decide" in v.reason
 
 
-@pytest.mark.parametrize("bad", [dict(rule="sometimes"), dict(threshold=3.0), dict(threshold="high")])
+@pytest.mark.parametrize("bad", [dict(rule="sometimes"), dict(threshold=30.0), dict(threshold="high"),
+                                 dict(threshold=True), dict(direction="sideways")])
 def test_bad_verdict_rules_are_rejected(bad):
     kwargs = dict(metric="spearman_abs", threshold=0.5, rule="all_steps") | bad
     with pytest.raises(ConfigError):
@@ -66,3 +67,12 @@ def test_json_never_holds_nan(tmp_path):
     with pytest.raises(ValueError):
         atomic_write_json(tmp_path / "bad.json", {"x": float("nan")})
     assert not (tmp_path / "bad.json").exists() and not list(tmp_path.glob(".bad.json*"))
+
+
+def test_above_rule_passes_only_when_the_lower_bound_clears_the_threshold():
+    records = [rec("all", 1, 0.30, 0.35, metric="entropy_increase")]
+    rule = VerdictRule("entropy_increase", 0.1, "final_step", "above")
+    v = decide(rule, "g", "efficient_mprt", records)
+    assert v.passed and v.measured == pytest.approx(0.25) and "lower 95% CI bound" in v.reason
+    v = decide(VerdictRule("entropy_increase", 0.27, "final_step", "above"), "g", "efficient_mprt", records)
+    assert not v.passed and "not above 0.27" in v.reason

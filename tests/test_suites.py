@@ -34,7 +34,7 @@ def _write(tmp_path, **changes):
     (dict(explainers=["gradient", "guided_backprob"]), "Did you mean 'guided_backprop'"),
     (dict(metrics=["spearman_abs", "spearmann"]), "Did you mean 'spearman'"),
     (dict(metrics=["ssim"]), "does not compute"),
-    (dict(checks=[{"name": "cascading_randomization"}]), "'verdict' is a required property"),
+    (dict(checks=[{"name": "cascading_randomization"}]), "needs a 'verdict'"),
     (dict(seed=-1), "at seed"),
     (dict(python_code="import os"), "Additional properties are not allowed"),
 ])

@@ -34,6 +34,14 @@ class Check:
     def config(self) -> Dict[str, Any]:
         return {}
 
+    def transform_explainer(self, explainer: Any) -> Any:
+        """The explainer this check compares (for the original and every state); e.g. smoothed for smooth MPRT."""
+        return explainer
+
+    def transform_target(self, target: Any, logits: Tensor, *, seed: int, x: Optional[Tensor] = None) -> Any:
+        """The target explained in the check's states (the original maps keep the original target)."""
+        return target
+
 
 def get_check(name: str, **params: Any) -> Check:
     cls = CHECKS.get(name)

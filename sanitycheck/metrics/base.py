@@ -21,6 +21,8 @@ class MetricInfo:
     category: str
     description: str
     reference: str = ""
+    #: the score of a map compared with itself (1 for similarities, 0 for entropy increase)
+    identity: float = 1.0
 
 
 class Metric:
@@ -43,10 +45,52 @@ class Metric:
         return f"Metric({self.info.name!r}, higher_is_better={self.info.higher_is_better})"
 
 
-def metric(name: str, *, higher_is_better: bool, category: str, description: str, reference: str = ""):
+def metric(name: str, *, higher_is_better: bool, category: str, description: str, reference: str = "",
+           identity: float = 1.0):
     """Decorator: ``@metric("spearman", higher_is_better=True, category="similarity", description=...)``."""
 
     def wrap(fn: Callable[..., Tensor]) -> Metric:
-        return Metric(fn, MetricInfo(name, higher_is_better, category, description, reference))
+        return Metric(fn, MetricInfo(name, higher_is_better, category, description, reference, identity))
 
     return wrap
+
+
+# ----------------------------------------------------------------------------- faithfulness
+@dataclass
+class Evaluation:
+    """What a faithfulness family returns for one batch of maps.
+
+    ``scores``: named per-sample scores, each ``(B,)`` (NaN where undefined, e.g. a constant map
+    for a correlation) — become records with ``step`` = ``summary_step`` (e.g. ``"auc"``).
+    ``curve``: optional ``(B, S)`` per-step values (e.g. the class probability after each deletion
+    step) — become records with ``metric`` = ``curve_metric`` and ``step`` = ``str(i)``.
+    ``notes``: facts to record with the results (e.g. how many maps had ties broken at random).
+    """
+
+    scores: "dict"
+    curve: "Tensor | None" = None
+    curve_metric: str = "probability"
+    summary_step: str = "auc"
+    notes: "dict | None" = None
+
+
+class FaithfulnessFamily:
+    """Base of faithfulness evaluations (deletion, insertion, ROAD, faithfulness correlation, ...).
+
+    Stateless apart from its parameters; ``evaluate`` is batched over the whole batch (all
+    perturbation steps of all images go through the model in large batches), runs on the model's
+    device, never changes the model, and draws randomness only from generators derived from
+    ``seed`` (``sanitycheck.seeding``), keyed per sample where batch invariance matters.
+    """
+
+    name: str = "faithfulness"
+    #: per score name: True when higher is better
+    higher_is_better: "dict" = {}
+    description: str = ""
+    reference: str = ""
+
+    def evaluate(self, model, x: Tensor, target, maps: Tensor, *, seed: int) -> Evaluation:  # pragma: no cover
+        raise NotImplementedError
+
+    def config(self) -> "dict":
+        return {}

@@ -91,6 +91,72 @@ def plot_similarity_curves(path: Path, title: str, metric: str, steps: Sequence[
     return path
 
 
+def plot_evaluation_curves(path: Path, title: str, steps: Sequence[str], explainers: Sequence[str],
+                           records: Sequence[Any], ylabel: str) -> Path:
+    """A faithfulness curve (e.g. class probability vs fraction of pixels deleted) per explainer, 95 % CI bands."""
+    plt = _plt()
+    curve_steps = [s for s in steps if s.isdigit()]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    cmap = plt.get_cmap("tab10")
+    denom = max(len(curve_steps) - 1, 1)
+    for i, name in enumerate(explainers):
+        by_step = {r.step: r for r in records if r.explainer == name and r.step in curve_steps}
+        pts = [(int(s) / denom, by_step[s]) for s in curve_steps if s in by_step and by_step[s].mean is not None]
+        if not pts:
+            continue
+        xs = [p for p, _ in pts]
+        summary = [r for r in records if r.explainer == name and not r.step.isdigit() and r.mean is not None]
+        label = name + (f" ({summary[0].metric} {summary[0].mean:.3f})" if summary else "")
+        style = "--" if name in ("sobel", "noise") else "-"
+        ax.plot(xs, [r.mean for _, r in pts], style, color=cmap(i % 10), label=label, lw=1.4)
+        ax.fill_between(xs, [r.ci_low for _, r in pts], [r.ci_high for _, r in pts], color=cmap(i % 10),
+                        alpha=0.15, linewidth=0)
+    ax.set_xlabel("fraction of pixels perturbed (in order of the map)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_perturbation_sequence(path: Path, title: str, x: Tensor, maps: Dict[str, Tensor], family: Any,
+                               curves: Dict[str, Tensor], seed: int, n_columns: int = 7) -> Path:
+    """Image 0 as each explainer's map deletes (or inserts) its pixels, with the class probability per panel."""
+    from ..metrics.curves import make_substrate, relevance_order, step_counts
+
+    plt = _plt()
+    x0 = x[:1].float()
+    h, w = x0.shape[-2:]
+    counts = step_counts(h * w, family.n_steps, family.pixels_per_step)
+    picks = sorted({round(i * (len(counts) - 1) / (n_columns - 1)) for i in range(n_columns)})
+    substrate = make_substrate(x0, family.substrate, family.blur_kernel, family.blur_sigma)
+    names = list(maps)
+    fig, axes = plt.subplots(len(names), len(picks), figsize=(1.1 * len(picks) + 1.3, 1.15 * len(names) + 0.6),
+                             squeeze=False)
+    for r, name in enumerate(names):
+        order, _, _ = relevance_order(maps[name][:1].float(), x0, family.order, (seed, family.name))
+        for c, k in enumerate(picks):
+            chosen = torch.zeros(h * w, dtype=torch.bool)
+            chosen[order[0, : int(counts[k])]] = True
+            chosen = chosen.view(1, 1, h, w)
+            img = torch.where(chosen, substrate, x0) if family.mode == "delete" else torch.where(chosen, x0, substrate)
+            shown, cmap = _image_for_display(img[0])
+            axes[r, c].imshow(shown, cmap=cmap, vmin=0, vmax=1)
+            p = curves.get(name)
+            label = f"{int(counts[k])} px" + (f"\np={float(p[k]):.2f}" if p is not None else "")
+            axes[r, c].set_title(label, fontsize=6, pad=2)
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_run_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, Dict[str, Any]],
                       records: Sequence[Any]) -> Dict[str, List[str]]:
     """All figures of a run into ``run.out_dir``; returns {check: [file names]}."""
@@ -99,18 +165,41 @@ def write_run_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, 
     for spec in run.check_specs:
         steps = run.steps.get(spec.name, [])
         files = []
-        maps = {name: [originals[name][0]] + [scored[(spec.name, s)][name]["examples"][0] for s in steps]
-                for name in explainers}
+        check_records = [r for r in records if r.check == spec.name]
+        if run.check_kinds.get(spec.name) == "evaluation":
+            if any(s.isdigit() for s in steps):
+                curve_metric = next(r.metric for r in check_records if r.step.isdigit())
+                p = plot_evaluation_curves(run.out_dir / f"{spec.name}_curves.png",
+                                           f"{spec.name} on {run.model_name} (n={len(run.x)}, mean, 95% CI)",
+                                           steps, explainers, check_records, curve_metric)
+                files.append(p.name)
+            family = run.families.get(spec.name)
+            if family is not None and hasattr(family, "n_steps") and hasattr(family, "mode"):
+                curves = {}
+                for name in explainers:
+                    per_step = [scored[(spec.name, st)][name]["scores"] for st in steps if st.isdigit()]
+                    if per_step:
+                        curves[name] = torch.tensor([float(next(iter(d.values()))[0]) for d in per_step])
+                p = plot_perturbation_sequence(
+                    run.out_dir / f"{spec.name}_sequence.png",
+                    f"{spec.name}: image 0 in order of each map ({family.mode}, substrate {family.substrate})",
+                    run.x, {n: originals[n] for n in explainers}, family, curves, run.seed)
+                files.append(p.name)
+            out[spec.name] = files
+            continue
+        refs = run.originals_of(spec.name, originals)
+        names = [n for n in explainers if n in refs]
+        maps = {name: [refs[name][0]] + [scored[(spec.name, s)][name]["examples"][0] for s in steps]
+                for name in names}
         p = plot_state_maps(run.out_dir / f"{spec.name}_maps.png",
                             f"{run.suite.name} — {spec.name} on {run.model_name} (image 0; |map| scaled to [0, 1] by its 99th percentile)",
-                            run.x[0], explainers, steps, maps)
+                            run.x[0], names, steps, maps)
         files.append(p.name)
-        check_records = [r for r in records if r.check == spec.name]
         for metric in run.metrics:
-            thr = spec.verdict.threshold if metric == spec.verdict.metric else None
+            thr = spec.verdict.threshold if spec.verdict is not None and metric == spec.verdict.metric else None
             p = plot_similarity_curves(run.out_dir / f"{spec.name}_{metric}.png",
                                        f"{spec.name}: {metric} to the original maps (n={len(run.x)}, 95% CI)",
-                                       metric, steps, explainers, check_records, thr)
+                                       metric, steps, names, check_records, thr)
             files.append(p.name)
         out[spec.name] = files
     return out

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any, Dict, List
 from urllib.parse import quote
 
-from .leaderboard import GENERATED_NOTE, Row, SuiteTable, _rules_text, _setting_text
+from .leaderboard import GENERATED_NOTE, Row, SuiteTable, _rules_text, _setting_text, reliability_lines, score_header
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
@@ -169,6 +169,10 @@ def _table_html(t: SuiteTable) -> List[str]:
         s = _setting_text(settings[0], md=False)
         out.append(f'<p class="meta-line">{s[0].upper() + s[1:]}.</p>')
     out.append(f'<p class="meta-line">Rules: {_rules_text(t, md=False)}.</p>')
+    rel = reliability_lines(t.reliability, _e)
+    if rel:
+        out.append('<div class="reliability"><p class="meta-line">Reliability of these scores as rankings of '
+                   'methods (Tomsett et al. 2020):</p><ul>' + "".join(f"<li>{line}</li>" for line in rel) + "</ul></div>")
     n = len(t.rows)
     out += ['<div class="scroll">', f'<table class="board" id="board-{sid}">',
             f"<caption>{sid} v{_e(t.version)}: {n} method{'s' if n != 1 else ''}. Select a column header to sort; "
@@ -182,11 +186,10 @@ def _table_html(t: SuiteTable) -> List[str]:
         col = 2
     for c in t.checks:
         top.append(f'<th scope="colgroup" colspan="2">{_e(c)}</th>')
-        last = t.last_steps[c] or "–"
         sub.append(f'<th scope="col" data-col="{col}" data-sort="text" aria-sort="none"><button type="button">'
                    f'verdict</button></th>')
         sub.append(f'<th scope="col" data-col="{col + 1}" data-sort="num" aria-sort="none"><button type="button">'
-                   f'{_e(t.rules[c]["metric"])} after {_e(last)}</button></th>')
+                   f'{_e(score_header(t, c))}</button></th>')
         col += 2
     top.append('<th scope="col" rowspan="2">maps (image 0)</th>')
     top.append('<th scope="col" rowspan="2">randomization curves</th>')

@@ -81,10 +81,40 @@ class SuiteTable:
     rules: Dict[str, Dict[str, Any]]
     last_steps: Dict[str, Optional[str]]
     rows: List[Row] = field(default_factory=list)
+    #: Tomsett et al. (2020) reliability of the suite's scores as method rankings (evaluation checks)
+    reliability: Optional[Dict[str, Any]] = None
 
     @property
     def settings(self) -> List[Tuple[Any, ...]]:
         return sorted({r.setting for r in self.rows}, key=repr)
+
+
+def check_rule(info: Dict[str, Any]) -> Dict[str, Any]:
+    """A check's verdict rule; for a score without verdict (a faithfulness family) a stand-in naming its
+    summary metric and direction, so every column reads the same way."""
+    if info.get("verdict_rule") is not None:
+        return info["verdict_rule"]
+    directions = info.get("higher_is_better") or {}
+    metric = next(iter(directions), "score")
+    return {"metric": metric, "threshold": None, "rule": "score",
+            "direction": "higher is better" if directions.get(metric, True) else "lower is better"}
+
+
+def last_step(info: Dict[str, Any]) -> Optional[str]:
+    """The step a column reports: the last step of a randomization, the summary step of a score."""
+    steps = info.get("steps") or []
+    if info.get("kind") == "evaluation":
+        summary = [s for s in steps if not s.isdigit()]
+        return summary[-1] if summary else None
+    return steps[-1] if steps else None
+
+
+def score_header(table: "SuiteTable", check: str) -> str:
+    """Header of a check's score column: the metric after the last step, or the score and its direction."""
+    rule = table.rules[check]
+    if rule.get("threshold") is None:
+        return f"{rule['metric']} ({rule['direction']})"
+    return f"{rule['metric']} after {table.last_steps[check] or '–'}"
 
 
 def _num(v: Optional[float], digits: int = 2) -> str:
@@ -108,10 +138,13 @@ def format_score(record: Optional[Dict[str, Any]]) -> str:
 
 
 def _cell(doc: Dict[str, Any], explainer: str, check: str) -> Cell:
-    rule = doc["checks"][check]["verdict_rule"]
-    steps = doc["checks"][check]["steps"]
+    info = doc["checks"][check]
+    rule = check_rule(info)
+    steps = [last_step(info)] if last_step(info) else []
     verdict = next((v for v in doc["verdicts"] if v["explainer"] == explainer and v["check"] == check), None)
-    if verdict is None:
+    if verdict is None and info.get("verdict_rule") is None:
+        passed, text, reason = None, "score", f"{check}: a score without a verdict ({rule['direction']})"
+    elif verdict is None:
         skipped = next((s.get("reason", "") for s in doc.get("skipped", []) if s.get("explainer") == explainer), "")
         passed, text, reason = None, "skipped", f"no verdict for {check}" + (f": {skipped}" if skipped else "")
     else:
@@ -216,12 +249,24 @@ def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
     control = doc["explainers"][explainer].get("requires_model") is False
     thresholds, metrics, most = set(), set(), 0
     drawn = False
+    evaluation_only = all(info.get("kind") == "evaluation" for info in doc["checks"].values())
     for i, (check, info) in enumerate(doc["checks"].items()):
-        rule = info["verdict_rule"]
-        metric = rule["metric"]
-        by_step = {r["step"]: r for r in doc["records"]
-                   if r["explainer"] == explainer and r["check"] == check and r["metric"] == metric}
-        labels = [ORIGINAL_STEP] + list(info["steps"])
+        if info.get("kind") == "evaluation":
+            # a score's curve (e.g. probability vs deletion step), when it has one
+            curve = [r for r in doc["records"] if r["explainer"] == explainer and r["check"] == check
+                     and r["step"].isdigit()]
+            if not curve:
+                continue
+            metric = curve[0]["metric"]
+            by_step = {r["step"]: r for r in curve}
+            labels = [s for s in info["steps"] if s.isdigit()]
+            rule = {"threshold": None}
+        else:
+            rule = info["verdict_rule"]
+            metric = rule["metric"]
+            by_step = {r["step"]: r for r in doc["records"]
+                       if r["explainer"] == explainer and r["check"] == check and r["metric"] == metric}
+            labels = [ORIGINAL_STEP] + list(info["steps"])
         most = max(most, len(labels))
         xs, ys, lo, hi = [], [], [], []
         for j, step in enumerate(labels):
@@ -237,16 +282,22 @@ def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
         ax.plot(xs, ys, "--" if control else "-", marker="o", ms=2.5, lw=1.2, color=color,
                 label=check.replace("_randomization", ""))
         ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
-        thresholds.add(float(rule["threshold"]))
+        if rule["threshold"] is not None:
+            thresholds.add(float(rule["threshold"]))
         metrics.add(metric)
     for t in sorted(thresholds):
         ax.axhline(t, color="k", lw=0.8, ls=":", label=f"threshold {t:g}")
     if not drawn:
         ax.text(0.5, 0.5, "no defined scores", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-    ax.set_xticks(range(max(most, 1)))
-    ax.set_xticklabels(["orig"] + [str(k) for k in range(1, max(most, 1))], fontsize=6)
+    if evaluation_only:
+        ticks = list(range(0, max(most, 1), max(1, most // 7)))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(k) for k in ticks], fontsize=6)
+    else:
+        ax.set_xticks(range(max(most, 1)))
+        ax.set_xticklabels(["orig"] + [str(k) for k in range(1, max(most, 1))], fontsize=6)
     ax.tick_params(axis="y", labelsize=6)
-    ax.set_xlabel("randomization step", fontsize=6, labelpad=1)
+    ax.set_xlabel("perturbation step" if evaluation_only else "randomization step", fontsize=6, labelpad=1)
     ax.set_ylabel(" / ".join(sorted(metrics)) or "similarity", fontsize=6, labelpad=1)
     ax.set_ylim(-0.25, 1.05)
     ax.grid(alpha=0.3, lw=0.5)
@@ -307,14 +358,14 @@ def collect(root: Path) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Di
         if table is None:
             table = tables[suite] = SuiteTable(
                 suite, doc["suite_version"], doc.get("suite_description", ""), doc.get("suite_reference", ""),
-                checks, {c: doc["checks"][c]["verdict_rule"] for c in checks},
-                {c: (doc["checks"][c]["steps"] or [None])[-1] for c in checks})
+                checks, {c: check_rule(doc["checks"][c]) for c in checks},
+                {c: last_step(doc["checks"][c]) for c in checks})
         else:
             for c in checks:  # a submission run with a subset of the checks still fits the suite's columns
                 if c not in table.checks:
                     table.checks.append(c)
-                    table.rules[c] = doc["checks"][c]["verdict_rule"]
-                    table.last_steps[c] = (doc["checks"][c]["steps"] or [None])[-1]
+                    table.rules[c] = check_rule(doc["checks"][c])
+                    table.last_steps[c] = last_step(doc["checks"][c])
         explainer = next(iter(doc["explainers"]))
         info = doc["explainers"][explainer]
         model = doc["model"]
@@ -331,7 +382,42 @@ def collect(root: Path) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Di
                          Cell(c, None, "not run", f"{c} was not part of this submission's run", "–", None)
                          for c in table.checks]
         table.rows.sort(key=_row_order)
+        table.reliability = _reliability(table, docs)
     return dict(sorted(tables.items())), rejected, docs
+
+
+def _reliability(table: SuiteTable, docs: Dict[Tuple[str, str], Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Tomsett et al. (2020) reliability of the table's scores, from the submissions' per-image scores."""
+    from .reliability import reliability_report, summaries_of
+
+    group = [docs[(table.suite, row.method)] for row in table.rows]
+    if len(group) < 2 or len({(d["dataset"]["n"], d["seed"]) for d in group}) != 1:
+        return None
+    summaries = sorted(set().union(*(summaries_of(d["checks"]) for d in group)))
+    if not summaries:
+        return None
+    per_sample = {d["method"]["name"]: d["per_sample"][next(iter(d["explainers"]))] for d in group}
+    return reliability_report(per_sample, summaries)
+
+
+def reliability_lines(rel: Optional[Dict[str, Any]], esc) -> List[str]:
+    """Sentences on the reliability of a table's scores (Markdown or HTML, by ``esc``)."""
+    if not rel or not rel.get("scores"):
+        return []
+    out = []
+    for key, r in rel["scores"].items():
+        alpha = r["inter_rater_alpha"]
+        verdict = "reliable" if r["reliable"] else f"not reliable (below {rel['alpha_acceptable']})"
+        rho = r["inter_method_mean_rho"]
+        out.append(f"{esc(key)}: Krippendorff's α of per-image method rankings "
+                   f"{'undefined' if alpha is None else f'{alpha:.2f}'} over {r['n_images']} images and "
+                   f"{r['n_methods']} methods — {verdict}; mean inter-method ρ "
+                   f"{'undefined' if rho is None else f'{rho:.2f}'}")
+    ic = rel.get("internal_consistency")
+    if ic:
+        out.append("internal consistency between scores (mean ρ): "
+                   + ("undefined" if ic["mean_rho"] is None else f"{ic['mean_rho']:.2f}"))
+    return out
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -369,8 +455,13 @@ def _rules_text(table: SuiteTable, md: bool) -> str:
     parts = []
     for c in table.checks:
         r = table.rules[c]
+        if r.get("threshold") is None:
+            parts.append(f"{esc(c)}: {esc(r['metric'])} is a score, {esc(r['direction'])} (no verdict)")
+            continue
         where = "every step" if r.get("rule") == "all_steps" else "the final step"
-        parts.append(f"{esc(c)}: upper 95% CI bound of {esc(r['metric'])} below {esc(str(r['threshold']))} at {where}")
+        above = r.get("direction") == "above"
+        parts.append(f"{esc(c)}: {'lower' if above else 'upper'} 95% CI bound of {esc(r['metric'])} "
+                     f"{'above' if above else 'below'} {esc(str(r['threshold']))} at {where}")
     return "; ".join(parts)
 
 
@@ -397,10 +488,14 @@ def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]
         else:
             lines += ["Settings differ between submissions: see the *setting* column.", ""]
         lines += [f"Rules: {_rules_text(t, md=True)}.", ""]
+        rel = reliability_lines(t.reliability, md_text)
+        if rel:
+            lines += ["Reliability of these scores as rankings of methods (Tomsett et al. 2020):", ""]
+            lines += [f"- {line}" for line in rel] + [""]
         head = ["method"]
         for c in t.checks:
             head += [f"{md_text(c)} verdict",
-                     f"{md_text(t.rules[c]['metric'])} after {md_text(t.last_steps[c] or '–')}"]
+                     md_text(score_header(t, c))]
         head += ["maps (image 0)", "randomization curves"]
         if len(settings) > 1:
             head.insert(1, "setting")
