@@ -5,7 +5,7 @@ Three numbers per family, measured in the same process (best of ``REPEATS``):
 
 * ``batched``: :class:`~sanitycheck.metrics.curves.Deletion` / ``Insertion`` ``.evaluate``;
 * ``floor``: the model's forward alone over the same 256 * 29 perturbed inputs, pre-built, in the
-  same chunks (the CPU default of 256 states, and 4096) — no curve can be faster than this;
+  same chunks (the CPU default of 128 states, and 4096) — no curve can be faster than this;
 * ``per_image_loop``: the RISE reference style, one image at a time and one state at a time
   (pixels copied in place step by step, one forward per state);
 * ``per_image_batched``: one image at a time, its 29 states in one forward (a stronger baseline).

@@ -58,6 +58,9 @@ class Option:
 RUN_OPTIONS: List[Option] = [
     Option("explainers", "comma-separated explainers to run (default: the suite's)", _csv, metavar="A,B"),
     Option("checks", "comma-separated checks of the suite to run (default: all)", _csv, metavar="A,B"),
+    Option("model", "model to audit instead of the suite's (e.g. resnet50 with your weights)", str, metavar="NAME"),
+    Option("dataset", "dataset instead of the suite's (e.g. image_folder)", str, metavar="NAME"),
+    Option("data-root", "folder of the dataset (root= of its loader)", str, metavar="DIR"),
     Option("n", "number of images (default: the suite's)", _positive_int, metavar="N"),
     Option("seed", "run seed (default: the suite's)", _seed, metavar="S"),
     Option("batch-size", "inputs per explainer call (default: the suite's)", _positive_int, metavar="B"),
@@ -76,6 +79,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 def run_kwargs(ns: Any) -> Dict[str, Any]:
     """Keyword arguments of :class:`sanitycheck.runner.AuditRun` from parsed options."""
     return {"explainers": ns.explainers, "checks": ns.checks, "n": ns.n, "seed": ns.seed,
+            "model_name": ns.model, "dataset_name": ns.dataset, "data_root": ns.data_root,
             "batch_size": ns.batch_size, "device": ns.device, "cache_dir": ns.cache_dir,
             "progress": not ns.no_progress, "figures": not ns.no_figures}
 

@@ -80,7 +80,8 @@ class AuditRun:
                  model: Optional[nn.Module] = None, model_name: Optional[str] = None,
                  dataset: Any = None, explainer_objects: Optional[Dict[str, Explainer]] = None,
                  figures: bool = True, checks: Optional[Sequence[str]] = None,
-                 context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None):
+                 context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
+                 dataset_name: Optional[str] = None, data_root: Optional[str] = None):
         self.suite = suite
         self.out_dir = Path(out_dir)
         self.seed = suite.seed if seed is None else int(seed)
@@ -93,6 +94,7 @@ class AuditRun:
         self.indices = list(indices) if indices is not None else None  # a subset of the first n images
         self.context = dict(context or {})  # extra check context, e.g. random_label_model=
         self._model, self._model_name, self._dataset = model, model_name, dataset
+        self.dataset_name, self.data_root = dataset_name, data_root  # overrides of the suite's dataset
         # explainers: from the suite, filtered by name, or given as objects (plugin / submissions)
         if explainer_objects:
             self.explainers = dict(explainer_objects)
@@ -127,10 +129,15 @@ class AuditRun:
         t0 = time.perf_counter()
         ds_cfg = self.suite.dataset
         if self._dataset is None:
-            params = dict(ds_cfg.get("params", {}))
-            if "split" in ds_cfg:
-                params.setdefault("split", ds_cfg["split"])
-            self._dataset = load_dataset(ds_cfg["name"], **params)
+            if self.dataset_name and self.dataset_name != ds_cfg["name"]:
+                params = {}  # another dataset: the suite's loader parameters do not apply
+            else:
+                params = dict(ds_cfg.get("params", {}))
+                if "split" in ds_cfg:
+                    params.setdefault("split", ds_cfg["split"])
+            if self.data_root:
+                params["root"] = self.data_root
+            self._dataset = load_dataset(self.dataset_name or ds_cfg["name"], **params)
         self.dataset = self._dataset.head(self.n or len(self._dataset))
         if self.indices is not None:
             from .data import ImageDataset
@@ -140,9 +147,15 @@ class AuditRun:
                                         self.dataset.classes, self.dataset.source, self.dataset.checksum,
                                         {**self.dataset.meta, "indices": self.indices})
         if self._model is None:
-            params = dict(self.suite.model.get("params", {}))
-            self._model = load_model(self.suite.model["name"], seed=params.pop("seed", 0), device=self.device,
-                                     progress=self.progress, cache_dir=self.cache_dir, **params)
+            name = self._model_name or self.suite.model["name"]
+            params = dict(self.suite.model.get("params", {})) if name == self.suite.model["name"] else {}
+            from .registry import MODELS
+
+            offered = {"seed": params.pop("seed", 0), "device": self.device, "progress": self.progress,
+                       "cache_dir": self.cache_dir}
+            accepted = inspect.signature(MODELS.get(name)).parameters
+            offered = {k: v for k, v in offered.items() if k in accepted}  # torchvision adapters keep no cache
+            self._model = load_model(name, **offered, **params)
         self.model = self._model
         check_eval_mode(self.model)
         self.model_name = self._model_name or self.suite.model["name"]
@@ -163,6 +176,7 @@ class AuditRun:
         return clean_json({
             "suite": self.suite.name, "suite_version": self.suite.version, "suite_sha256": self.suite.sha256,
             "seed": self.seed, "n": len(self.x), "indices": self.indices, "model": self.model_name,
+            "dataset": self.dataset_name or self.suite.dataset["name"],
             "model_key": model_info.get("cache_key") or hashlib.sha256(
                 b"".join(t.detach().cpu().numpy().tobytes() for t in self.model.state_dict().values())).hexdigest()[:16],
             "data_sha256": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()[:16],
@@ -420,7 +434,7 @@ class AuditRun:
             "model": {"name": self.model_name, "spec": asdict(spec) if spec is not None else None,
                       "info": {k: str(v) if isinstance(v, Path) else v for k, v in model_info.items()},
                       "accuracy_on_audited_sample": self.accuracy_on_sample},
-            "dataset": {"name": self.suite.dataset["name"], "split": self.suite.dataset.get("split"),
+            "dataset": {"name": self.dataset_name or self.suite.dataset["name"], "split": self.suite.dataset.get("split"),
                         "n": len(self.x), "checksum": getattr(self.dataset, "checksum", None),
                         "input_shape": list(self.x.shape[1:])},
             "target": {"rule": self.suite.target, "description": "class logit of the "

@@ -148,3 +148,21 @@ def test_ls_lists_every_kind_of_part(capsys):
     for word in ("suites:", "adebayo2018", "explainers:", "guided_gradcam", "models:", "fmnist_cnn",
                  "datasets:", "fashion_mnist"):
         assert word in text
+
+
+def test_model_override_without_weights_fails_offline_with_the_file_to_fetch(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SANITYCHECK_OFFLINE", "1")
+    code = main(["run", "petsiuk2018", "--model", "resnet18", "--dataset", "image_folder", "--data-root",
+                 str(tmp_path / "missing"), "--n", "2", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing" in err  # the dataset path is checked first, and named
+
+
+def test_model_override_reaches_the_torchvision_adapter(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SANITYCHECK_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code = main(["run", "petsiuk2018", "--model", "resnet18", "--n", "2", "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    assert code == 2
+    assert "resnet18-f37072fd.pth" in capsys.readouterr().err
