@@ -35,6 +35,7 @@ def test_deletion_and_insertion_records_curves_and_auc_without_verdicts(tmp_path
     rel = res["reliability"]["scores"]
     assert set(rel) == {"deletion/auc", "insertion/auc"} and rel["deletion/auc"]["n_methods"] == 2
     assert (tmp_path / "out" / "deletion_curves.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "insertion_sequence_0.png").stat().st_size > 1000
 
 
 def test_refined_randomization_checks_give_records_and_verdicts(tmp_path):

@@ -124,7 +124,7 @@ def plot_evaluation_curves(path: Path, title: str, steps: Sequence[str], explain
 
 def plot_perturbation_sequence(path: Path, title: str, x: Tensor, maps: Dict[str, Tensor], family: Any,
                                curves: Dict[str, Tensor], seed: int, n_columns: int = 7) -> Path:
-    """Image 0 as each explainer's map deletes (or inserts) its pixels, with the class probability per panel."""
+    """An image as each explainer's map deletes (or inserts) its pixels, with the class probability per panel."""
     from ..metrics.curves import make_substrate, relevance_order, step_counts
 
     plt = _plt()
@@ -175,16 +175,15 @@ def write_run_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, 
                 files.append(p.name)
             family = run.families.get(spec.name)
             if family is not None and hasattr(family, "n_steps") and hasattr(family, "mode"):
-                curves = {}
-                for name in explainers:
-                    per_step = [scored[(spec.name, st)][name]["scores"] for st in steps if st.isdigit()]
-                    if per_step:
-                        curves[name] = torch.tensor([float(next(iter(d.values()))[0]) for d in per_step])
-                p = plot_perturbation_sequence(
-                    run.out_dir / f"{spec.name}_sequence.png",
-                    f"{spec.name}: image 0 in order of each map ({family.mode}, substrate {family.substrate})",
-                    run.x, {n: originals[n] for n in explainers}, family, curves, run.seed)
-                files.append(p.name)
+                curve_steps = [st for st in steps if st.isdigit()]
+                for i in range(min(run.suite.figure_images, 3, len(run.x))):  # a few images, one figure each
+                    curves = {name: torch.tensor([float(next(iter(scored[(spec.name, st)][name]["scores"].values()))[i])
+                                                  for st in curve_steps]) for name in explainers}
+                    p = plot_perturbation_sequence(
+                        run.out_dir / f"{spec.name}_sequence_{i}.png",
+                        f"{spec.name}: image {i} in order of each map ({family.mode}, substrate {family.substrate})",
+                        run.x[i:i + 1], {n: originals[n][i:i + 1] for n in explainers}, family, curves, run.seed)
+                    files.append(p.name)
             out[spec.name] = files
             continue
         refs = run.originals_of(spec.name, originals)
