@@ -128,6 +128,12 @@ for _name, _path in {
     "fashion_mnist": "sanitycheck.data.fashion_mnist:load_fashion_mnist",
     "digits": "sanitycheck.data.digits:load_digits",
     "image_folder": "sanitycheck.data.image_folder:load_image_folder",
+    # text, for attention audits
+    "babi1": "sanitycheck.data.text:load_babi1",
+    "babi2": "sanitycheck.data.text:load_babi2",
+    "babi3": "sanitycheck.data.text:load_babi3",
+    "synthetic_sentiment": "sanitycheck.data.text:load_synthetic_sentiment",
+    "text_file": "sanitycheck.data.text:load_text_file",
 }.items():
     DATASETS.register(_name, _path)
 

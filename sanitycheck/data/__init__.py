@@ -91,12 +91,14 @@ def sha256_files(paths: Iterable[Union[str, Path]]) -> str:
     return h.hexdigest()
 
 
-def load_dataset(name: str, **kwargs) -> ImageDataset:
-    """Load a registered dataset by name (``fashion_mnist``, ``digits``, ``image_folder``, or an import path)."""
+def load_dataset(name: str, **kwargs):
+    """Load a registered dataset by name (``fashion_mnist``, ``digits``, ``image_folder``, ``babi1``,
+    ``synthetic_sentiment``, ``text_file``, ... or an import path): an ImageDataset or a TextDataset."""
     from ..registry import DATASETS
+    from .text import TextDataset
 
     loader = DATASETS.get(name)
     ds = loader(**kwargs)
-    if not isinstance(ds, ImageDataset):
-        raise DataError(f"dataset loader {name!r} returned {type(ds).__name__}, expected ImageDataset")
+    if not isinstance(ds, (ImageDataset, TextDataset)):
+        raise DataError(f"dataset loader {name!r} returned {type(ds).__name__}, expected ImageDataset or TextDataset")
     return ds
