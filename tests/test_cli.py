@@ -4,7 +4,6 @@ import json
 import struct
 
 import pytest
-import torch
 import yaml
 
 from sanitycheck.cli import main

@@ -6,7 +6,6 @@ the options themselves are unit-tested here too, since the CLI shares them.
 
 import argparse
 import json
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,5 @@
 """The runner on a tiny untrained CNN and real digits: bad input, undefined maps, interruption."""
 
-import json
-
 import pytest
 import torch
 

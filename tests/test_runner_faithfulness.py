@@ -1,6 +1,5 @@
 """Faithfulness families and refined randomization checks through the runner (tiny CNN, real digits)."""
 
-import pytest
 
 from helpers import digits_batch, make_tiny_cnn
 from sanitycheck.data import ImageDataset

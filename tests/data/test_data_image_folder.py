@@ -80,6 +80,6 @@ def test_missing_and_empty_dirs(tmp_path):
 
 
 def test_split_subdir(tmp_path):
-    root = _folder(tmp_path / "x")
+    _folder(tmp_path / "x")
     ds = load_image_folder(tmp_path / "x", size=8, split="imgs")
     assert len(ds) == 3
