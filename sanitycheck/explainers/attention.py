@@ -41,8 +41,6 @@ gradient methods) or the softmax (leave-one-out).
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
@@ -50,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AttributionError, ConfigError, DataError, NotApplicableError
-from .base import check_eval_mode
+from .base import check_eval_mode, class_source_hash
 
 __all__ = [
     "TextBatch",
@@ -113,15 +111,7 @@ class TokenExplainer:
         return {}
 
     def code_hash(self) -> str:
-        parts = []
-        for cls in type(self).__mro__:
-            if cls is object:
-                continue
-            try:
-                parts.append(inspect.getsource(cls))
-            except (OSError, TypeError):
-                parts.append(cls.__qualname__)
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return class_source_hash(type(self))
 
     def _check_model(self, model: nn.Module) -> None:
         check_eval_mode(model)

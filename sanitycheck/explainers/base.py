@@ -43,6 +43,19 @@ def check_eval_mode(model: nn.Module) -> None:
         )
 
 
+def class_source_hash(klass: type) -> str:
+    """16 hex digits of SHA-256 over the source of ``klass`` and its bases (their names where no source)."""
+    parts = []
+    for cls in klass.__mro__:
+        if cls is object:
+            continue
+        try:
+            parts.append(inspect.getsource(cls))
+        except (OSError, TypeError):
+            parts.append(cls.__qualname__)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 class Explainer:
     """Base class. Subclasses implement :meth:`attribute`, returning ``(B, C, H, W)`` or ``(B, H, W)``."""
 
@@ -62,15 +75,7 @@ class Explainer:
 
     def code_hash(self) -> str:
         """Hash of the source of this explainer's class (and its bases in sanitycheck)."""
-        parts = []
-        for cls in type(self).__mro__:
-            if cls is object:
-                continue
-            try:
-                parts.append(inspect.getsource(cls))
-            except (OSError, TypeError):
-                parts.append(cls.__qualname__)
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return class_source_hash(type(self))
 
     def __call__(self, model: nn.Module, x: Tensor, target: Union[Target, Tensor, int, Callable]) -> Tensor:
         if self.requires_model:
