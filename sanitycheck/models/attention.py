@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -490,15 +490,24 @@ def _accuracy(model: AttentionClassifier, data: TextData, batch: int = 500) -> f
     return correct / max(1, n)
 
 
-def _train_text(model: AttentionClassifier, data: TextData, spec: TextTrainSpec, progress: bool) -> None:
+def _train_text(
+    model: AttentionClassifier,
+    data: TextData,
+    spec: TextTrainSpec,
+    progress: bool,
+    loss_fn: Optional[Callable[[AttentionClassifier, TextData, Tensor], Tensor]] = None,
+) -> None:
     """Adam on cross-entropy, learning rate annealed to 0 along a cosine step by step (as ``zoo._train``).
 
-    The shuffle order comes from a generator seeded by (seed, "shuffle", arch).
+    The shuffle order comes from a generator seeded by (seed, "shuffle", arch). ``loss_fn(model, batch, idx)``,
+    when given, replaces the cross-entropy: ``batch`` is ``(ids, lengths, query_ids, query_lengths, labels)``
+    trimmed to the longest sequence of the batch and ``idx`` the rows of ``data`` it holds (to look up
+    per-instance targets such as imposed attention); it returns the scalar loss to minimize.
     """
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    cross_entropy = nn.CrossEntropyLoss()
     g = generator(spec.seed, "shuffle", spec.arch)
     n = data[0].shape[0]
     steps = math.ceil(n / spec.batch_size)
@@ -509,12 +518,14 @@ def _train_text(model: AttentionClassifier, data: TextData, spec: TextTrainSpec,
         for epoch in range(spec.epochs):
             order = torch.randperm(n, generator=g)
             for i in range(steps):
-                ids, lb, q, ql, y = _batch(data, order[i * spec.batch_size : (i + 1) * spec.batch_size])
+                idx = order[i * spec.batch_size : (i + 1) * spec.batch_size]
+                batch = _batch(data, idx)
+                ids, lb, q, ql, y = batch
                 for group in opt.param_groups:
                     group["lr"] = 0.5 * spec.lr * (1.0 + math.cos(math.pi * done / total))
                 done += 1
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(ids, lb, q, ql), y)
+                loss = cross_entropy(model(ids, lb, q, ql), y) if loss_fn is None else loss_fn(model, batch, idx)
                 loss.backward()
                 opt.step()
                 bar.update(1)
