@@ -54,12 +54,12 @@ def _print_summary(results: dict, out_dir: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import AuditRun, default_out_dir
+    from .runner import audit_run_for, default_out_dir
     from .suites import DEFAULT_SUITE, load_suite
 
     suite = load_suite(args.suite or DEFAULT_SUITE)
     out_dir = Path(args.out) if args.out else default_out_dir(suite.name)
-    results = AuditRun(suite, out_dir=out_dir, **run_kwargs(args)).execute()
+    results = audit_run_for(suite, out_dir=out_dir, **run_kwargs(args)).execute()
     _print_summary(results, out_dir)
     return _gate(results, args)
 

@@ -27,6 +27,19 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
     return parse
 
 
+def _key_value(value: str) -> tuple:
+    """``KEY=VALUE`` with VALUE read as YAML (``epochs=3`` is an int, ``encoder=average`` a string)."""
+    import yaml
+
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. encoder=average), got {value!r}")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {value!r}: {err}") from None
+
+
 _positive_int = _int_at_least(1, "count")
 _seed = _int_at_least(0, "seed")
 
@@ -48,6 +61,10 @@ class Option:
         kw: Dict[str, Any] = {"help": self.help, "default": self.default, "dest": self.dest}
         if self.action:
             kw["action"] = self.action
+            if self.action == "append":
+                kw["type"] = self.type
+                if self.metavar:
+                    kw["metavar"] = self.metavar
         else:
             kw["type"] = self.type
             if self.metavar:
@@ -59,6 +76,8 @@ RUN_OPTIONS: List[Option] = [
     Option("explainers", "comma-separated explainers to run (default: the suite's)", _csv, metavar="A,B"),
     Option("checks", "comma-separated checks of the suite to run (default: all)", _csv, metavar="A,B"),
     Option("model", "model to audit instead of the suite's (e.g. resnet50 with your weights)", str, metavar="NAME"),
+    Option("model-param", "a model parameter overriding the suite's, KEY=VALUE (repeatable; e.g. encoder=average)",
+           _key_value, action="append", metavar="KEY=VALUE"),
     Option("dataset", "dataset instead of the suite's (e.g. image_folder)", str, metavar="NAME"),
     Option("data-root", "folder of the dataset (root= of its loader)", str, metavar="DIR"),
     Option("n", "number of images (default: the suite's)", _positive_int, metavar="N"),
@@ -79,7 +98,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 def run_kwargs(ns: Any) -> Dict[str, Any]:
     """Keyword arguments of :class:`sanitycheck.runner.AuditRun` from parsed options."""
     return {"explainers": ns.explainers, "checks": ns.checks, "n": ns.n, "seed": ns.seed,
-            "model_name": ns.model, "dataset_name": ns.dataset, "data_root": ns.data_root,
+            "model_name": ns.model, "model_params": dict(getattr(ns, "model_param", None) or []),
+            "dataset_name": ns.dataset, "data_root": ns.data_root,
             "batch_size": ns.batch_size, "device": ns.device, "cache_dir": ns.cache_dir,
             "progress": not ns.no_progress, "figures": not ns.no_figures}
 

@@ -210,7 +210,8 @@ def split_by_explainer(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
         doc["skipped"] = [s for s in results.get("skipped", []) if s["explainer"] == name]
         doc["per_sample"] = {name: results.get("per_sample", {}).get(name, {})}
         ex = results.get("examples", {})
-        doc["examples"] = {"image": ex.get("image"), "explainers": {name: ex.get("explainers", {}).get(name, {})}}
+        doc["examples"] = {**{k: v for k, v in ex.items() if k != "explainers"},
+                           "explainers": {name: ex.get("explainers", {}).get(name, {})}}
         out[name] = doc
     return out
 

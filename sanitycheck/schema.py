@@ -84,8 +84,10 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "type": "object", "additionalProperties": {
                                "type": "object", "additionalProperties": {"type": "array",
                                                                           "items": _num_or_null}}}}},
-        "examples": {"type": "object", "required": ["image", "explainers"],
-                     "properties": {"image": _array, "explainers": {
+        "examples": {"type": "object", "required": ["explainers"],
+                     "description": "input 0 ('image', or the 'text' tokens of a text suite) and its maps per state",
+                     "properties": {"image": _array, "text": {"type": "array", "items": {"type": "string"}},
+                                    "explainers": {
                          "type": "object", "additionalProperties": {"type": "object", "additionalProperties": {
                              "type": "object", "additionalProperties": _array}}}}},
     },

@@ -62,13 +62,22 @@ def _module_file(module: str) -> Optional[Path]:
     return None
 
 
-def resolve_source(spec: str) -> Tuple[str, Path]:
-    """(import path, source file) of a method given by registry name, import path or file path."""
+def _registry_for(input_kind: str):
+    from .registry import TOKEN_EXPLAINERS
+
+    return TOKEN_EXPLAINERS if input_kind == "text" else EXPLAINERS
+
+
+def resolve_source(spec: str, input_kind: str = "image") -> Tuple[str, Path]:
+    """(import path, source file) of a method given by registry name, import path or file path.
+
+    A registry name is looked up among the explainers of ``input_kind`` (token explainers for text)."""
     target = spec
     if ":" not in spec:
-        if spec not in EXPLAINERS:
-            EXPLAINERS.get(spec)  # raises the "did you mean" error
-        target = EXPLAINERS._lazy.get(spec) or "{0.__module__}:{0.__qualname__}".format(EXPLAINERS.get(spec))
+        registry = _registry_for(input_kind)
+        if spec not in registry:
+            registry.get(spec)  # raises the "did you mean" error
+        target = registry._lazy.get(spec) or "{0.__module__}:{0.__qualname__}".format(registry.get(spec))
     module, _, attr = target.rpartition(":")
     if module.endswith(".py"):
         path = Path(module)
@@ -80,8 +89,9 @@ def resolve_source(spec: str) -> Tuple[str, Path]:
     return target, path.resolve()
 
 
-def method_block(spec: str, name: Optional[str] = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    target, path = resolve_source(spec)
+def method_block(spec: str, name: Optional[str] = None, params: Optional[Dict[str, Any]] = None,
+                 input_kind: str = "image") -> Dict[str, Any]:
+    target, path = resolve_source(spec, input_kind)
     default = spec if ":" not in spec else target.rpartition(":")[2]
     name = name or default
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -265,14 +275,15 @@ def publish_run(results: Dict[str, Any], *, root: Path = Path("leaderboard")) ->
     from .validation import static_problems
 
     written = []
+    kind = results.get("input_kind", "image")
     for name, doc in split_by_explainer(results).items():
-        if name not in EXPLAINERS:
+        if name not in _registry_for(kind):
             raise ConfigError(f"cannot publish {name!r}: only registered explainers are published from a run; "
                               f"submit other methods with `sanitycheck submit`")
         from .suites import load_suite
 
         params = dict(load_suite(doc["suite"]).explainers).get(name, {})  # what the suite constructed it with
-        doc["method"] = method_block(name, params=params)
+        doc["method"] = method_block(name, params=params, input_kind=kind)
         problems = static_problems(doc, submission=True)
         if problems:
             raise SubmissionError(f"internal: {name} on {doc['suite']} does not validate: " + "; ".join(problems))
@@ -288,6 +299,20 @@ def sample_indices(doc: Dict[str, Any], raw: bytes, k: int) -> List[int]:
     n = doc["dataset"]["n"]
     g = generator("validate", hashlib.sha256(raw).hexdigest())
     return sorted(torch.randperm(n, generator=g)[: min(k, n)].tolist())
+
+
+def _text_rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, Any]:
+    """The re-run explainers: the one validated, plus the references its agreement scores compare with."""
+    from .text_runner import get_token_explainer
+
+    params = dict(suite.explainers)
+    out = {name: explainer}
+    for spec in suite.checks:
+        if spec.name == "importance_agreement":
+            for ref in spec.params.get("references") or []:
+                if ref not in out:
+                    out[ref] = get_token_explainer(ref, **params.get(ref, {}))
+    return out
 
 
 def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance: float = RERUN_TOLERANCE,
@@ -306,8 +331,9 @@ def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance
     if problems or not rerun:
         return problems
     method = doc["method"]
+    kind = doc.get("input_kind", "image")
     try:
-        _, source = resolve_source(method["source"])
+        _, source = resolve_source(method["source"], kind)
     except SanityCheckError as err:
         return [f"cannot re-run: {err}"]
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -318,11 +344,28 @@ def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance
     suite = load_suite(doc["suite"])
     work = Path(work_root) / method["name"] / suite.name
     name = method["name"]
-    with RemoteExplainer(method["source"], work_dir=work, params=method.get("params"), timeout_s=timeout_s,
-                         memory_mb=memory_mb) as remote:
-        fresh = AuditRun(suite, out_dir=work / f"rerun-{os.getpid()}-{int(time.time())}",
-                         explainer_objects={name: remote}, progress=progress, figures=False,
-                         n=doc["dataset"]["n"], seed=doc["seed"], indices=indices).execute()
+    if kind == "text":
+        # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
+        # model and data the document names (model parameters included), with only this explainer's checks
+        from .text_runner import TextAuditRun, get_token_explainer
+
+        if ":" in method["source"]:
+            return ["cannot re-run: text methods are re-run only when registered (sandboxed token explainers "
+                    "are not supported yet)"]
+        explainer = get_token_explainer(method["source"], **(method.get("params") or {}))
+        fresh = TextAuditRun(suite, out_dir=work / f"rerun-{os.getpid()}-{int(time.time())}",
+                             explainer_objects=_text_rerun_explainers(suite, name, explainer),
+                             progress=progress, figures=False, n=doc["dataset"]["n"], seed=doc["seed"],
+                             indices=indices, checks=list(doc["per_sample"].get(name, {})) or None,
+                             model_params=(doc["model"].get("params") or {})
+                             if doc["model"].get("params") != dict(suite.model.get("params", {})) else None
+                             ).execute()
+    else:
+        with RemoteExplainer(method["source"], work_dir=work, params=method.get("params"), timeout_s=timeout_s,
+                             memory_mb=memory_mb) as remote:
+            fresh = AuditRun(suite, out_dir=work / f"rerun-{os.getpid()}-{int(time.time())}",
+                             explainer_objects={name: remote}, progress=progress, figures=False,
+                             n=doc["dataset"]["n"], seed=doc["seed"], indices=indices).execute()
     stored = doc["per_sample"][name]
     worst, where = 0.0, None
     for check, steps in fresh["per_sample"][name].items():

@@ -8,6 +8,7 @@ computed in float64.
   the batch in O(B·L²) memory, with the two-sided p-value of the normal approximation using the
   tie-corrected variance, exactly as ``scipy.stats.kendalltau(method="asymptotic", variant="b")``.
   τ and p are NaN for a row shorter than 2 or where either vector is constant (as scipy).
+  Values within 1e-9 of the row's largest magnitude of each other are ties (``TIE_TOLERANCE``).
 * :func:`topk_overlap` — the fraction of the top-k positions of ``a`` that are also top-k in ``b``.
 """
 
@@ -44,7 +45,24 @@ def _prepare(a: Any, b: Any, lengths: Any) -> Tuple[Tensor, Tensor, Tensor, Tens
     valid = torch.arange(a.shape[1], device=a.device)[None, :] < lengths[:, None]
     if bool((~torch.isfinite(a) & valid).any() or (~torch.isfinite(b) & valid).any()):
         raise DataError("a and b must be finite at the real positions (NaN/inf found)")
-    return a, b, lengths, valid
+    return _snap(a, valid), _snap(b, valid), lengths, valid
+
+
+#: values closer than this share of a row's largest magnitude are ties
+TIE_TOLERANCE = 1e-9
+
+
+def _snap(x: Tensor, valid: Tensor) -> Tensor:
+    """Round each row to multiples of ``TIE_TOLERANCE`` × its largest magnitude over the real positions.
+
+    Importances that are equal in exact arithmetic (two deletions that change the output equally, a
+    saturated output) come out of float64 a few ulps apart, and which of them is larger then depends on
+    the batch the instance was computed in; a rank statistic would flip with it. Snapping makes such
+    near-ties exact ties, so per-instance scores do not depend on batch composition.
+    """
+    scale = x.abs().masked_fill(~valid, 0.0).amax(dim=1, keepdim=True)
+    step = torch.where(scale > 0, scale * TIE_TOLERANCE, torch.ones_like(scale))
+    return torch.where(valid, torch.round(x / step) * step, x)
 
 
 def _tie_stats(x: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

@@ -370,7 +370,9 @@ def collect(root: Path) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Di
         info = doc["explainers"][explainer]
         model = doc["model"]
         acc = (model.get("info") or {}).get("test_accuracy")
-        setting = (model["name"], acc if isinstance(acc, (int, float)) else None, doc["dataset"]["name"],
+        params = model.get("params") or {}
+        label = model["name"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})" if params else "")
+        setting = (label, acc if isinstance(acc, (int, float)) else None, doc["dataset"]["name"],
                    doc["dataset"]["n"], doc["seed"])
         table.rows.append(Row(method, explainer, info.get("requires_model") is False, doc["method"]["source"],
                               doc["method"]["source_sha256"], str(info.get("code_hash", "")), [], None, None, setting))
