@@ -206,6 +206,11 @@ for _name, _path in {
     "importance_agreement": "sanitycheck.checks.attention_audits:ImportanceAgreement",
     "attention_permutation": "sanitycheck.checks.attention_audits:AttentionPermutation",
     "adversarial_attention": "sanitycheck.checks.attention_audits:AdversarialAttentionCheck",
+    # attention as explanation: Wiegreffe & Pinter 2019
+    "uniform_attention": "sanitycheck.checks.attention_audits:UniformAttentionCheck",
+    "seed_variance": "sanitycheck.checks.attention_audits:SeedVarianceCheck",
+    "diagnostic_mlp": "sanitycheck.checks.attention_audits:DiagnosticMLPCheck",
+    "adversarial_training": "sanitycheck.checks.attention_audits:AdversarialTrainingCheck",
 }.items():
     CHECKS.register(_name, _path)
 

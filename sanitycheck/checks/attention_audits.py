@@ -14,8 +14,14 @@ Jain & Wallace, "Attention is not Explanation" (NAACL 2019):
 * ``adversarial_attention`` — the largest JSD from the model's attention among K searched distributions
   that keep the output within ε (optimized at 0.01, reported at 0.05).
 
-Wiegreffe & Pinter, "Attention is not not Explanation" (EMNLP 2019) — in
-:mod:`sanitycheck.checks.wiegreffe_pinter_checks`.
+Wiegreffe & Pinter, "Attention is not not Explanation" (EMNLP 2019), below (training in
+:mod:`sanitycheck.checks.wiegreffe_pinter`):
+
+* ``uniform_attention`` — accuracy and F1 with the attention replaced by the uniform distribution;
+* ``seed_variance`` — attention JSD/TVD to the same architecture retrained with other seeds;
+* ``diagnostic_mlp`` — a context-free MLP with attention frozen to guide weights (UNIFORM, TRAINED MLP,
+  ADVERSARY, BASE), Table 3;
+* ``adversarial_training`` — model-consistent adversaries over λ, the TVD–JSD trade-off of Figure 4.
 
 Attention-level checks (permutation, adversarial, the W&P checks) produce records for the explainer named
 ``attention``, which the suite must list (its importances are the attention weights being audited).
@@ -33,7 +39,8 @@ from torch import Tensor
 from ..errors import ConfigError, NotApplicableError
 
 __all__ = ["TextCheck", "TextCheckOutput", "ImportanceAgreement", "AttentionPermutation",
-           "AdversarialAttentionCheck", "ATTENTION"]
+           "AdversarialAttentionCheck", "UniformAttentionCheck", "SeedVarianceCheck", "DiagnosticMLPCheck",
+           "AdversarialTrainingCheck", "ATTENTION"]
 
 ATTENTION = "attention"
 
@@ -241,3 +248,208 @@ class AdversarialAttentionCheck(TextCheck):
                                reasons={("score", ATTENTION): reasons}, figure=figure,
                                notes={**self.config(), "jsd_upper_bound": LN2, "jsd_units": "nats",
                                       "output_change": "TVD of the softmax (|Δp| for two classes)"})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Wiegreffe & Pinter, "Attention is not not Explanation" (EMNLP 2019). The training functions live in
+# :mod:`sanitycheck.checks.wiegreffe_pinter`; these checks evaluate on the audited sample.
+
+
+def _audited_data(run: Any) -> Tuple[Tensor, ...]:
+    return (*run.batch, run.labels)
+
+
+def _train_spec(run: Any, check: str) -> Any:
+    from ..models.attention import TextTrainSpec
+
+    spec = getattr(run._model, "sanitycheck_spec", None)
+    if not isinstance(spec, TextTrainSpec):
+        raise NotApplicableError(f"{check} retrains models of the audited architecture: it needs a Jain & Wallace "
+                                 f"attention classifier (text_attention), not {type(run._model).__name__}")
+    return spec
+
+
+def _correct(pred: Tensor, labels: Tensor) -> Tensor:
+    return (pred.cpu() == labels.cpu()).to(torch.float64)
+
+
+def _f1_summary(run: Any, label: str, pred: Tensor, check: str) -> Dict[str, Any]:
+    from .wiegreffe_pinter import bootstrap_f1
+
+    n_classes = len(run.dataset.classes)
+    s = bootstrap_f1(pred.cpu(), run.labels.cpu(), n_classes, seed_parts=(run.seed, "f1", check, label))
+    return {"check": check, "step": label, "statistic": "f1_positive" if n_classes == 2 else "f1_macro",
+            "value": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": len(pred),
+            "n_undefined_resamples": s.n_undefined, "bootstrap": "percentile, 2000 resamples of instances"}
+
+
+class UniformAttentionCheck(TextCheck):
+    """W&P §3.1: replace the attention by the uniform distribution over the real tokens. Does accuracy drop?
+
+    Per instance: ``correct`` (trained attention), ``correct_uniform``, ``accuracy_drop`` (their difference,
+    whose mean is the drop in accuracy) and ``output_tvd`` between the two output distributions. F1 of both
+    (positive class; macro for more classes) with bootstrap CIs is in the summaries. When the drop is ~0 the
+    task does not need attention, and the other attention checks say little (W&P's first test).
+    """
+
+    name = "uniform_attention"
+    description = "accuracy with uniform attention imposed (Wiegreffe & Pinter 2019, baseline)"
+    higher_is_better = {"accuracy_drop": True, "output_tvd": True, "correct": True, "correct_uniform": True}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from .adversarial_attention import tvd
+        from .wiegreffe_pinter import model_outputs, uniform_outputs
+
+        self.require_attention_explainer(run, self.name)
+        data = _audited_data(run)
+        trained, uniform = model_outputs(run.model, data), uniform_outputs(run.model, data)
+        c, cu = _correct(trained.predictions, run.labels), _correct(uniform.predictions, run.labels)
+        scores = {"correct": c, "correct_uniform": cu, "accuracy_drop": c - cu,
+                  "output_tvd": _as_float(tvd(trained.probabilities, uniform.probabilities))}
+        return TextCheckOutput(
+            steps=["score"], scores={("score", ATTENTION): scores},
+            summaries=[_f1_summary(run, "trained attention", trained.predictions, self.name),
+                       _f1_summary(run, "uniform attention", uniform.predictions, self.name)],
+            notes={"uniform": "1/length on every real token, imposed through forward(attention=)"})
+
+
+class SeedVarianceCheck(TextCheck):
+    """W&P §3.2: how far is the attention of the same model retrained with other seeds (JSD, TVD)?
+
+    Steps are the seeds; per instance the JSD and TVD of the attention to the audited model's and the TVD of
+    the outputs. Large attention divergence with equal outputs means attention is one of many equally good.
+    """
+
+    name = "seed_variance"
+    description = "attention of the same architecture retrained with other seeds (Wiegreffe & Pinter 2019)"
+    higher_is_better = {"attention_jsd": False, "attention_tvd": False, "output_tvd": False}
+
+    def __init__(self, seeds: Sequence[int] = (1, 2)):
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ConfigError("seed_variance needs at least one seed")
+
+    def config(self) -> Dict[str, Any]:
+        return {"seeds": self.seeds}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from .wiegreffe_pinter import attention_divergence, train_seed_variants
+
+        self.require_attention_explainer(run, self.name)
+        spec = _train_spec(run, self.name)
+        if spec.seed in self.seeds:
+            raise ConfigError(f"seed_variance: seed {spec.seed} is the audited model's own seed")
+        train, test = run.train_data()
+        models = train_seed_variants(spec, train, test, self.seeds, cache_dir=run.cache_dir, progress=run.progress)
+        data = _audited_data(run)
+        out = TextCheckOutput(steps=[], scores={})
+        accuracies = {}
+        for seed, model in zip(self.seeds, models):
+            step = f"seed={seed}"
+            div = attention_divergence(run.model, model, data)
+            out.steps.append(step)
+            out.scores[(step, ATTENTION)] = {k: _as_float(v) for k, v in div.items()}
+            accuracies[step] = model.sanitycheck_info.get("test_accuracy")
+        out.notes = {"seeds": self.seeds, "base_seed": spec.seed, "test_accuracy": accuracies}
+        return out
+
+
+class DiagnosticMLPCheck(TextCheck):
+    """W&P §4 (Table 3): an MLP without context (the Average encoder) whose attention is frozen to guide weights.
+
+    Guides: ``uniform``, ``trained_mlp`` (the MLP learns its own attention), ``adversary`` (imposed from a
+    model-consistent adversary trained with λ = ``adversary_lambda``) and ``base`` (imposed from the audited
+    model) — in that order, so the final step is the audited model's. Per instance ``correct`` and
+    ``gain_over_uniform`` (correct minus the uniform guide's correct); F1 per guide with bootstrap CIs is in
+    the summaries. W&P's finding is the ordering UNIFORM < TRAINED MLP < BASE LSTM: attention learned by the
+    model carries information usable by another model. A task that uniform attention solves cannot show it.
+    """
+
+    name = "diagnostic_mlp"
+    description = "a context-free MLP guided by frozen attention weights (Wiegreffe & Pinter 2019, Table 3)"
+    higher_is_better = {"correct": True, "gain_over_uniform": True}
+
+    def __init__(self, adversary_lambda: float = 1e-4):
+        if not (isinstance(adversary_lambda, (int, float)) and adversary_lambda >= 0):
+            raise ConfigError(f"adversary_lambda must be a number >= 0, got {adversary_lambda!r}")
+        self.adversary_lambda = float(adversary_lambda)
+
+    def config(self) -> Dict[str, Any]:
+        return {"adversary_lambda": self.adversary_lambda}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from .wiegreffe_pinter import train_adversary, train_diagnostic
+
+        self.require_attention_explainer(run, self.name)
+        spec = _train_spec(run, self.name)
+        train, test = run.train_data()
+        common = {"cache_dir": run.cache_dir, "progress": run.progress}
+        adversary = train_adversary(run._model, spec, train, test, self.adversary_lambda, **common)
+        guides = [("uniform", "uniform", None), ("trained_mlp", "trained", None),
+                  ("adversary", "imposed", adversary), ("base", "imposed", run._model)]
+        data = _audited_data(run)
+        out = TextCheckOutput(steps=[], scores={})
+        correct: Dict[str, Tensor] = {}
+        info = {}
+        for step, guide, guide_model in guides:
+            res = train_diagnostic(guide, spec, train, test, guide_model=guide_model, **common)
+            pred = res.predict(data).predictions
+            correct[step] = _correct(pred, run.labels)
+            out.steps.append(step)
+            out.summaries.append(_f1_summary(run, step, pred, self.name))
+            info[step] = {"test_accuracy": res.accuracy, "test_f1": res.f1}
+        for step in out.steps:
+            out.scores[(step, ATTENTION)] = {"correct": correct[step],
+                                             "gain_over_uniform": correct[step] - correct["uniform"]}
+        out.notes = {"guides": info, "adversary_lambda": self.adversary_lambda,
+                     "adversary": {k: adversary.sanitycheck_info.get(k) for k in
+                                   ("test_accuracy", "mean_test_output_tvd", "mean_test_attention_jsd")},
+                     "diagnostic": "Average encoder (projection + tanh per token), attention frozen to the guide"}
+        return out
+
+
+class AdversarialTrainingCheck(TextCheck):
+    """W&P §5 (Figure 4): model-consistent adversaries trained with TVD(ŷ_adv, ŷ) − λ·KL(α_adv ‖ α), λ swept.
+
+    Steps are the λ values; per instance the output TVD and attention JSD between each adversary and the
+    audited model, and whether the adversary is still correct. The figure plots mean TVD against mean JSD
+    (with bootstrap CIs): attention that is easy to change without changing outputs sits low and right.
+    """
+
+    name = "adversarial_training"
+    description = "model-consistent adversarial attention training, lambda swept (Wiegreffe & Pinter 2019)"
+    higher_is_better = {"output_tvd": True, "attention_jsd": False, "correct": True}
+
+    def __init__(self, lambdas: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2)):
+        self.lambdas = [float(x) for x in lambdas]
+        if not self.lambdas or any(x < 0 for x in self.lambdas):
+            raise ConfigError(f"lambdas must be a non-empty list of numbers >= 0, got {lambdas!r}")
+
+    def config(self) -> Dict[str, Any]:
+        return {"lambdas": self.lambdas}
+
+    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+        from ..stats import bootstrap_ci
+        from .wiegreffe_pinter import lambda_sweep, model_outputs
+
+        self.require_attention_explainer(run, self.name)
+        spec = _train_spec(run, self.name)
+        train, test = run.train_data()
+        data = _audited_data(run)
+        sweep = lambda_sweep(run._model, spec, train, data, self.lambdas, cache_dir=run.cache_dir,
+                             progress=run.progress)
+        out = TextCheckOutput(steps=[], scores={}, figure={"tradeoff": []})
+        for k, lam in enumerate(self.lambdas):
+            step = f"lambda={lam:g}"
+            pred = model_outputs(sweep.adversaries[k], data).predictions
+            tv, js = _as_float(sweep.output_tvd[k]), _as_float(sweep.attention_jsd[k])
+            out.steps.append(step)
+            out.scores[(step, ATTENTION)] = {"output_tvd": tv, "attention_jsd": js,
+                                             "correct": _correct(pred, run.labels)}
+            st = bootstrap_ci(tv, seed_parts=(run.seed, "bootstrap", self.name, step, "output_tvd"))
+            sj = bootstrap_ci(js, seed_parts=(run.seed, "bootstrap", self.name, step, "attention_jsd"))
+            out.figure["tradeoff"].append({"label": f"λ={lam:g}", "tvd": st.mean, "tvd_low": st.ci_low,
+                                           "tvd_high": st.ci_high, "jsd": sj.mean, "jsd_low": sj.ci_low,
+                                           "jsd_high": sj.ci_high})
+        out.notes = {"lambdas": self.lambdas, "loss": "TVD(y_adv, y_base) - lambda * KL(alpha_adv || alpha_base)"}
+        return out
