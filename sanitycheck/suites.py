@@ -164,6 +164,13 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
                     registry.get(name)
                 except UnknownNameError as err:
                     raise ConfigError(f"suite {where}: {err}") from None
+    kind = data.get("input_kind", "image")
+    for name in data["metrics"]:
+        metric_kind = getattr(METRICS.get(name), "input_kind", "image") if ":" not in name else None
+        if metric_kind is not None and (metric_kind == "text") != (kind == "text"):
+            raise ConfigError(f"suite {where}: metric {name!r} compares {metric_kind} maps, but the suite's input_kind "
+                              f"is {kind!r}" + ("; text suites take token metrics (token_kendall_abs, "
+                                                "token_kendall, token_topk_overlap)" if kind == "text" else ""))
     checks = []
     for c in data["checks"]:
         v = c.get("verdict")
