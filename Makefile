@@ -13,13 +13,23 @@ export MALLOC_MMAP_MAX_      ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export MALLOC_TOP_PAD_       ?= 268435456
 
-.PHONY: run test bench env data browser clean-runs
+.PHONY: run audits test bench env data browser clean-runs
 
 # The default audit (suite adebayo2018); its built-in explainers published as leaderboard files; the board.
 run: env data
 	@out=runs/adebayo2018-$$(date +%Y%m%d-%H%M%S); \
 	$(BIN)/sanitycheck run --out $$out $(ARGS) && \
 	$(BIN)/sanitycheck publish $$out/results.json && \
+	$(BIN)/sanitycheck leaderboard
+
+# Every suite (or SUITES="..."), each published to the leaderboard, then the board: what leaderboard/ holds.
+SUITES ?= adebayo2018 petsiuk2018 faithfulness jain_wallace2019 jain_wallace2019_minilm wiegreffe_pinter2019
+audits: env data
+	@set -e; for s in $(SUITES); do \
+	  out=runs/$$s-$$(date +%Y%m%d-%H%M%S); \
+	  $(BIN)/sanitycheck run $$s --out $$out $(ARGS); \
+	  $(BIN)/sanitycheck publish $$out/results.json; \
+	done; \
 	$(BIN)/sanitycheck leaderboard
 
 test: env data browser

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -121,17 +121,34 @@ def _resolve_layers(model: nn.Module, example_input: Tensor, layers: Optional[Li
 
 
 class _LayerwiseRandomization(Check):
-    """Shared parts of the two parameter randomizations: the layers, in the order the steps take them."""
+    """Shared parts of the two parameter randomizations: the layers, in the order the steps take them.
 
-    def __init__(self, layers: Optional[List[str]] = None):
+    ``layers``: randomize only these (default: every parameterized layer). ``group_depth``: one step per
+    group of layers sharing their first ``group_depth`` dotted name components (e.g. ``3`` makes
+    ``bert.encoder.layer.5.attention.self.query`` part of step ``bert.encoder.layer.5`` with depth 4: a whole
+    transformer block per step); groups are ordered by their first layer's first use. Without it, every layer is its own step.
+    """
+
+    def __init__(self, layers: Optional[List[str]] = None, group_depth: Optional[int] = None):
+        if group_depth is not None and (not isinstance(group_depth, int) or group_depth < 1):
+            raise ConfigError(f"group_depth must be a positive integer or None, got {group_depth!r}")
         self.layers = layers
+        self.group_depth = group_depth
 
     def config(self) -> Dict[str, Any]:
-        return {"layers": self.layers}
+        return {"layers": self.layers, "group_depth": self.group_depth}
+
+    def groups(self, model: nn.Module, example_input: Tensor) -> List[Tuple[str, List[str]]]:
+        """(step name, its layers) in forward order."""
+        out: Dict[str, List[str]] = {}
+        for name in _resolve_layers(model, example_input, self.layers):
+            key = name if self.group_depth is None or name == ROOT else ".".join(name.split(".")[: self.group_depth])
+            out.setdefault(key, []).append(name)
+        return list(out.items())
 
     def steps(self, model: nn.Module, example_input: Tensor) -> List[str]:
-        """Step names (layer names, logits first) in the order ``states`` yields them."""
-        return list(reversed(_resolve_layers(model, example_input, self.layers)))
+        """Step names (layer or group names, logits first) in the order ``states`` yields them."""
+        return [g for g, _ in reversed(self.groups(model, example_input))]
 
 
 class CascadingRandomization(_LayerwiseRandomization):
@@ -144,9 +161,10 @@ class CascadingRandomization(_LayerwiseRandomization):
     def states(self, model: nn.Module, *, seed: int, example_input: Tensor,
                context: Optional[Dict[str, Any]] = None) -> Iterator[ModelState]:
         work = copy.deepcopy(model)
-        for name in self.steps(model, example_input):
-            randomize_layer_(layer_module(work, name), seed=seed, layer_name=name)
-            yield ModelState(name, work)
+        for group, names in reversed(self.groups(model, example_input)):
+            for name in names:
+                randomize_layer_(layer_module(work, name), seed=seed, layer_name=name)
+            yield ModelState(group, work)
 
 
 class IndependentRandomization(_LayerwiseRandomization):
@@ -159,11 +177,13 @@ class IndependentRandomization(_LayerwiseRandomization):
     def states(self, model: nn.Module, *, seed: int, example_input: Tensor,
                context: Optional[Dict[str, Any]] = None) -> Iterator[ModelState]:
         work = copy.deepcopy(model)
-        for name in self.steps(model, example_input):
-            module = layer_module(work, name)
-            saved = {k: v.detach().clone() for k, v in module.named_parameters(recurse=False)}
-            randomize_layer_(module, seed=seed, layer_name=name)
-            yield ModelState(name, work)
+        for group, names in reversed(self.groups(model, example_input)):
+            modules = [layer_module(work, name) for name in names]
+            saved = [{k: v.detach().clone() for k, v in m.named_parameters(recurse=False)} for m in modules]
+            for name, module in zip(names, modules):
+                randomize_layer_(module, seed=seed, layer_name=name)
+            yield ModelState(group, work)
             with torch.no_grad():
-                for k, p in module.named_parameters(recurse=False):
-                    p.copy_(saved[k])
+                for module, kept in zip(modules, saved):
+                    for k, p in module.named_parameters(recurse=False):
+                        p.copy_(kept[k])

@@ -143,3 +143,45 @@ def test_no_check_mutates_the_original_model(name, tiny_cnn, tiny_batch):
         assert state.model is not tiny_cnn
     assert _same(original, _state(tiny_cnn))
     assert not tiny_cnn.training
+
+
+def test_group_depth_randomizes_whole_blocks_per_step_in_forward_order():
+    import torch.nn as nn
+
+    from sanitycheck.checks.randomization import CascadingRandomization, IndependentRandomization
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(2, 4)
+    check = CascadingRandomization(group_depth=2)
+    assert check.steps(net, x) == ["head", "blocks.1", "blocks.0"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    seen = []
+    for state in check.states(net, seed=0, example_input=x):
+        changed = {k.rsplit(".", 1)[0] for k, v in state.model.state_dict().items() if not torch.equal(v, before[k])}
+        seen.append(changed)
+    assert seen[0] == {"head"} and seen[1] == {"head", "blocks.1.a", "blocks.1.b"}
+    assert seen[2] == {"head", "blocks.1.a", "blocks.1.b", "blocks.0.a", "blocks.0.b"}
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the original is untouched
+    ind = [{k.rsplit(".", 1)[0] for k, v in s.model.state_dict().items() if not torch.equal(v, before[k])}
+           for s in IndependentRandomization(group_depth=2).states(net, seed=0, example_input=x)]
+    assert ind == [{"head"}, {"blocks.1.a", "blocks.1.b"}, {"blocks.0.a", "blocks.0.b"}]
