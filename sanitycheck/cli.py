@@ -35,6 +35,22 @@ def _print_summary(results: dict, out_dir: Path) -> None:
                 cells.append(f"{'-' if v is None else ('PASS' if v['passed'] else 'FAIL') + ' (' + m + ')':>28}")
             print(f"{e:<{width}}" + "".join(cells))
         print("(value: the CI bound that decided the verdict; see results.json for the reasons)")
+    if results.get("input_kind") == "text":  # steps of text checks differ per check: one line per record
+        rows = [r for r in results["records"] if results["checks"][r["check"]].get("kind") == "evaluation"]
+        if rows:
+            print("\nscores (mean [95% CI], n):")
+            for r in rows:
+                print(f"  {r['check']:<22} {r['step']:<16} {r['metric']:<22} {r['explainer']:<20} "
+                      f"{_score_cell(r)} n={r['n']}")
+        for check, summaries in (results.get("summaries") or {}).items():
+            for sm in summaries:
+                value = "undefined" if sm["value"] is None else (
+                    f"{sm['value']:.3f} [{sm['ci_low']:.2f},{sm['ci_high']:.2f}]")
+                print(f"  {check:<22} {sm['step']:<16} {sm['statistic']:<22} {'':<20} {value} n={sm['n']}")
+        for check, reason in (results.get("not_applicable") or {}).items():
+            print(f"not applicable: {check}: {reason}")
+        print(f"\nresults: {out_dir / 'results.json'}")
+        return
     scores = [(c, r["metric"]) for c, info in results["checks"].items() if info.get("kind") == "evaluation"
               for r in results["records"] if r["check"] == c and r["explainer"] == explainers[0]
               and not r["step"].isdigit()]
