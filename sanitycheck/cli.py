@@ -1,4 +1,4 @@
-"""``sanitycheck run | ls``."""
+"""``sanitycheck run | submit | publish | validate | ls | leaderboard | clip-saliency``."""
 
 from __future__ import annotations
 
@@ -135,11 +135,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_clip_saliency(args: argparse.Namespace) -> int:
+    from .clip.saliency import clip_saliency
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    summary = clip_saliency(args.image, args.query, model=args.model, pretrained=args.pretrained, methods=methods,
+                            out=args.out, size=args.size, grayscale="convert" if args.convert_grayscale else "error",
+                            seed=args.seed, device=args.device, progress=not args.no_progress)
+    out = Path(summary["out"])
+    print(f"{summary['model']} ({summary['pretrained'] or 'random weights'}), image {summary['image']} at "
+          f"{summary['input_size'][0]}x{summary['input_size'][1]}: cosine similarity to {summary['query']!r} = "
+          f"{summary['cosine_similarity']:.4f}")
+    for name, row in summary["methods"].items():
+        print(f"  {name:<24} {row['seconds']:7.2f} s  {out / row['file'] if 'file' in row else ''}")
+    for name, reason in summary["skipped"].items():
+        print(f"  {name:<24} not applicable: {reason}")
+    if summary["grid"]:
+        print(f"grid: {out / summary['grid']}")
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
+    from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS, TOKEN_EXPLAINERS
     from .suites import available_suites
 
-    sections = {"suites": list(available_suites()), "explainers": EXPLAINERS.names(), "models": MODELS.names(),
+    sections = {"suites": list(available_suites()), "explainers": EXPLAINERS.names(),
+                "token_explainers": TOKEN_EXPLAINERS.names(), "models": MODELS.names(),
                 "datasets": DATASETS.names(), "checks": CHECKS.names(), "metrics": METRICS.names()}
     wanted = [args.what] if args.what else list(sections)
     for key in wanted:
@@ -212,8 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--no-rerun", action="store_true", help="static checks only (no method code is run)")
     _add_limits(val)
     val.set_defaults(func=cmd_validate)
+    cs = sub.add_parser("clip-saliency", help="each saliency method's map of a CLIP model's image-text similarity, "
+                                              "as PNGs over the image")
+    cs.add_argument("image", help="an RGB image file (PNG, JPEG, ...)")
+    cs.add_argument("query", help="the text whose similarity to the image is explained, e.g. 'a photo of a cat'")
+    cs.add_argument("--model", default="ViT-B-32", help="open_clip model name, or 'sanitycheck-tiny-vit' (the tiny CLIP "
+                                                       "trained here; offline; knows only the synthetic captions' "
+                                                       "words) (default: ViT-B-32)")
+    cs.add_argument("--pretrained", help="weights: an open_clip tag, a local weights file, 'trained' (tiny model), or "
+                                         "'none' for random weights (default: 'openai', or 'trained' for the tiny model)."
+                                         " Weights come from the local caches only unless HF_HUB_OFFLINE=0")
+    cs.add_argument("--methods", metavar="A,B", help="comma-separated explainers (default: gradient, gradient_x_input, "
+                                                     "integrated_gradients, smoothgrad, vit_gradcam, vit_chefer, "
+                                                     "vit_attention_rollout, occlusion)")
+    cs.add_argument("--out", help="output directory (default: runs/clip-saliency-<image>-<time>)")
+    cs.add_argument("--size", type=int, default=224, help="side of the written PNGs in pixels (default: 224); the "
+                                                          "model sees the image at its own input size")
+    cs.add_argument("--convert-grayscale", action="store_true", help="accept a grayscale image (replicated to RGB) "
+                                                                     "instead of refusing it")
+    cs.add_argument("--seed", type=int, default=0, help="seed of random weights (--pretrained none) (default: 0)")
+    cs.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    cs.add_argument("--no-progress", action="store_true", help="do not print per-method timings while running")
+    cs.set_defaults(func=cmd_clip_saliency)
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
-    ls.add_argument("what", nargs="?", choices=["suites", "explainers", "models", "datasets", "checks", "metrics"])
+    ls.add_argument("what", nargs="?", choices=["suites", "explainers", "token_explainers", "models", "datasets",
+                                                             "checks", "metrics"])
     ls.set_defaults(func=cmd_ls)
     board = sub.add_parser("leaderboard", help="regenerate <dir>/LEADERBOARD.md, index.html and thumbnails from "
                                                "the valid files in <dir>/submissions/")

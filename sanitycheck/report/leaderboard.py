@@ -195,6 +195,8 @@ def render_maps_png(doc: Dict[str, Any]) -> Optional[bytes]:
     import numpy as np
 
     check = maps_check(doc)
+    if check is not None and doc.get("examples", {}).get("text"):
+        return render_token_maps_png(doc, check)
     image = doc.get("examples", {}).get("image")
     if check is None or image is None:
         return None
@@ -240,6 +242,26 @@ def render_maps_png(doc: Dict[str, Any]) -> Optional[bytes]:
     return data
 
 
+def render_token_maps_png(doc: Dict[str, Any], check: str) -> Optional[bytes]:
+    """Text 0 of a text suite, one row per state: |importance| of each token, original then every step."""
+    from .text_figures import _draw_tokens
+
+    explainer = next(iter(doc["explainers"]))
+    maps = doc["examples"]["explainers"][explainer][check]
+    steps = [ORIGINAL_STEP] + [s for s in doc["checks"][check]["steps"] if s in maps and s != ORIGINAL_STEP]
+    tokens = list(doc["examples"]["text"])
+    plt = _plt()
+    fig, axes = plt.subplots(len(steps), 1, figsize=(5.2, 0.22 * len(steps) + 0.1), squeeze=False)
+    for ax, step in zip(axes[:, 0], steps):
+        _draw_tokens(ax, tokens, decode_array(maps[step]).reshape(-1).tolist(), max_tokens=14)
+        ax.text(-0.01, 0.5, step if len(step) <= 14 else step[:13] + "…", fontsize=5, va="center", ha="right",
+                transform=ax.transAxes)
+    fig.subplots_adjust(left=0.2, right=0.99, bottom=0.01, top=0.99, hspace=0.1)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
     """Verdict metric vs step (0 = original) per check, with 95 % CI bands and the threshold(s)."""
     explainer = next(iter(doc["explainers"]))
@@ -249,6 +271,7 @@ def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
     control = doc["explainers"][explainer].get("requires_model") is False
     thresholds, metrics, most = set(), set(), 0
     drawn = False
+    candidates = 0  # checks with a curve to draw (text checks with single-step scores have none)
     evaluation_only = all(info.get("kind") == "evaluation" for info in doc["checks"].values())
     for i, (check, info) in enumerate(doc["checks"].items()):
         if info.get("kind") == "evaluation":
@@ -257,11 +280,13 @@ def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
                      and r["step"].isdigit()]
             if not curve:
                 continue
+            candidates += 1
             metric = curve[0]["metric"]
             by_step = {r["step"]: r for r in curve}
             labels = [s for s in info["steps"] if s.isdigit()]
             rule = {"threshold": None}
         else:
+            candidates += 1
             rule = info["verdict_rule"]
             metric = rule["metric"]
             by_step = {r["step"]: r for r in doc["records"]
@@ -285,6 +310,9 @@ def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
         if rule["threshold"] is not None:
             thresholds.add(float(rule["threshold"]))
         metrics.add(metric)
+    if not candidates:
+        plt.close(fig)
+        return None
     for t in sorted(thresholds):
         ax.axhline(t, color="k", lw=0.8, ls=":", label=f"threshold {t:g}")
     if not drawn:
