@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "instead of refusing it")
     cs.add_argument("--seed", type=int, default=0, help="seed of random weights (--pretrained none) (default: 0)")
     cs.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    cs.add_argument("--no-progress", action="store_true", help="do not print per-method timings while running")
+    cs.add_argument("--no-progress", action="store_true", help="hide the progress bar of training the tiny CLIP "
+                                                                "(first use of --model sanitycheck-tiny-vit only)")
     cs.set_defaults(func=cmd_clip_saliency)
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "token_explainers", "models", "datasets",

@@ -226,3 +226,10 @@ for _name, _path in {
     "token_topk_overlap": "sanitycheck.metrics.rank:token_topk_overlap",
 }.items():
     METRICS.register(_name, _path)
+
+# CLIP text-to-image saliency (sanitycheck.clip): import paths only, nothing imported until used
+from .clip import REGISTRY_ENTRIES as _CLIP_ENTRIES  # noqa: E402 - imports neither torch nor open_clip
+
+for _registry, _group in ((DATASETS, "datasets"), (MODELS, "models"), (EXPLAINERS, "explainers"), (CHECKS, "checks")):
+    for _name, _path in _CLIP_ENTRIES[_group].items():
+        _registry.register(_name, _path)

@@ -52,6 +52,13 @@ def explain_batched(explainer: Explainer, model: nn.Module, x: Tensor, target: C
     return torch.cat(out)
 
 
+def _accepted(fn: Any, **offered: Any) -> Dict[str, Any]:
+    """The keyword arguments of ``offered`` that ``fn`` takes (optional hooks of checks and families,
+    e.g. ``dataset=`` for checks that need the run's ground truth)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in offered.items() if k in params}
+
+
 def _undefined_reason(ref: Tensor, other: Tensor, scores: Tensor) -> Optional[str]:
     nan = torch.isnan(scores)
     if not nan.any():
@@ -248,8 +255,7 @@ class AuditRun:
             if path.exists():
                 per_step = torch.load(path)
             else:
-                kwargs = {"explainer": self.explainers[name]} if "explainer" in inspect.signature(
-                    family.evaluate).parameters else {}
+                kwargs = _accepted(family.evaluate, explainer=self.explainers[name], dataset=self.dataset)
                 ev = family.evaluate(self.model, self.x.to(self.device), self.target, originals[name].to(self.device),
                                      seed=self.seed, **kwargs)
                 per_step = {}
@@ -317,7 +323,8 @@ class AuditRun:
                 explainers = {n: check.transform_explainer(e) for n, e in self.explainers.items()}
                 refs = self.original_maps(explainers, variant=spec.name)
                 self.variant_originals[spec.name] = refs
-            target = check.transform_target(self.target, self.logits, seed=self.seed, x=self.x)
+            target = check.transform_target(self.target, self.logits, seed=self.seed, x=self.x,
+                                            **_accepted(check.transform_target, dataset=self.dataset))
             live = [n for n in explainers if n not in self.skipped]
             steps = check.steps(self.model, example) if hasattr(check, "steps") else None
             total = len(steps) * len(live) if steps else None
@@ -418,7 +425,12 @@ class AuditRun:
                       records: List[Record]) -> List[str]:
         from .report.figures import write_run_figures
 
-        return write_run_figures(self, originals, scored, records)
+        files = write_run_figures(self, originals, scored, records)
+        if self.suite.input_kind == "image_text":  # CLIP suites: maps for two queries per scene
+            from .clip.figures import write_clip_figures
+
+            files.update(write_clip_figures(self, originals))
+        return files
 
     def per_sample(self, scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         """Per-image scores {explainer: {check: {step: {metric: [...]}}}}: what ``validate`` re-runs and re-aggregates."""

@@ -48,7 +48,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_writes_results_in_the_documented_schema(tiny_run):
-    code, out, _, _ = tiny_run
+    code, out, suite, _ = tiny_run
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     for key in ("schema_version", "suite", "suite_version", "model", "dataset", "seed", "versions", "git_hash",
@@ -57,7 +57,8 @@ def test_run_writes_results_in_the_documented_schema(tiny_run):
     assert res["suite"] == "tiny" and res["dataset"]["n"] == 16 and res["seed"] == 0
     assert res["versions"]["torch"].startswith("2.")
     names = {r["explainer"] for r in res["records"]}
-    assert names == set(EXPLAINERS.names())
+    listed = {e if isinstance(e, str) else next(iter(e)) for e in yaml.safe_load(suite.read_text())["explainers"]}
+    assert names == listed and listed <= set(EXPLAINERS.names())  # every explainer of the suite (CLIP ones excluded)
     checks = {r["check"] for r in res["records"]}
     assert checks == {"cascading_randomization", "independent_randomization", "data_randomization"}
     steps = {r["step"] for r in res["records"] if r["check"] == "data_randomization"}
@@ -165,3 +166,14 @@ def test_model_override_reaches_the_torchvision_adapter(capsys, tmp_path, monkey
                  "--no-progress"])
     assert code == 2
     assert "resnet18-f37072fd.pth" in capsys.readouterr().err
+
+
+def test_ls_lists_the_clip_parts_and_the_clip_saliency_command(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in ("clip_text2img", "clip_scenes", "clip_similarity", "vit_gradcam", "vit_chefer",
+                 "vit_attention_rollout", "occlusion", "text_randomization", "pointing_game"):
+        assert f"  {name}\n" in out
+    with pytest.raises(SystemExit):
+        main(["clip-saliency", "--help"])
+    assert "--pretrained" in capsys.readouterr().out

@@ -3,8 +3,10 @@
 (:mod:`.model`), ViT-specific explainers (:mod:`.explainers`) and localization metrics
 (:mod:`.metrics`). Importing this package imports neither open_clip nor captum.
 
-Registry entries (import paths) for the lead to add to :mod:`sanitycheck.registry` are in
-:data:`REGISTRY_ENTRIES`.
+Registry entries (import paths), which :mod:`sanitycheck.registry` registers, are in
+:data:`REGISTRY_ENTRIES`; the checks that need the scenes' ground truth (``text_randomization``,
+``pointing_game``) are in :mod:`.checks`, the figures in :mod:`.figures` and the ``clip-saliency``
+command in :mod:`.saliency`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ _LAZY = {
     "ViTAttentionRollout": "explainers", "ViTGradientWeightedAttention": "explainers", "ViTGradCAM": "explainers",
     "Occlusion": "explainers", "attention_maps": "explainers",
     "pointing_game": "metrics", "energy_pointing_game": "metrics", "random_maps_baseline": "metrics",
+    "SceneTruth": "data", "scene_truth": "data", "TextRandomization": "checks", "PointingGame": "checks",
+    "clip_saliency": "saliency",
 }
 
-#: name -> import path, for ``sanitycheck.registry`` (EXPLAINERS / DATASETS / MODELS)
+#: name -> import path, registered by ``sanitycheck.registry`` (EXPLAINERS / DATASETS / MODELS / CHECKS)
 REGISTRY_ENTRIES = {
     "explainers": {
         "vit_attention_rollout": "sanitycheck.clip.explainers:ViTAttentionRollout",
@@ -34,6 +38,10 @@ REGISTRY_ENTRIES = {
     },
     "datasets": {"clip_scenes": "sanitycheck.clip.data:clip_scenes_dataset"},
     "models": {"clip_similarity": "sanitycheck.clip.model:clip_similarity"},
+    "checks": {
+        "text_randomization": "sanitycheck.clip.checks:TextRandomization",
+        "pointing_game": "sanitycheck.clip.checks:PointingGame",
+    },
 }
 
 

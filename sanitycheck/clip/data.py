@@ -57,6 +57,8 @@ __all__ = [
     "class_prompts",
     "caption_for",
     "article",
+    "SceneTruth",
+    "scene_truth",
 ]
 
 #: Fashion-MNIST class names as they appear in captions (one or two lowercase words each)
@@ -67,6 +69,8 @@ CAPTION_CLASSES: List[str] = [
 POSITIONS: List[str] = ["top left", "top right", "bottom left", "bottom right"]
 ITEM = 28  # Fashion-MNIST image side
 GRID = 2  # cells per side
+#: key of the per-scene ground truth in an ImageDataset's ``meta`` (see :meth:`ClipScenes.to_image_dataset`)
+SCENE_TRUTH_KEY = "scene_truth"
 
 
 def article(word: str) -> str:
@@ -227,13 +231,18 @@ class ClipScenes:
         """An :class:`~sanitycheck.data.ImageDataset` for the runner: images ``(N, 3, H, W)`` with
         labels = the captioned item's class, i.e. the prompt index of :func:`class_prompts` (the
         target of a :class:`~sanitycheck.clip.model.ClipSimilarity` built on those prompts).
-        The boxes travel in ``meta['caption_boxes']``."""
+        The ground truth travels in ``meta``: ``meta['caption_boxes']`` (a list, for reading) and
+        ``meta['scene_truth']`` (tensors: every cell's class and box, the captioned cell), which
+        :func:`scene_truth` reads back for the samples a run audits."""
         from ..data import ImageDataset
 
+        truth = {"classes": self.classes.clone(), "boxes": self.boxes.clone(), "caption_cell": self.caption_cell.clone(),
+                 "n_classes": len(self.class_names)}
         return ImageDataset(
             name=self.name, images=self.images.contiguous(), labels=self.caption_classes.clone(),
             classes=class_prompts(), source="sanitycheck.clip.data (Fashion-MNIST items on a 2x2 grid)",
-            checksum=self.checksum, meta={**self.meta, "caption_boxes": self.caption_boxes.tolist()},
+            checksum=self.checksum, meta={**self.meta, "caption_boxes": self.caption_boxes.tolist(),
+                                          SCENE_TRUTH_KEY: truth},
         )
 
     def __repr__(self) -> str:
@@ -372,7 +381,88 @@ def load_clip_scenes(split: str = "test", n: int = 2000, seed: int = 0, *, cache
     return scenes
 
 
-def clip_scenes_dataset(split: str = "test", n: int = 256, seed: int = 0, **params: Any):
+def clip_scenes_dataset(split: str = "test", n: int = 2000, seed: int = 0, **params: Any):
     """Dataset loader for the registry: :func:`load_clip_scenes` as an
-    :class:`~sanitycheck.data.ImageDataset` (labels = prompt index of the captioned item)."""
+    :class:`~sanitycheck.data.ImageDataset` (labels = prompt index of the captioned item; the boxes
+    and every cell's class in ``meta``, read back with :func:`scene_truth`).
+
+    The default ``n=2000, seed=0`` are the test scenes on which the trained tiny CLIP's retrieval
+    accuracy is measured (:data:`~sanitycheck.clip.model.DEFAULT_TINY_SPEC`), so a suite auditing the
+    first 128 audits the first 128 of those."""
     return load_clip_scenes(split, n, seed, **params).to_image_dataset()
+
+
+# --------------------------------------------------------------------------- ground truth of a run
+
+
+@dataclass(frozen=True)
+class SceneTruth:
+    """Ground truth of the scenes a run audits, row i = the run's sample i.
+
+    ``classes`` (n, 4) class per cell (-1 empty); ``boxes`` (n, 4, 4) box per cell; ``caption_cell``
+    (n,); ``n_classes`` the number of prompts (classes). Views: :attr:`caption_boxes`,
+    :attr:`caption_classes`, :meth:`present`, :attr:`n_items`.
+    """
+
+    classes: Tensor
+    boxes: Tensor
+    caption_cell: Tensor
+    n_classes: int
+
+    def __len__(self) -> int:
+        return int(self.classes.shape[0])
+
+    @property
+    def caption_boxes(self) -> Tensor:
+        return self.boxes[torch.arange(len(self)), self.caption_cell]
+
+    @property
+    def caption_classes(self) -> Tensor:
+        return self.classes.gather(1, self.caption_cell[:, None]).squeeze(1)
+
+    @property
+    def n_items(self) -> Tensor:
+        return (self.classes >= 0).sum(1)
+
+    def present(self) -> Tensor:
+        """(n, n_classes) bool: which classes are in each scene."""
+        out = torch.zeros(len(self), self.n_classes, dtype=torch.bool)
+        rows, cells = (self.classes >= 0).nonzero(as_tuple=True)
+        out[rows, self.classes[rows, cells]] = True
+        return out
+
+
+def scene_truth(dataset: Any, n: Optional[int] = None, *, who: str = "this check") -> SceneTruth:
+    """The :class:`SceneTruth` of the first ``n`` samples of ``dataset`` (default: all of it).
+
+    ``dataset`` is the :class:`~sanitycheck.data.ImageDataset` of a run (``clip_scenes``, or any
+    dataset whose ``meta['scene_truth']`` holds ``classes`` (N, 4), ``boxes`` (N, 4, 4) and
+    ``caption_cell`` (N,)). A subset taken by the runner (``meta['indices']``, as ``validate`` does when
+    it re-runs a sample of images) is honoured. The captioned item's class must equal the dataset's
+    label of each sample: otherwise the ground truth does not belong to these images and this raises.
+    """
+    meta = getattr(dataset, "meta", None) or {}
+    truth = meta.get(SCENE_TRUTH_KEY)
+    name = getattr(dataset, "name", type(dataset).__name__)
+    if truth is None:
+        raise ConfigError(f"{who} needs scenes with ground truth (boxes and the class of every item), but dataset "
+                          f"{name!r} has none; use dataset 'clip_scenes' (or put meta['{SCENE_TRUTH_KEY}'] on yours)")
+    classes = torch.as_tensor(truth["classes"], dtype=torch.long)
+    boxes = torch.as_tensor(truth["boxes"], dtype=torch.long)
+    cell = torch.as_tensor(truth["caption_cell"], dtype=torch.long)
+    indices = meta.get("indices")
+    if indices is not None:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        classes, boxes, cell = classes[idx], boxes[idx], cell[idx]
+    size = len(dataset) if n is None else int(n)
+    if size > classes.shape[0]:
+        raise DataError(f"{who}: dataset {name!r} has ground truth for {classes.shape[0]} scenes, not {size}")
+    out = SceneTruth(classes[:size], boxes[:size], cell[:size], int(truth.get("n_classes", len(CAPTION_CLASSES))))
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        labels = torch.as_tensor(labels)[:size].long()
+        if labels.shape[0] == size and not torch.equal(labels, out.caption_classes):
+            bad = (labels != out.caption_classes).nonzero().flatten()[:5].tolist()
+            raise DataError(f"{who}: the ground truth of dataset {name!r} does not match its labels (samples {bad}); "
+                            "the scenes were reordered or subset without their ground truth")
+    return out

@@ -219,9 +219,13 @@ def _score(model: nn.Module, x: Tensor, target: Target) -> Tensor:
 
 
 class _TokenMapExplainer(Explainer):
-    """Shared: patch-grid maps upsampled to the input size."""
+    """Shared: patch-grid maps upsampled to the input size.
+
+    ``input_kind = "image_text"``: these methods need a CLIP image tower, so ``sanitycheck submit``
+    runs them on the suites of that kind (``clip_text2img``), not on the CNN suites."""
 
     upsample: str = "bilinear"
+    input_kind: str = "image_text"
 
     def _to_image(self, tokens: Tensor, grid: Tuple[int, int], x: Tensor) -> Tensor:
         maps = tokens.reshape(tokens.shape[0], *grid)

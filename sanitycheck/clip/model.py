@@ -62,6 +62,7 @@ __all__ = [
     "train_tiny_clip",
     "tokenize",
     "ClipSimilarity",
+    "Projection",
     "clip_similarity",
     "evaluate_retrieval",
     "load_image",
@@ -530,6 +531,34 @@ def _context_length(clip_model: nn.Module, tokenizer: Any) -> int:
     return int(n)
 
 
+class Projection(nn.Module):
+    """``x @ weight``: an image tower's output projection (``weight`` is shared, not copied)."""
+
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]} -> {self.weight.shape[1]}"
+
+
+def _split_projection(visual: nn.Module) -> Tuple[nn.Module, Optional[Projection]]:
+    """``(tower, projection)``: for a tower holding its output projection as the raw parameter ``proj``,
+    a shallow view of the tower without it (same submodules, same parameter tensors, its own
+    parameter table with ``proj=None``) and a :class:`Projection` holding that parameter; else
+    ``(visual, None)``. The original tower is not changed."""
+    proj = getattr(visual, "_parameters", {}).get("proj")
+    if not isinstance(proj, nn.Parameter) or proj.dim() != 2:
+        return visual, None
+    tower = visual.__class__.__new__(visual.__class__)
+    tower.__dict__.update({k: (v.copy() if isinstance(v, (dict, set)) else v) for k, v in visual.__dict__.items()})
+    tower._parameters["proj"] = None
+    return tower, Projection(proj)
+
+
 class ClipSimilarity(nn.Module):
     """Similarity of images to a fixed set of text prompts: ``forward(images) -> (B, P)``.
 
@@ -537,8 +566,19 @@ class ClipSimilarity(nn.Module):
     channels); they are normalized inside with the model's mean/std (:class:`~sanitycheck.models.layers.Normalize`,
     no parameters). The text features of the prompts are computed once, L2-normalized, and stored
     as the buffer ``text_features``: randomizing the image tower (``visual``, the open_clip visual
-    module itself, shared with ``clip_model``) leaves the text side fixed, and the text tower is not
-    part of this module, so parameter randomization checks only ever touch ``visual``.
+    module, sharing every parameter with ``clip_model``) leaves the text side fixed, and the text tower is
+    not part of this module, so parameter randomization checks only ever touch the image side.
+
+    Projection: an open_clip ViT keeps its output projection ``proj`` as a raw parameter of the tower,
+    beside the class and positional embeddings. A randomization check steps through *modules* in
+    forward order, so it would randomize the projection (the top of the tower) together with the
+    embeddings at the bottom, and start the cascade with ``ln_post``, whose re-drawn affine parameters
+    leave the function nearly unchanged (every method "fails" such a step). Here the projection is the
+    module ``projection`` (:class:`Projection`, parameter ``projection.weight`` — the *same* tensor as
+    ``clip_model.visual.proj``, not a copy), and ``visual`` is a view of the tower with ``proj=None``
+    (open_clip's own ``prune_head`` convention) sharing all its submodules and parameters; ``clip_model``
+    itself is not changed. A cascade then runs ``projection``, ``visual.ln_post``, the blocks from the
+    last, ``visual.ln_pre``, ``visual`` (class and positional embeddings), ``visual.conv1``.
 
     ``score``:
 
@@ -550,6 +590,9 @@ class ClipSimilarity(nn.Module):
       query alone; with a single prompt it is constant 1 and every gradient is 0.
 
     ``logit_scale`` is read once at construction into the buffer ``logit_scale`` (no parameter).
+    ``resize`` (default True): images whose size differs from the tower's ``image_size`` are resized
+    bilinearly inside ``forward`` (differentiable, so maps stay at the input's resolution): a 224-pixel
+    open_clip model can score the 64-pixel scenes. ``resize=False`` makes a size mismatch a DataError.
     Explain prompt ``p`` with target ``p`` (a class index), e.g. ``Gradient()(sim, x, target)``.
     """
 
@@ -557,7 +600,7 @@ class ClipSimilarity(nn.Module):
 
     def __init__(self, clip_model: nn.Module, prompts: Union[str, Sequence[str]], *, tokenizer: Any = None,
                  score: str = "cosine", scale: bool = False, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None):
+                 std: Optional[Sequence[float]] = None, resize: bool = True):
         super().__init__()
         if score not in self.SCORES:
             raise ConfigError(f"ClipSimilarity: score must be one of {self.SCORES}, got {score!r}")
@@ -582,13 +625,21 @@ class ClipSimilarity(nn.Module):
         with torch.no_grad():
             text = clip_model.encode_text(tokens.to(device))
             text = F.normalize(text.float(), dim=-1)
-        self.visual = visual
+        tower, projection = _split_projection(visual)
+        self.visual = tower
+        #: the tower's output projection as a module of its own (None when the tower has none, e.g. a ResNet)
+        self.projection = projection
         self.normalize = Normalize(mean, std).to(device)
         self.register_buffer("text_features", text.detach().clone())
         self.register_buffer("logit_scale", clip_model.logit_scale.detach().float().exp().clone().reshape(()))
         self.prompts: List[str] = prompts
         self.score = score
         self.scaled = bool(scale) or score == "softmax"
+        size = getattr(visual, "image_size", None)
+        if isinstance(size, int):
+            size = (size, size)
+        self.input_size: Optional[Tuple[int, int]] = tuple(int(v) for v in size) if size is not None else None
+        self.resize = bool(resize)
         self.sanitycheck_name = f"clip_similarity[{getattr(clip_model, 'sanitycheck_name', type(clip_model).__name__)}]"
         self.sanitycheck_info = {**info, **self.config()}
         self.eval()
@@ -599,7 +650,8 @@ class ClipSimilarity(nn.Module):
 
     def config(self) -> Dict[str, Any]:
         return {"prompts": list(self.prompts), "score": self.score, "scaled": self.scaled,
-                "logit_scale": float(self.logit_scale)}
+                "logit_scale": float(self.logit_scale), "input_size": list(self.input_size or []),
+                "resize": self.resize}
 
     def image_features(self, images: Tensor) -> Tensor:
         """L2-normalized image embeddings ``(B, D)`` of images in [0, 1]."""
@@ -607,9 +659,16 @@ class ClipSimilarity(nn.Module):
             raise DataError(f"ClipSimilarity expects images (B, C, H, W), got shape {tuple(images.shape)}")
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
+        if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
+            if not self.resize:
+                raise DataError(f"{self.sanitycheck_name} takes {self.input_size[0]}x{self.input_size[1]} images, got "
+                                f"{images.shape[-2]}x{images.shape[-1]} (build it with resize=True to resize inside)")
+            images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False)
         feats = self.visual(self.normalize(images))
         if isinstance(feats, (tuple, list)):
             feats = feats[0]
+        if self.projection is not None:
+            feats = self.projection(feats)
         return F.normalize(feats, dim=-1)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -623,18 +682,69 @@ class ClipSimilarity(nn.Module):
     def extra_repr(self) -> str:
         return f"prompts={len(self.prompts)}, score={self.score!r}, scaled={self.scaled}"
 
+    # Pickling goes through :func:`_restore_similarity`, which imports open_clip (with the torchvision shim of
+    # :func:`import_open_clip`) *before* unpickling the tower: a plain pickle would import open_clip's modules
+    # directly, and that import fails where torchvision's C extension cannot load (CPU-only torch, or the
+    # sandbox worker of ``sanitycheck submit``, which refuses native library loads). deepcopy stays the default.
+    def __reduce_ex__(self, protocol):
+        import io
+
+        buf = io.BytesIO()
+        torch.save(self.__dict__, buf)
+        return _restore_similarity, (type(self), buf.getvalue())
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__dict__, memo))
+        return new
+
+
+def _restore_similarity(cls: type, payload: bytes) -> "ClipSimilarity":
+    """Unpickle a :class:`ClipSimilarity` (see ``ClipSimilarity.__reduce_ex__``); only reached from an
+    unpickler that already runs arbitrary code (``weights_only=False``)."""
+    import io
+
+    import_open_clip()
+    obj = cls.__new__(cls)
+    obj.__setstate__(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False))
+    return obj
+
 
 def clip_similarity(name: str = TINY_MODEL_NAME, pretrained: Optional[str] = "trained",
                     prompts: Optional[Sequence[str]] = None, score: str = "cosine", scale: bool = False,
-                    device: Union[str, torch.device] = "cpu", seed: int = 0) -> ClipSimilarity:
+                    device: Union[str, torch.device] = "cpu", seed: int = 0,
+                    cache_dir: Optional[Union[str, Path]] = None, progress: bool = True,
+                    resize: bool = True, model: Optional[str] = None) -> ClipSimilarity:
     """Model factory for the runner: :func:`load_open_clip` wrapped in a :class:`ClipSimilarity`
     over ``prompts`` (default: the ten Fashion-MNIST class prompts of the synthetic scenes, whose
-    indices are the labels of :func:`~sanitycheck.clip.data.clip_scenes_dataset`)."""
+    indices are the labels of :func:`~sanitycheck.clip.data.clip_scenes_dataset`).
+
+    ``name``/``pretrained``: any open_clip model and tag (weights from the local caches only, unless
+    ``HF_HUB_OFFLINE=0``; missing weights fail at once with :class:`~sanitycheck.errors.WeightsUnavailableError`),
+    ``pretrained=None`` (or ``"none"``) for a seeded random initialization; the default is the tiny CLIP trained here
+    (``cache_dir``/``progress`` go to :func:`train_tiny_clip`). ``score``: ``"cosine"`` or ``"softmax"``
+    (recorded in the model's ``sanitycheck_info``, hence in results). ``model`` is the same as ``name``, for
+    suites and ``--model-param`` (where ``name`` is the registry's own argument): ``params: {model: ViT-B-32,
+    pretrained: openai}``."""
     from .data import class_prompts
 
-    model = load_open_clip(name, pretrained, device, seed=seed)
+    if model is not None:
+        if name not in (TINY_MODEL_NAME, model):
+            raise ConfigError(f"clip_similarity: name={name!r} and model={model!r} disagree; give one of them")
+        name = model
+
+    if isinstance(pretrained, str) and pretrained.lower() in ("none", "random"):
+        pretrained = None  # as on the command line: --model-param pretrained=none
+    if name == TINY_MODEL_NAME and pretrained == "trained":
+        register_tiny_config()
+        model = train_tiny_clip(DEFAULT_TINY_SPEC, cache_dir=cache_dir, progress=progress).to(device)
+    else:
+        model = load_open_clip(name, pretrained, device, seed=seed)
     return ClipSimilarity(model, list(prompts) if prompts is not None else class_prompts(), score=score,
-                          scale=scale)
+                          scale=scale, resize=resize)
 
 
 # --------------------------------------------------------------------------- images

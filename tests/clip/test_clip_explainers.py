@@ -82,7 +82,7 @@ def _naive_chefer(sim, x1, prompt):
         t = t + mha.out_proj(torch.cat(heads, -1))[None]
         t = t + blk.mlp(blk.ln_2(t))
         per_block.append(attns)
-    pooled = v.ln_post(t[:, 0]) @ v.proj
+    pooled = v.ln_post(t[:, 0]) @ sim.projection.weight  # the tower's proj, held by ClipSimilarity
     score = (F.normalize(pooled, dim=-1) @ sim.text_features[prompt]).sum()
     score.backward()
     n = t.shape[1]

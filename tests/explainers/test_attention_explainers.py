@@ -112,7 +112,7 @@ def test_train_mode_and_not_applicable(batch, target):
 
 def test_names():
     assert set(TOKEN_EXPLAINERS) == {"attention", "gradient", "gradient_x_input", "leave_one_out",
-                                     "integrated_gradients", "attention_x_gradient"}
+                                     "integrated_gradients", "attention_x_gradient", "random_tokens"}
 
 
 def test_attention_is_the_model_attention(model, batch, target):
