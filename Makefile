@@ -23,7 +23,7 @@ run: env data
 	$(BIN)/sanitycheck leaderboard
 
 # Every suite (or SUITES="..."), each published to the leaderboard, then the board: what leaderboard/ holds.
-SUITES ?= adebayo2018 petsiuk2018 faithfulness jain_wallace2019 jain_wallace2019_minilm wiegreffe_pinter2019
+SUITES ?= adebayo2018 petsiuk2018 faithfulness jain_wallace2019 jain_wallace2019_minilm wiegreffe_pinter2019 clip_text2img
 audits: env data
 	@set -e; for s in $(SUITES); do \
 	  out=runs/$$s-$$(date +%Y%m%d-%H%M%S); \
