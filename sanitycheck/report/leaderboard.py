@@ -252,11 +252,11 @@ def render_token_maps_png(doc: Dict[str, Any], check: str) -> Optional[bytes]:
     tokens = list(doc["examples"]["text"])
     plt = _plt()
     fig, axes = plt.subplots(len(steps), 1, figsize=(5.2, 0.22 * len(steps) + 0.1), squeeze=False)
+    fig.subplots_adjust(left=0.2, right=0.99, bottom=0.01, top=0.99, hspace=0.1)
     for ax, step in zip(axes[:, 0], steps):
-        _draw_tokens(ax, tokens, decode_array(maps[step]).reshape(-1).tolist(), max_tokens=14)
+        _draw_tokens(ax, tokens, decode_array(maps[step]).reshape(-1).tolist(), max_tokens=14, fontsize=6)
         ax.text(-0.01, 0.5, step if len(step) <= 14 else step[:13] + "…", fontsize=5, va="center", ha="right",
                 transform=ax.transAxes)
-    fig.subplots_adjust(left=0.2, right=0.99, bottom=0.01, top=0.99, hspace=0.1)
     data = _png(fig)
     plt.close(fig)
     return data

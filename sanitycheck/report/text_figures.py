@@ -31,16 +31,19 @@ def _tokens(run: Any, i: int) -> List[str]:
 
 
 def _draw_tokens(ax: Any, tokens: Sequence[str], weights: Sequence[float], *, cmap: str = "Reds",
-                 max_tokens: int = 40) -> None:
+                 max_tokens: int = 40, fontsize: float = 8) -> None:
     """Tokens left to right, each on a box coloured by its weight scaled to [0, 1] by the row's maximum."""
     plt = _plt()
     w = torch.as_tensor(list(weights), dtype=torch.float64)[:max_tokens].abs()
     scale = float(w.max()) if w.numel() and float(w.max()) > 0 else 1.0
     colors = plt.get_cmap(cmap)
+    # a monospace character is about 0.6 em wide: its share of this axes' width, so tokens never overlap
+    axes_inches = ax.figure.get_figwidth() * ax.get_position().width
+    char = 0.62 * fontsize / 72.0 / max(axes_inches, 1e-6)
     x = 0.0
     for tok, v in zip(tokens[:max_tokens], (w / scale).tolist()):
-        width = 0.012 * (len(tok) + 1.5)
-        ax.text(x, 0.5, tok, fontsize=8, va="center", ha="left", family="monospace",
+        width = char * (len(tok) + 1.3)
+        ax.text(x, 0.5, tok, fontsize=fontsize, va="center", ha="left", family="monospace",
                 bbox=dict(boxstyle="square,pad=0.15", fc=colors(0.85 * v), ec="none"),
                 color="white" if v > 0.6 else "black")
         x += width
