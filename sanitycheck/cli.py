@@ -130,7 +130,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"  - {p}")
         else:
             how = "schema, suite version, aggregates, verdicts" + (
-                "" if args.no_rerun else f", re-run of {args.sample} seeded images within {args.tolerance:g}")
+                "" if args.no_rerun else f", re-run of {args.sample} seeded inputs within {args.tolerance:g}")
             print(f"OK {path} ({how})")
     return 1 if bad else 0
 
