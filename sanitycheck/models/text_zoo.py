@@ -137,7 +137,7 @@ def text_attention(dataset: str = "synthetic_sentiment", encoder: str = "bilstm"
     Defaults per dataset are in ``TEXT_DEFAULTS``; the vocabulary holds the train split's words seen at
     least ``min_count`` times (others read as ``<unk>``).
     """
-    from ..data.text import Vocabulary
+    from ..data.text import build_vocabulary
     from .attention import TextTrainSpec, tensor_checksum, train_text_model
 
     d = _defaults(dataset)
@@ -146,8 +146,8 @@ def text_attention(dataset: str = "synthetic_sentiment", encoder: str = "bilstm"
     lr = d["lr"] if lr is None else lr
     min_count = d["min_count"] if min_count is None else min_count
     train, test = load_text_task(dataset, dataset_params)
-    texts = list(train.texts) + (list(train.queries) if train.queries is not None else [])
-    vocab = Vocabulary.build(texts, min_count=min_count)
+    # the train split's words and queries, cached on disk (deterministic: by count, then alphabetically)
+    vocab = build_vocabulary(train, min_count=min_count, cache=cache_dir is None)
     enc = TextEncoder("vocabulary", vocabulary=vocab, classes=list(train.classes))
     tr, te = enc.encode(train), enc.encode(test)
     query = train.queries is not None
