@@ -137,7 +137,8 @@ def test_the_suite_file():
     params = dict(suite.explainers)
     assert params["integrated_gradients"]["n_steps"] == 20 and params["smoothgrad"]["n_samples"] == 16
     checks = {c.name: c for c in suite.checks}
-    assert list(checks) == ["cascading_randomization", "text_randomization", "pointing_game", "deletion", "insertion"]
+    assert list(checks) == ["cascading_randomization", "independent_randomization", "text_randomization",
+                            "pointing_game", "deletion", "insertion"]
     assert checks["cascading_randomization"].verdict.rule == "all_steps"
     assert checks["text_randomization"].verdict.threshold == 0.5
     assert checks["deletion"].params["softmax"] is False and checks["insertion"].params["softmax"] is False
