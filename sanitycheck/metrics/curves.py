@@ -276,6 +276,10 @@ def perturbation_curve(
     n_states = counts.numel()
 
     classes = None
+    if softmax and getattr(model, "score", None) in ("cosine", "softmax"):
+        # e.g. CLIP similarities: a softmax over raw cosines is nearly uniform, and over a softmax it is a second one
+        raise ConfigError(f"{name}: the model outputs {model.score} scores, not logits; pass softmax=False so the "
+                          "curve tracks the score itself")
     if softmax:
         classes = _class_indices(target)
         if classes is None:

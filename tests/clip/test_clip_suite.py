@@ -156,13 +156,13 @@ def test_curve_softmax_flag_on_similarity_models(sim, batch):
         out = sim(x)
     raw = Deletion(softmax=False, n_steps=2).evaluate(sim, x, y, torch.rand(4, 64, 64), seed=0)
     assert torch.allclose(raw.curve[:, 0], out[torch.arange(4), y]) and raw.curve_metric == "score"
-    # softmax=True on cosines is a softmax over the prompts of raw cosines: nearly uniform, which is why the
-    # suite passes softmax: false
-    soft = Deletion(softmax=True, n_steps=2).evaluate(sim, x, y, torch.rand(4, 64, 64), seed=0)
-    assert torch.allclose(soft.curve[:, 0], out.softmax(1)[torch.arange(4), y])
-    assert (soft.curve[:, 0] - 0.1).abs().max() < 0.05
+    # softmax=True on cosines would be a softmax over the prompts of raw cosines (nearly uniform, ~0.1), and
+    # on a softmax score a second softmax: both are refused with what to pass instead
+    assert (out.softmax(1)[torch.arange(4), y] - 0.1).abs().max() < 0.05
+    with pytest.raises(ConfigError, match="outputs cosine scores, not logits; pass softmax=False"):
+        Deletion(softmax=True, n_steps=2).evaluate(sim, x, y, torch.rand(4, 64, 64), seed=0)
     probs = ClipSimilarity(sim_model(sim), class_prompts(), score="softmax")
-    with pytest.raises(ConfigError, match="returns probabilities"):
+    with pytest.raises(ConfigError, match="outputs softmax scores"):
         Deletion(softmax=True, n_steps=2).evaluate(probs, x, y, torch.rand(4, 64, 64), seed=0)
 
 
