@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -56,13 +55,11 @@ from ..models.attention import (
     _check_data,
     _source,
     _train_text,
-    _try_load,
-    build_text_model,
     lengths_mask,
     tensor_checksum,
     train_text_model,
 )
-from ..seeding import derive_seed, generator
+from ..seeding import generator
 from ..stats import Summary, _check_args
 from .adversarial_attention import _safe_log, jsd, tvd
 
@@ -465,42 +462,12 @@ def _train_cached(
     progress: bool,
     extra: Dict[str, Any],
 ) -> AttentionClassifier:
-    """Load ``<cache>/models/text-<arch>-<key>.pt`` or train with ``_train_text(..., loss_fn)`` and save it.
+    """Load ``<cache>/models/text-<arch>-<key>.pt`` or train with ``_train_text(..., loss_fn)`` and save it
+    (:func:`sanitycheck.models.attention.load_or_train`, as ``train_text_model``)."""
+    from ..models.attention import load_or_train
 
-    As ``train_text_model``: seeded initialization (``build_text_model``), training under a forked RNG seeded
-    by (seed, "train", arch), a checksum of the training tensors checked on load, a JSON sidecar. ``evaluate``
-    (run after training, its result stored) must return JSON-safe values.
-    """
-    from ..io import atomic_torch_save, atomic_write_json
-
-    checksum = tensor_checksum(*train)
-    path = _checkpoint(spec, key, cache_dir)
-    loaded = _try_load(path, spec, key)
-    if loaded is not None:
-        model, info = loaded
-        stored = info.get("train_data_checksum")
-        if stored is not None and stored != checksum:
-            raise ConfigError(f"cached model {path} was trained on different data (checksum {stored}, now {checksum}) "
-                              f"under the same data_key {spec.data_key!r}: make data_key hash the training data")
-        info["from_cache"] = True
-    else:
-        model = build_text_model(spec)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(spec.seed, "train", spec.arch))
-            start = time.perf_counter()
-            _train_text(model, train, spec, progress, loss_fn=loss_fn)
-            seconds = time.perf_counter() - start
-        model.eval()
-        info = {**extra, **evaluate(model), "train_seconds": round(seconds, 3), "n_train": int(train[0].shape[0]),
-                "torch_version": str(torch.__version__), "train_data_checksum": checksum}
-        atomic_torch_save(path, {"key": key, "spec": spec.as_dict(), "state_dict": model.state_dict(), "info": info})
-        atomic_write_json(path.with_suffix(".json"), {"spec": spec.as_dict(), "key": key, **info})
-        info["from_cache"] = False
-    info.update({"cache_key": key, "checkpoint": str(path)})
-    model = model.eval()
-    model.sanitycheck_spec = spec
-    model.sanitycheck_info = info
-    return model
+    return load_or_train(spec, key, _checkpoint(spec, key, cache_dir), train, evaluate=evaluate, progress=progress,
+                         loss_fn=loss_fn, extra=extra)
 
 
 def _check_compatible(model: nn.Module, spec: TextTrainSpec, what: str, architecture: bool) -> None:
@@ -621,7 +588,7 @@ def train_diagnostic(
     guide_key = model_checksum(guide_model) if guide_model is not None else None
     key = _key({"kind": "wiegreffe-pinter-diagnostic", "spec_key": dspec.key(), "guide": guide,
                 "guide_model": guide_key, "source": [_source(train_diagnostic), _source(_imposed_loss),
-                                                     _source(_train_cached)]})
+                                                     _source(_train_text)]})
     if guide == "trained":
         loss_fn = None
     else:
@@ -724,7 +691,7 @@ def train_adversary(
     key = _key({"kind": "wiegreffe-pinter-adversary", "spec_key": aspec.key(), "lambda": repr(lam),
                 "base_model": base_key, "kl_eps": KL_EPS,
                 "source": [_source(train_adversary), _source(_adversary_loss), _source(kl_attention),
-                           _source(_train_cached)]})
+                           _source(_train_text)]})
     base64 = _float64_copy(base_model)
     base_train = _outputs64(base64, train_data, None, 500)
     loss_fn = _adversary_loss(base_train.probabilities.to(torch.float32), base_train.attention.to(torch.float32), lam)

@@ -582,8 +582,6 @@ def train_text_model(
     returned model is in eval mode, carries ``sanitycheck_spec`` and ``sanitycheck_info``, and
     ``model.double()`` gives a float64 copy of it for analyses.
     """
-    from ..io import atomic_torch_save, atomic_write_json
-
     train_data = _check_data(spec, train, "train")
     test_data = _check_data(spec, test, "test")
     for what, data in (("train", train_data), ("test", test_data)):
@@ -591,9 +589,28 @@ def train_text_model(
             if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= spec.vocab_size):
                 raise DataError(f"{what} {name} must be in [0, {spec.vocab_size}) (spec.vocab_size), got "
                                 f"[{int(t.min())}, {int(t.max())}]")
-    checksum = tensor_checksum(*train_data)
     key = spec.key()
-    path = text_checkpoint_path(spec, cache_dir)
+    extra = {"n_test": int(test_data[0].shape[0]), "test_data_checksum": tensor_checksum(*test_data)}
+    return load_or_train(spec, key, text_checkpoint_path(spec, cache_dir), train_data,
+                         evaluate=lambda m: {"test_accuracy": _accuracy(m, test_data),
+                                             "train_accuracy": _accuracy(m, train_data)},
+                         progress=progress, extra=extra)
+
+
+def load_or_train(spec: TextTrainSpec, key: str, path: Path, train: TextData, *,
+                  evaluate: Callable[[AttentionClassifier], Dict[str, Any]], progress: bool = True,
+                  loss_fn: Optional[Callable[..., Tensor]] = None, extra: Optional[Dict[str, Any]] = None
+                  ) -> AttentionClassifier:
+    """The model of ``spec`` cached at ``path`` under ``key``, or trained with ``_train_text(..., loss_fn)`` and saved.
+
+    Seeded initialization (``build_text_model``), training under a forked RNG seeded by (seed, "train", arch),
+    a checksum of the training tensors stored and checked on load (the key names the data only through
+    ``spec.data_key``), a JSON sidecar; ``evaluate`` runs after training and must return JSON-safe values.
+    Shared by ``train_text_model`` and the models Wiegreffe & Pinter's checks train.
+    """
+    from ..io import atomic_torch_save, atomic_write_json
+
+    checksum = tensor_checksum(*train)
     loaded = _try_load(path, spec, key)
     if loaded is not None:
         model, info = loaded
@@ -607,18 +624,12 @@ def train_text_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(spec.seed, "train", spec.arch))
             start = time.perf_counter()
-            _train_text(model, train_data, spec, progress)
+            _train_text(model, train, spec, progress, loss_fn=loss_fn)
             seconds = time.perf_counter() - start
-        info = {
-            "test_accuracy": _accuracy(model, test_data),
-            "train_accuracy": _accuracy(model, train_data),
-            "train_seconds": round(seconds, 3),
-            "n_train": int(train_data[0].shape[0]),
-            "n_test": int(test_data[0].shape[0]),
-            "torch_version": str(torch.__version__),
-            "train_data_checksum": checksum,
-            "test_data_checksum": tensor_checksum(*test_data),
-        }
+        model.eval()
+        info = {**(extra or {}), **evaluate(model), "train_seconds": round(seconds, 3),
+                "n_train": int(train[0].shape[0]), "torch_version": str(torch.__version__),
+                "train_data_checksum": checksum}
         atomic_torch_save(path, {"key": key, "spec": spec.as_dict(), "state_dict": model.state_dict(), "info": info})
         atomic_write_json(path.with_suffix(".json"), {"spec": spec.as_dict(), "key": key, **info})
         info["from_cache"] = False
