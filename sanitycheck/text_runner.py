@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -76,6 +75,7 @@ class TextAuditRun(AuditRun):
             explainer_objects = {n: get_token_explainer(n, **params.get(n, {})) for n in wanted}
         super().__init__(suite, explainer_objects=explainer_objects, **kwargs)
         self.text_outputs: Dict[str, TextCheckOutput] = {}
+        self.text_checks: Dict[str, TextCheck] = {}  # the check objects run_checks built, for the results
         self.not_applicable: Dict[str, str] = {}
 
     # ---------------------------------------------------------------- inputs
@@ -194,6 +194,7 @@ class TextAuditRun(AuditRun):
                           results: Dict[Tuple[str, str], Dict[str, Any]]) -> bool:
         if not isinstance(check, TextCheck):
             return False
+        self.text_checks[spec.name] = check
         self.check_kinds[spec.name] = "evaluation"
         path = self._cache_path("scores", spec.name, "check.pt")
         out: Optional[TextCheckOutput] = None
@@ -257,13 +258,10 @@ class TextAuditRun(AuditRun):
             "token_kendall": "Kendall tau-b of signed importances over the real tokens",
             "token_topk_overlap": "share of the top 20% tokens by |importance| that stay in the top 20%",
             "analysis_dtype": "float64"}
-        for spec in self.check_specs:
-            from .checks.base import get_check
-
-            obj = get_check(spec.name, **spec.params)
-            if isinstance(obj, TextCheck) and spec.name in doc["checks"]:
-                doc["checks"][spec.name]["higher_is_better"] = dict(obj.higher_is_better)
-                doc["checks"][spec.name]["description"] = obj.description
+        for name, check in self.text_checks.items():
+            if name in doc["checks"]:
+                doc["checks"][name]["higher_is_better"] = dict(check.higher_is_better)
+                doc["checks"][name]["description"] = check.description
         doc["summaries"] = clean_json({name: out.summaries for name, out in self.text_outputs.items() if out.summaries})
         if self.not_applicable:
             doc["not_applicable"] = dict(self.not_applicable)

@@ -29,7 +29,6 @@ Attention-level checks (permutation, adversarial, the W&P checks) produce record
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
