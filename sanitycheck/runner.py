@@ -482,7 +482,10 @@ class AuditRun:
                       "accuracy_on_audited_sample": self.accuracy_on_sample},
             "dataset": {"name": self.dataset_name or self.suite.dataset["name"], "split": self.suite.dataset.get("split"),
                         "n": len(self.x), "checksum": getattr(self.dataset, "checksum", None),
-                        "input_shape": list(self.x.shape[1:])},
+                        "input_shape": list(self.x.shape[1:]),
+                        # how the loader changed the files (image_folder: 16-bit, alpha, palette, ...); data part
+                        **{k: v for k, v in (getattr(self.dataset, "meta", None) or {}).items()
+                           if k in ("conversions", "truncation", "train_on_test") and v}},
             "target": {"rule": self.suite.target, "description": "class logit of the "
                        + ("trained model's predicted class" if self.suite.target == "predicted" else "true label")
                        + ", the same class in every model state"},
