@@ -485,7 +485,7 @@ class AuditRun:
                         "input_shape": list(self.x.shape[1:]),
                         # how the loader changed the files (image_folder: 16-bit, alpha, palette, ...); data part
                         **{k: v for k, v in (getattr(self.dataset, "meta", None) or {}).items()
-                           if k in ("conversions", "truncation", "train_on_test") and v}},
+                           if k in ("conversions", "truncation", "split_rule") and v}},
             "target": {"rule": self.suite.target, "description": "class logit of the "
                        + ("trained model's predicted class" if self.suite.target == "predicted" else "true label")
                        + ", the same class in every model state"},

@@ -105,6 +105,9 @@ class TextAuditRun(AuditRun):
             accepted = inspect.signature(MODELS.get(name)).parameters
             if "dataset" in accepted:
                 params.setdefault("dataset", ds_name)  # trained on the train split of the audited dataset
+                if self.data_root and params["dataset"] == ds_name and "dataset_params" in accepted:
+                    # --data-root names the audited file: the model trains on the same source's train split
+                    params["dataset_params"] = {**dict(params.get("dataset_params") or {}), "path": self.data_root}
             offered = {"seed": params.pop("seed", 0), "device": self.device, "progress": self.progress,
                        "cache_dir": self.cache_dir}
             offered = {k: v for k, v in offered.items() if k in accepted}
@@ -157,7 +160,8 @@ class TextAuditRun(AuditRun):
             if not task:
                 raise NotApplicableError("the model records no training task (sanitycheck_task): checks that "
                                          "retrain models need the dataset it was trained on")
-            train, test = load_text_task(task["dataset"], task.get("params"))
+            train, test = load_text_task(task["dataset"], task.get("params"),
+                                         train_on_test=bool(task.get("train_on_test", False)))
             enc = self._model.sanitycheck_encoder
             self._train_data = ((*enc.encode(train), train.labels), (*enc.encode(test), test.labels))
         return self._train_data
@@ -251,6 +255,8 @@ class TextAuditRun(AuditRun):
                                "mean_length": float(lengths.mean()), "max_length": int(lengths.max()),
                                "has_queries": self.batch.query_ids is not None,
                                "unknown_token_rate": info.get("unknown_token_rate_test")})
+        if getattr(self.batch, "truncation", None):
+            doc["dataset"]["truncation"] = clean_json(self.batch.truncation)  # texts cut to the model's limit
         doc["target"]["description"] = ("class logit of the trained model's predicted class" if self.suite.target ==
                                          "predicted" else "class logit of the true label") + ", in every model state"
         doc["postprocessing"] = {

@@ -636,6 +636,91 @@ def _rows_text(rows: List[int], limit: int = 10) -> str:
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
+SPLIT_FIELD = "split"
+_SPLIT_EXTENSIONS = ("csv", "tsv", "jsonl", "ndjson", "json")
+CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field (the csv module's default, 131072, breaks on long reviews)
+
+
+def _text_format(path: Path, format: Optional[str]) -> str:
+    fmt = (format or path.suffix.lstrip(".")).lower()
+    fmt = {"ndjson": "jsonl", "json": "jsonl", "tsv": "tsv"}.get(fmt, fmt)
+    if fmt not in ("csv", "jsonl", "tsv"):
+        raise DataError(f"cannot tell the format of {path}: pass format='csv' or format='jsonl'")
+    return fmt
+
+
+def _read_rows(path: Path, fmt: str, text_field: str, label_field: str) -> Tuple[List[Tuple[int, dict]], List[str], bytes]:
+    """``([(row number, record)], field names, file bytes)``; rows numbered from 1 (CSV data rows, JSONL lines)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8: {err}") from err
+    records: List[Tuple[int, dict]] = []
+    if fmt in ("csv", "tsv"):
+        if csv.field_size_limit() < CSV_FIELD_LIMIT:
+            csv.field_size_limit(CSV_FIELD_LIMIT)
+        reader = csv.DictReader(content.splitlines(), delimiter="," if fmt == "csv" else "\t")
+        try:
+            fields = list(reader.fieldnames or [])
+            missing = [f for f in (text_field, label_field) if f not in fields]
+            if missing:
+                raise DataError(
+                    f"{path}: missing column(s) {missing}; the header has {fields}. "
+                    f"Pass text_field=/label_field= to name the columns."
+                )
+            for i, row in enumerate(reader, start=1):
+                records.append((i, row))
+        except csv.Error as err:
+            raise DataError(f"{path}: CSV data row {len(records) + 1} cannot be read: {err}") from None
+        return records, fields, raw
+    fields: List[str] = []
+    for i, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            raise DataError(f"{path}: line {i} is not valid JSON: {err}") from err
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {i} is a {type(obj).__name__}, expected a JSON object")
+        records.append((i, obj))
+        fields.extend(k for k in obj if k not in fields)
+    for field_name in (text_field, label_field):
+        lacking = [i for i, r in records if field_name not in r]
+        if lacking:
+            raise DataError(
+                f"{path}: field {field_name!r} missing on line(s) {_rows_text(lacking)}. "
+                f"Pass text_field=/label_field= to name the fields."
+            )
+    return records, fields, raw
+
+
+def _label_text(lab) -> str:
+    if lab is None:
+        return ""
+    if isinstance(lab, float) and lab.is_integer():
+        return str(int(lab))
+    return str(lab).strip()
+
+
+def _split_file(directory: Path, split: Optional[str]) -> Path:
+    """``directory/<split>.<csv|tsv|jsonl|ndjson|json>``: the one file of that split."""
+    if split is None:
+        raise DataError(f"{directory} is a directory: text_file reads <dir>/train.csv and <dir>/test.csv (or .jsonl, "
+                        f".tsv) and needs split='train' or split='test'")
+    found = [directory / f"{split}.{ext}" for ext in _SPLIT_EXTENSIONS if (directory / f"{split}.{ext}").is_file()]
+    if not found:
+        raise DataError(f"directory {directory} holds no {split}.csv, {split}.tsv or {split}.jsonl: a directory given "
+                        f"as text_file data needs one file per split (train.csv and test.csv)")
+    if len(found) > 1:
+        raise DataError(f"directory {directory} holds several {split} files {[f.name for f in found]}; keep one")
+    return found[0]
+
+
 def load_text_file(
     path: Union[str, Path],
     text_field: str = "text",
@@ -644,89 +729,89 @@ def load_text_file(
     classes: Optional[Sequence[str]] = None,
     split: Optional[str] = None,
     name: Optional[str] = None,
+    split_field: str = SPLIT_FIELD,
 ) -> TextDataset:
-    """Labelled text from a CSV (header row) or JSONL file (one object per line).
+    """Labelled text from a CSV (header row) or JSONL file (one object per line), or a directory of split files.
 
     ``format`` is "csv" or "jsonl" (default: from the extension; ".json"/".ndjson" read as JSONL).
     Texts are tokenized with ``tokenize``; labels are read as strings (a JSON 1 becomes "1"). ``classes``
-    defaults to the sorted distinct labels (numerically when all are integers); pass the training split's
-    ``classes`` when loading a test split, and a label not among them raises ``DataError``.
-    Rows are numbered from 1: data rows for CSV (header excluded), lines for JSONL.
+    defaults to the sorted distinct labels (numerically when all are integers) of the whole file (or of all
+    the directory's split files), so the train and test splits agree; a label not among given ``classes``
+    raises ``DataError``. Rows are numbered from 1: data rows for CSV (header excluded), lines for JSONL.
+
+    Splits (``meta['split_rule']`` records which applied):
+
+    * ``path`` a directory: ``split`` picks ``<path>/<split>.csv`` (or ``.tsv``, ``.jsonl``);
+    * the file has a ``split_field`` column (default "split"): ``split`` keeps the rows whose value is
+      ``split`` (``None`` keeps every row); every row needs a value;
+    * otherwise every row is returned whatever ``split`` is: the train and test splits are the same texts,
+      which :func:`sanitycheck.models.text_zoo.load_text_task` refuses unless asked (``train_on_test``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"text file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
-    fmt = (format or path.suffix.lstrip(".")).lower()
-    fmt = {"ndjson": "jsonl", "json": "jsonl", "tsv": "tsv"}.get(fmt, fmt)
-    if fmt not in ("csv", "jsonl", "tsv"):
-        raise DataError(f"cannot tell the format of {path}: pass format='csv' or format='jsonl'")
-    raw = path.read_bytes()
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8: {err}") from err
-    records: List[Tuple[int, dict]] = []
-    if fmt in ("csv", "tsv"):
-        reader = csv.DictReader(content.splitlines(), delimiter="," if fmt == "csv" else "\t")
-        fields = reader.fieldnames or []
-        missing = [f for f in (text_field, label_field) if f not in fields]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {missing}; the header has {fields}. "
-                f"Pass text_field=/label_field= to name the columns."
-            )
-        for i, row in enumerate(reader, start=1):
-            records.append((i, row))
+    path = Path(path).expanduser()
+    if path.is_dir():
+        file = _split_file(path, split)
+        siblings = [f for f in (path / f"{s}.{e}" for s in DEFAULT_SIZES for e in _SPLIT_EXTENSIONS) if f.is_file()]
+        split_rule = f"file {file.name} of directory {path}"
+    elif path.is_file():
+        file, siblings, split_rule = path, [path], None
     else:
-        for i, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise DataError(f"{path}: line {i} is not valid JSON: {err}") from err
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {i} is a {type(obj).__name__}, expected a JSON object")
-            records.append((i, obj))
-        for field_name in (text_field, label_field):
-            lacking = [i for i, r in records if field_name not in r]
-            if lacking:
-                raise DataError(
-                    f"{path}: field {field_name!r} missing on line(s) {_rows_text(lacking)}. "
-                    f"Pass text_field=/label_field= to name the fields."
-                )
+        raise DataError(f"text file not found: {path}")
+    fmt = _text_format(file, format)
+    records, fields, raw = _read_rows(file, fmt, text_field, label_field)
+    unit = "row" if fmt != "jsonl" else "line"
     if not records:
-        raise DataError(f"{path} has no rows")
+        raise DataError(f"{file} has no rows")
+    split_counts: Optional[Dict[str, int]] = None
+    all_records = records
+    if split_rule is None and split_field in fields:
+        values = [str(r.get(split_field) or "").strip().lower() for _, r in records]
+        blank = [i for (i, _), v in zip(records, values) if not v]
+        if blank:
+            raise DataError(f"{file}: empty {split_field!r} in {unit}(s) {_rows_text(blank)}; give every row a split "
+                            f"(train or test)")
+        split_counts = {v: values.count(v) for v in sorted(set(values))}
+        if split is not None:
+            if split.lower() not in split_counts:
+                raise DataError(f"{file}: no {unit} has {split_field}={split!r}; the column holds {split_counts}")
+            records = [rec for rec, v in zip(records, values) if v == split.lower()]
+        split_rule = f"column {split_field!r}" + ("" if split is None else f" == {split.lower()!r}")
     texts, raw_labels, empty, no_label = [], [], [], []
     for i, r in records:
         toks = tokenize(r.get(text_field) or "")
-        lab = r.get(label_field)
-        lab = "" if lab is None else (str(lab).strip() if not isinstance(lab, float) or not lab.is_integer()
-                                      else str(int(lab)))
+        lab = _label_text(r.get(label_field))
         if not toks:
             empty.append(i)
         if lab == "":
             no_label.append(i)
         texts.append(toks)
         raw_labels.append(lab)
-    unit = "row" if fmt != "jsonl" else "line"
     if empty:
-        raise DataError(f"{path}: empty text in {unit}(s) {_rows_text(empty)} (field {text_field!r})")
+        raise DataError(f"{file}: empty text in {unit}(s) {_rows_text(empty)} (field {text_field!r})")
     if no_label:
-        raise DataError(f"{path}: missing label in {unit}(s) {_rows_text(no_label)} (field {label_field!r})")
+        raise DataError(f"{file}: missing label in {unit}(s) {_rows_text(no_label)} (field {label_field!r})")
     if classes is None:
-        class_list = _class_order(raw_labels)
+        every = [_label_text(r.get(label_field)) for _, r in all_records]
+        for other in siblings:
+            if other != file:
+                every += [_label_text(r.get(label_field)) for _, r in _read_rows(other, _text_format(other, format),
+                                                                                 text_field, label_field)[0]]
+        class_list = _class_order(l for l in every if l != "")
     else:
         class_list = [str(c) for c in classes]
         unseen = sorted({l for l in raw_labels if l not in class_list})
         if unseen:
             rows = [i for (i, _), l in zip(records, raw_labels) if l in unseen]
             raise DataError(
-                f"{path}: label(s) {unseen} not among the given classes {class_list} "
+                f"{file}: label(s) {unseen} not among the given classes {class_list} "
                 f"(unseen in training; {unit}(s) {_rows_text(rows)})"
             )
     index = {c: k for k, c in enumerate(class_list)}
     file_sha = hashlib.sha256(raw).hexdigest()
+    meta = {"split": split, "format": fmt, "text_field": text_field, "label_field": label_field,
+            "file_sha256": file_sha, "tokenizer": TOKEN_PATTERN.pattern,
+            "split_rule": split_rule or "none: the file has no split column, every row is returned"}
+    if split_counts is not None:
+        meta["split_counts"] = split_counts
     return TextDataset(
         name=name or path.stem,
         texts=texts,
@@ -734,9 +819,8 @@ def load_text_file(
         classes=class_list,
         queries=None,
         rationales=None,
-        source=str(path),
-        meta={"split": split, "format": fmt, "text_field": text_field, "label_field": label_field,
-              "file_sha256": file_sha, "tokenizer": TOKEN_PATTERN.pattern},
+        source=str(file),
+        meta=meta,
     )
 
 
