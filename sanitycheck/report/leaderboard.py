@@ -128,7 +128,7 @@ STATUS_WORDS = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive", 
                 "insufficient_data": "insufficient", "none": "–"}
 STATUS_MARKS = {"pass": "✅", "fail": "❌", "inconclusive": "❔", "undefined": "⭕", "insufficient_data": "⏳",
                 "none": "–"}
-BADGE_MARKS = {"passes": "🏅 passes", "fails": "✖ fails", "not faithful": "⚠ not better than noise",
+BADGE_MARKS = {"passes": "🏅 passes", "fails": "✖ no badge", "not faithful": "⚠ not better than noise",
                "not evaluated": "· not evaluated for faithfulness"}
 NOISE = "noise"
 
@@ -527,10 +527,11 @@ def assign_badges(tables: Dict[str, SuiteTable], docs: Dict[Tuple[str, str], Dic
         for row in t.rows:
             doc = docs[(t.suite, row.method)]
             statuses = [c.status for c in row.cells if c.status != "none"]
-            failing = [f"{c.check}: {STATUS_WORDS[c.status]}" for c in row.cells if c.status not in ("none", "pass")]
+            failing = [c.check for c in row.cells if c.status not in ("none", "pass")]
             if not statuses or failing:
                 row.badge = "fails"
-                row.badge_reason = ("not every verdict passes (" + ", ".join(failing) + ")") if failing else "no verdicts"
+                row.badge_reason = ("no badge: not every verdict is a pass (" + ", ".join(failing) + ")") if failing \
+                    else "no badge: no verdicts"
                 continue
             candidates = []
             noise = docs.get((t.suite, NOISE))
