@@ -116,22 +116,35 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdict_status(v: dict) -> str:
+    return str(v.get("status") or ("pass" if v.get("passed") else "fail"))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .submissions import validate_file
 
     bad = 0
     for path in args.paths:
-        problems = validate_file(Path(path), rerun=not args.no_rerun, sample=args.sample,
-                                 tolerance=args.tolerance, timeout_s=args.timeout, memory_mb=args.memory_mb)
+        report: dict = {}
+        problems = validate_file(Path(path), rerun=not args.no_rerun, sample=args.sample, full=args.full,
+                                 tolerance=args.tolerance, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                                 max_bytes=int(args.max_mb * 2**20), report=report, progress=not args.no_progress)
         if problems:
             bad += 1
             print(f"REJECTED {path}")
             for p in problems:
                 print(f"  - {p}")
         else:
-            how = "schema, suite version, aggregates, verdicts" + (
-                "" if args.no_rerun else f", re-run of {args.sample} seeded inputs within {args.tolerance:g}")
+            how = "schema, suite version, the suite's current rules, aggregates, verdicts recomputed, source hash"
+            if not args.no_rerun:
+                what = (f"all {len(report['indices'])} inputs" if report.get("full") else
+                        f"{len(report['indices'])} inputs drawn at random (seed {report['sample_seed']})")
+                how += f", re-run of {what} within {args.tolerance:g} on weights {str(report.get('weights_sha256'))[:12]}…"
             print(f"OK {path} ({how})")
+            for v in report.get("verdicts", []):
+                print(f"  {_verdict_status(v).upper()} {v['check']}")
+        if "indices" in report:
+            print(f"  re-run sample: seed {report['sample_seed']}, indices {report['indices']}")
     return 1 if bad else 0
 
 
@@ -173,7 +186,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .report.leaderboard import build_leaderboard
 
-    summary = build_leaderboard(Path(args.dir))
+    summary = build_leaderboard(Path(args.dir), rerun=not args.no_rerun, sample=args.board_sample,
+                                progress=not args.no_progress, timeout_s=args.timeout, memory_mb=args.memory_mb)
     for suite, methods in summary["suites"].items():
         print(f"{suite}: {len(methods)} method(s)")
     for path, problems in summary["rejected"].items():
@@ -226,9 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")
     pub.set_defaults(func=cmd_publish)
 
-    val = sub.add_parser("validate", help="check result files: schema, suite version, consistency, seeded re-run")
+    val = sub.add_parser("validate", help="check result files: schema, suite version and rules, consistency, re-run "
+                                          "of a random sample")
     val.add_argument("paths", nargs="+", help="result files (leaderboard/submissions/<method>/<suite>.json)")
-    val.add_argument("--sample", type=int, default=16, help="images re-run per file (default: 16)")
+    val.add_argument("--sample", type=int, default=16, help="inputs re-run per file, drawn at random at validation "
+                                                            "time (default: 16)")
+    val.add_argument("--full", action="store_true", help="re-run every input of the file (slow, exhaustive)")
+    val.add_argument("--max-mb", type=float, default=64, help="refuse documents larger than this, MiB (default: 64)")
+    val.add_argument("--no-progress", action="store_true", help="hide progress bars of the re-run")
     val.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| of a re-run score (default: 1e-4)")
     val.add_argument("--no-rerun", action="store_true", help="static checks only (no method code is run)")
     _add_limits(val)
@@ -263,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="regenerate <dir>/LEADERBOARD.md, index.html and thumbnails from "
                                                "the valid files in <dir>/submissions/")
     board.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")
+    board.add_argument("--board-sample", type=int, default=4, help="inputs re-run per file on every build, drawn "
+                                                                  "at random (default: 4)")
+    board.add_argument("--no-rerun", action="store_true", help="static validation only (no method is re-run); "
+                                                               "the board says so")
+    board.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_limits(board)
     board.set_defaults(func=cmd_leaderboard)
     return parser
 

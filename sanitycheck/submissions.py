@@ -292,13 +292,21 @@ def publish_run(results: Dict[str, Any], *, root: Path = Path("leaderboard")) ->
 
 
 # ------------------------------------------------------------------------- validate
-def sample_indices(doc: Dict[str, Any], raw: bytes, k: int) -> List[int]:
-    """k image indices drawn with a seed from the file's own bytes: an edit moves the sample."""
+def sample_indices(n: int, k: Optional[int], seed: Optional[int] = None) -> Tuple[int, List[int]]:
+    """(seed, sorted indices): ``k`` of ``n`` inputs (all of them when ``k`` is None or >= n), drawn with a seed
+    from fresh OS randomness unless one is given (to repeat a report). Nothing in the document steers it."""
+    import secrets
+
     from .seeding import generator
 
-    n = doc["dataset"]["n"]
-    g = generator("validate", hashlib.sha256(raw).hexdigest())
-    return sorted(torch.randperm(n, generator=g)[: min(k, n)].tolist())
+    if seed is None:
+        seed = secrets.randbits(63)
+    if k is None or k >= n:
+        return seed, list(range(n))
+    if k < 1:
+        raise ConfigError(f"the re-run sample must hold at least 1 input, got {k}")
+    g = generator("validate", seed)
+    return seed, sorted(torch.randperm(n, generator=g)[:k].tolist())
 
 
 def _text_rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, Any]:
@@ -315,35 +323,47 @@ def _text_rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, A
     return out
 
 
-def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance: float = RERUN_TOLERANCE,
-                  timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
-                  work_root: Path = Path("runs/validate"), progress: bool = False) -> List[str]:
-    """Problems with the result file at ``path`` (empty list: valid)."""
+def _keys(tree: Dict[str, Any]) -> set:
+    return {(c, s, m) for c, steps in tree.items() for s, metrics in steps.items() for m in metrics}
+
+
+def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16, full: bool = False,
+                  tolerance: float = RERUN_TOLERANCE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  memory_mb: int = DEFAULT_MEMORY_MB, work_root: Path = Path("runs/validate"),
+                  progress: bool = False, max_bytes: Optional[int] = None, seed: Optional[int] = None,
+                  report: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Problems with the result file at ``path`` (empty list: valid).
+
+    The re-run sample (``sample`` inputs, every input with ``full``) is drawn at validation time from fresh
+    randomness; ``report`` (a dict, filled in place) receives the seed, the indices, the weights hashes and
+    the verdicts recomputed from the suite's current rules."""
     from .runner import AuditRun
     from .suites import load_suite
-    from .validation import load_document, static_problems
+    from .validation import (MAX_DOCUMENT_BYTES, load_document, recomputed_verdicts, static_problems,
+                             weights_problems, weights_sha256)
 
+    report = {} if report is None else report
     path = Path(path)
-    doc, problems = load_document(path)
+    report.update(path=str(path), rerun=rerun)
+    doc, problems = load_document(path, max_bytes=MAX_DOCUMENT_BYTES if max_bytes is None else max_bytes)
     if doc is None:
         return problems
-    problems = static_problems(doc, submission=True)
-    if problems or not rerun:
+    problems = static_problems(doc, submission=True, provenance=True)
+    if problems:
         return problems
+    suite = load_suite(doc["suite"])
+    report.update(suite=f"{suite.name} v{suite.version}", verdicts=recomputed_verdicts(doc, suite),
+                  weights_sha256=weights_sha256(doc))
+    if not rerun:
+        return []
     method = doc["method"]
     kind = doc.get("input_kind", "image")
-    try:
-        _, source = resolve_source(method["source"], kind)
-    except SanityCheckError as err:
-        return [f"cannot re-run: {err}"]
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    if digest != method["source_sha256"]:
-        return [f"stale: the source of {method['name']} ({source}) has changed since this result was written "
-                f"(sha256 {digest[:12]}… vs {method['source_sha256'][:12]}…); re-submit it"]
-    indices = sample_indices(doc, path.read_bytes(), sample)
-    suite = load_suite(doc["suite"])
+    n = doc["dataset"]["n"]
+    sample_seed, indices = sample_indices(n, None if full else sample, seed)
+    report.update(sample_seed=sample_seed, indices=indices, full=len(indices) == n)
     work = Path(work_root) / method["name"] / suite.name
     name = method["name"]
+    run_dir = work / f"rerun-{os.getpid()}-{time.time_ns()}"
     if kind == "text":
         # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
         # model and data the document names (model parameters included), with only this explainer's checks
@@ -353,9 +373,9 @@ def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance
             return ["cannot re-run: text methods are re-run only when registered (sandboxed token explainers "
                     "are not supported yet)"]
         explainer = get_token_explainer(method["source"], **(method.get("params") or {}))
-        fresh = TextAuditRun(suite, out_dir=work / f"rerun-{os.getpid()}-{int(time.time())}",
+        fresh = TextAuditRun(suite, out_dir=run_dir,
                              explainer_objects=_text_rerun_explainers(suite, name, explainer),
-                             progress=progress, figures=False, n=doc["dataset"]["n"], seed=doc["seed"],
+                             progress=progress, figures=False, n=n, seed=doc["seed"],
                              indices=indices, checks=list(doc["per_sample"].get(name, {})) or None,
                              model_params=(doc["model"].get("params") or {})
                              if doc["model"].get("params") != dict(suite.model.get("params", {})) else None
@@ -363,25 +383,41 @@ def validate_file(path: Path, *, rerun: bool = True, sample: int = 16, tolerance
     else:
         with RemoteExplainer(method["source"], work_dir=work, params=method.get("params"), timeout_s=timeout_s,
                              memory_mb=memory_mb) as remote:
-            fresh = AuditRun(suite, out_dir=work / f"rerun-{os.getpid()}-{int(time.time())}",
-                             explainer_objects={name: remote}, progress=progress, figures=False,
-                             n=doc["dataset"]["n"], seed=doc["seed"], indices=indices).execute()
+            fresh = AuditRun(suite, out_dir=run_dir, explainer_objects={name: remote}, progress=progress,
+                             figures=False, n=n, seed=doc["seed"], indices=indices).execute()
+    fresh_weights = weights_sha256(fresh)
+    report["fresh_weights_sha256"] = fresh_weights
+    if fresh_weights is None:
+        return [f"cannot re-run: this installation did not record the weights of {fresh['model']['name']} "
+                "(model.weights_sha256); update sanitycheck"]
+    problems = weights_problems(doc, fresh_weights)
+    if problems:
+        return problems
     stored = doc["per_sample"][name]
+    new_tree = fresh["per_sample"].get(name, {})
+    missing = sorted(_keys(new_tree) - _keys(stored))
+    if missing:
+        return [f"re-run: {'/'.join(missing[0])} is missing from the file"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")]
+    run_checks = set(new_tree)
+    extra = sorted(k for k in _keys(stored) - _keys(new_tree) if k[0] in run_checks)
+    if extra:
+        return [f"re-run: the file has scores for {'/'.join(extra[0])}, which the re-run does not produce"]
     worst, where = 0.0, None
-    for check, steps in fresh["per_sample"][name].items():
+    for check, steps in new_tree.items():
         for step, metrics in steps.items():
             for metric, values in metrics.items():
-                recorded = stored.get(check, {}).get(step, {}).get(metric)
-                if recorded is None:
-                    return [f"re-run: {check}/{step}/{metric} is missing from the file"]
+                recorded = stored[check][step][metric]
                 for i, new in zip(indices, values):
                     old = recorded[i]
                     if (old is None) != (new is None):
                         return [f"tampered: image {i} {check}/{step}/{metric} is {old} in the file, re-run gives {new}"]
                     if old is not None and abs(old - new) > worst:
                         worst, where = abs(old - new), (i, check, step, metric, old, new)
+    report["max_abs_diff"] = worst
     if worst > tolerance:
         i, check, step, metric, old, new = where
-        return [f"tampered or irreproducible: re-running {len(indices)} seeded images, image {i} {check}/{step}/"
+        what = f"all {len(indices)} inputs" if report["full"] else f"{len(indices)} inputs sampled with seed {sample_seed}"
+        return [f"tampered or irreproducible: re-running {what}, image {i} {check}/{step}/"
                 f"{metric} is {old} in the file but {new} now (|diff| {worst:.2e} > tolerance {tolerance:g})"]
     return []

@@ -12,7 +12,8 @@ from html import escape
 from typing import Any, Dict, List
 from urllib.parse import quote
 
-from .leaderboard import GENERATED_NOTE, Row, SuiteTable, _rules_text, _setting_text, reliability_lines, score_header
+from .leaderboard import (BADGE_MARKS, BADGE_RULE, GENERATED_NOTE, STATUS_LEGEND, Row, SuiteTable, _rules_text, _setting_text, reliability_lines,
+                          score_header)
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
@@ -75,6 +76,9 @@ td.thumb { padding: 4px 8px; }
 td.thumb img { display: block; background: #fff; }
 td.thumb.maps img { width: auto; height: auto; max-height: 80px; max-width: 480px; }
 td.thumb.curves img { width: 184px; height: auto; }
+td.verdict.other .pill { background: #fff3cd; color: #664d03; }
+td.overall { font-size: 12.5px; white-space: nowrap; }
+td.overall.passes { color: var(--pass, #146c2e); font-weight: 600; }
 #rejected li { margin: 4px 0; }
 #rejected .problems li { color: var(--fail); font-size: 13px; }
 footer { max-width: 1800px; margin: 30px auto 20px; padding: 0 20px; color: var(--muted); font-size: 12px; }
@@ -135,7 +139,8 @@ def _row_html(t: SuiteTable, row: Row, with_setting: bool) -> str:
     if with_setting:
         cells.append(f"<td>{_setting_text(row.setting, md=False)}</td>")
     for c in row.cells:
-        state = {True: "pass", False: "fail", None: "none"}[c.passed]
+        state = {"pass": "pass", "fail": "fail"}.get(c.status, "none" if c.status == "none" else
+                                                      f"other {c.status.replace('_', '-')}")
         word, _, value = c.verdict_text.partition(" ")
         cells.append(f'<td class="verdict {state}" title="{_e(c.reason)}" data-sort="{_e(c.verdict_text)}">'
                      f'<span class="pill">{_e(word)}</span><span class="val">{_e(value)}</span></td>')
@@ -150,6 +155,9 @@ def _row_html(t: SuiteTable, row: Row, with_setting: bool) -> str:
     curves_alt = f"Randomization curves of {what}: verdict metric versus randomization step per check, 95% CI bands, threshold"
     cells.append(f'<td class="thumb maps">{_img(row.maps, maps_alt) if row.maps else "–"}</td>')
     cells.append(f'<td class="thumb curves">{_img(row.curves, curves_alt) if row.curves else "–"}</td>')
+    if any(r.badge for r in t.rows):
+        cells.append(f'<td class="overall {_e((row.badge or "none").replace(" ", "-"))}" title="{_e(row.badge_reason)}" '
+                     f'data-sort="{_e(row.badge or "")}">{_e(BADGE_MARKS.get(row.badge or "", "–"))}</td>')
     return f'<tr{cls} data-method="{_e(row.method)}">' + "".join(cells) + "</tr>"
 
 
@@ -181,9 +189,9 @@ def _table_html(t: SuiteTable) -> List[str]:
            'method</button></th>']
     sub, col = [], 1
     if with_setting:
-        top.append('<th scope="col" rowspan="2" data-col="1" data-sort="text" aria-sort="none">'
+        top.append(f'<th scope="col" rowspan="2" data-col="{col}" data-sort="text" aria-sort="none">'
                    '<button type="button">setting</button></th>')
-        col = 2
+        col += 1
     for c in t.checks:
         top.append(f'<th scope="colgroup" colspan="2">{_e(c)}</th>')
         sub.append(f'<th scope="col" data-col="{col}" data-sort="text" aria-sort="none"><button type="button">'
@@ -193,13 +201,16 @@ def _table_html(t: SuiteTable) -> List[str]:
         col += 2
     top.append('<th scope="col" rowspan="2">maps (image 0)</th>')
     top.append('<th scope="col" rowspan="2">randomization curves</th>')
+    if any(r.badge for r in t.rows):
+        top.append(f'<th scope="col" rowspan="2" data-col="{col}" data-sort="text" aria-sort="none" '
+                   f'title="{_e(BADGE_RULE)}"><button type="button">overall</button></th>')
     out += ["<tr>" + "".join(top) + "</tr>", "<tr>" + "".join(sub) + "</tr>", "</thead>", "<tbody>"]
     out += [_row_html(t, row, with_setting) for row in t.rows]
     out += ["</tbody>", "</table>", "</div>", "</section>"]
     return out
 
 
-def render_html(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]]) -> str:
+def render_html(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]], validation: str = "") -> str:
     note = _e(GENERATED_NOTE).replace("`", "")
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -215,7 +226,11 @@ def render_html(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]]) -
            "maps: the upper bound of the 95% bootstrap CI of the check's metric must stay below the suite's threshold "
            "at the steps its rule reads. A verdict shows that deciding upper bound and the step it was measured at "
            "(hover for the full reason); a score is the metric after the check's last step, mean [95% CI] n. "
-           '<span class="badge control">control</span> rows ignore the model and must fail.</p>']
+           '<span class="badge control">control</span> rows ignore the model and must fail.</p>',
+           f'<p class="intro">{_e(STATUS_LEGEND)}</p>',
+           f'<p class="intro" id="badge-rule"><b>Overall badge.</b> {_e(BADGE_RULE).replace("`", "")}</p>']
+    if validation:
+        out.append(f'<p class="intro" id="validation"><b>Validation.</b> {_e(validation).replace("`", "")}</p>')
     links = [f'<li><a href="#suite-{_e(s)}">{_e(s)}</a> ({len(t.rows)})</li>' for s, t in tables.items()]
     links.append(f'<li><a href="#rejected">Rejected result files</a> ({len(rejected)})</li>')
     out += ['<nav aria-label="Suites"><ul>' + "".join(links) + "</ul></nav>", "</header>", "<main>"]

@@ -50,11 +50,12 @@ class Cell:
     """One check of one method: its verdict and the verdict metric after the last step."""
 
     check: str
-    passed: Optional[bool]          # None: no verdict (skipped)
+    passed: Optional[bool]          # None: no verdict (skipped, a score); False for every status but pass
     verdict_text: str               # "pass 0.311 @ fc1"
     reason: str                     # the verdict's full reason (tooltip)
     score_text: str                 # "0.34 [0.33, 0.35] n=128" or "undefined (reason)"
     score_sort: Optional[float]     # the mean, for sorting; None when undefined
+    status: str = "none"            # pass, fail, inconclusive, undefined, insufficient_data; none: no verdict
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Row:
     maps: Optional[str]             # asset path relative to root, or None
     curves: Optional[str]
     setting: Tuple[Any, ...]        # (model, test accuracy, dataset, n, seed)
+    badge: Optional[str] = None     # "passes", "fails", "not faithful", "not evaluated"; None: no verdicts here
+    badge_reason: str = ""
 
 
 @dataclass
@@ -121,9 +124,26 @@ def _num(v: Optional[float], digits: int = 2) -> str:
     return "undefined" if v is None else f"{v:.{digits}f}"
 
 
+STATUS_WORDS = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive", "undefined": "undefined",
+                "insufficient_data": "insufficient", "none": "–"}
+STATUS_MARKS = {"pass": "✅", "fail": "❌", "inconclusive": "❔", "undefined": "⭕", "insufficient_data": "⏳",
+                "none": "–"}
+BADGE_MARKS = {"passes": "🏅 passes", "fails": "✖ no badge", "not faithful": "⚠ not better than noise",
+               "not evaluated": "· not evaluated for faithfulness"}
+NOISE = "noise"
+
+
+def verdict_status(verdict: Dict[str, Any]) -> str:
+    """A verdict's status: its three-valued ``status`` where it has one, else pass/fail from ``passed``."""
+    status = verdict.get("status")
+    if isinstance(status, str) and status in STATUS_WORDS:
+        return status
+    return "pass" if verdict.get("passed") else "fail"
+
+
 def format_verdict(verdict: Dict[str, Any]) -> str:
     """``pass 0.311 @ fc1``: the outcome, the deciding value (upper 95 % CI bound) and the step it was read at."""
-    text = f"{'pass' if verdict['passed'] else 'fail'} {_num(verdict['measured'], 3)}"
+    text = f"{STATUS_WORDS[verdict_status(verdict)]} {_num(verdict['measured'], 3)}"
     return text + (f" @ {verdict['step']}" if verdict.get("step") else "")
 
 
@@ -142,19 +162,21 @@ def _cell(doc: Dict[str, Any], explainer: str, check: str) -> Cell:
     rule = check_rule(info)
     steps = [last_step(info)] if last_step(info) else []
     verdict = next((v for v in doc["verdicts"] if v["explainer"] == explainer and v["check"] == check), None)
+    status = "none"
     if verdict is None and info.get("verdict_rule") is None:
         passed, text, reason = None, "score", f"{check}: a score without a verdict ({rule['direction']})"
     elif verdict is None:
         skipped = next((s.get("reason", "") for s in doc.get("skipped", []) if s.get("explainer") == explainer), "")
         passed, text, reason = None, "skipped", f"no verdict for {check}" + (f": {skipped}" if skipped else "")
     else:
-        passed, text, reason = bool(verdict["passed"]), format_verdict(verdict), verdict["reason"]
+        status = verdict_status(verdict)
+        passed, text, reason = status == "pass", format_verdict(verdict), verdict["reason"]
     rec = None
     if steps:
         rec = next((r for r in doc["records"] if (r["explainer"], r["check"], r["metric"], r["step"])
                     == (explainer, check, rule["metric"], steps[-1])), None)
     score_sort = None if rec is None or rec["mean"] is None else float(rec["mean"])
-    return Cell(check, passed, text, reason, format_score(rec), score_sort)
+    return Cell(check, passed, text, reason, format_score(rec), score_sort, status)
 
 
 def _row_order(row: Row) -> Tuple[Any, ...]:
@@ -361,21 +383,58 @@ def _layout_problems(doc: Dict[str, Any], path: Path) -> List[str]:
     return problems
 
 
-def collect(root: Path) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Dict[Tuple[str, str], Dict[str, Any]]]:
+def _revalidate(path: Path, rerun: bool, sample: int, work_root: Optional[Path], limits: Dict[str, Any]
+                ) -> Tuple[Optional[Dict[str, Any]], List[str]]:
+    """Validate one file as ``sanitycheck validate`` does (with a re-run of ``sample`` inputs drawn at random now,
+    unless ``rerun`` is off); return (document with the verdicts recomputed here, problems)."""
+    from ..suites import load_suite
+    from ..validation import load_document, load_valid_documents, recomputed_verdicts
+
+    if rerun:
+        from ..submissions import validate_file
+
+        problems = validate_file(path, rerun=True, sample=sample, work_root=work_root, **limits)
+        if problems:
+            return None, problems
+        doc, problems = load_document(path)
+        if doc is None:
+            return None, problems
+    else:
+        valid, bad = load_valid_documents([path], submission=True, provenance=True)
+        if bad:
+            return None, next(iter(bad.values()))
+        doc = valid[0]
+    doc["verdicts"] = recomputed_verdicts(doc, load_suite(doc["suite"]))  # the board shows what IT computed
+    return doc, []
+
+
+def collect(root: Path, *, rerun: bool = False, sample: int = 4, progress: bool = False,
+            limits: Optional[Dict[str, Any]] = None
+            ) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Dict[Tuple[str, str], Dict[str, Any]]]:
     """Validate every submission; return (tables by suite, {relative path: problems}, {(suite, method): doc})."""
-    from ..validation import load_valid_documents
+    import tempfile
 
     root = Path(root)
     tables: Dict[str, SuiteTable] = {}
     rejected: Dict[str, List[str]] = {}
     docs: Dict[Tuple[str, str], Dict[str, Any]] = {}
-    for path in submission_paths(root):
+    paths = submission_paths(root)
+    if progress:
+        from tqdm.auto import tqdm
+
+        paths = tqdm(paths, desc="re-validating" if rerun else "validating", unit="file")
+    work = tempfile.TemporaryDirectory(prefix="sanitycheck-board-") if rerun else None
+    try:
+        checked = [(path, *_revalidate(path, rerun, sample, Path(work.name) if work else None, dict(limits or {})))
+                   for path in paths]
+    finally:
+        if work is not None:
+            work.cleanup()
+    for path, doc, problems in checked:
         rel = path.relative_to(root).as_posix()
-        valid, bad = load_valid_documents([path], submission=True)
-        if bad:
-            rejected[rel] = next(iter(bad.values()))
+        if problems:
+            rejected[rel] = problems
             continue
-        doc = valid[0]
         problems = _layout_problems(doc, path)
         if problems:
             rejected[rel] = problems
@@ -413,7 +472,89 @@ def collect(root: Path) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Di
                          for c in table.checks]
         table.rows.sort(key=_row_order)
         table.reliability = _reliability(table, docs)
+    assign_badges(tables, docs)
     return dict(sorted(tables.items())), rejected, docs
+
+
+# --------------------------------------------------------------------------- the overall badge
+FAITHFULNESS_SUITE = "petsiuk2018"
+BADGE_RULE = ("A method earns the overall badge of a suite only if (a) every verdict it has there is a pass and (b) "
+              "it beats the uniform `noise` control on deletion or insertion with separated 95% CIs (its deletion "
+              "AUC's upper bound below noise's lower bound, or its insertion AUC's lower bound above noise's upper "
+              "bound), read from the same document when the suite measures deletion and insertion itself, otherwise "
+              "from the petsiuk2018 results on the board for the same model and dataset. Randomization checks alone "
+              "can be passed by maps that carry no information about the input (noise seeded by a hash of the "
+              "weights passes them; Binder et al. 2023), so a pass there must also beat noise at faithfulness. "
+              "Without deletion/insertion results a method is not evaluated for faithfulness and gets no badge.")
+
+
+def _auc(doc: Dict[str, Any], check: str) -> Optional[Dict[str, Any]]:
+    explainer = next(iter(doc["explainers"]))
+    rec = next((r for r in doc["records"] if r["explainer"] == explainer and r["check"] == check
+                and r["step"] == "auc"), None)
+    return rec if rec is not None and rec["ci_low"] is not None and rec["ci_high"] is not None else None
+
+
+def _model_key(doc: Dict[str, Any]) -> Tuple[Any, ...]:
+    return (doc["model"]["name"], repr(sorted((doc["model"].get("params") or {}).items())), doc["dataset"]["name"])
+
+
+def beats_noise(doc: Dict[str, Any], noise: Dict[str, Any]) -> Tuple[Optional[bool], str]:
+    """(True/False, why) when deletion or insertion AUCs of both are there; (None, why) when they are not."""
+    said = []
+    for check, lower_better in (("deletion", True), ("insertion", False)):
+        mine, theirs = _auc(doc, check), _auc(noise, check)
+        if mine is None or theirs is None:
+            continue
+        if lower_better and mine["ci_high"] < theirs["ci_low"]:
+            return True, (f"deletion AUC {mine['mean']:.3f} [{mine['ci_low']:.3f}, {mine['ci_high']:.3f}] is below "
+                          f"noise's [{theirs['ci_low']:.3f}, {theirs['ci_high']:.3f}]")
+        if not lower_better and mine["ci_low"] > theirs["ci_high"]:
+            return True, (f"insertion AUC {mine['mean']:.3f} [{mine['ci_low']:.3f}, {mine['ci_high']:.3f}] is above "
+                          f"noise's [{theirs['ci_low']:.3f}, {theirs['ci_high']:.3f}]")
+        said.append(f"{check} AUC [{mine['ci_low']:.3f}, {mine['ci_high']:.3f}] vs noise "
+                    f"[{theirs['ci_low']:.3f}, {theirs['ci_high']:.3f}]")
+    if not said:
+        return None, "no deletion/insertion AUCs of this method and of the noise control"
+    return False, "CIs not separated from the noise control: " + "; ".join(said)
+
+
+def assign_badges(tables: Dict[str, SuiteTable], docs: Dict[Tuple[str, str], Dict[str, Any]]) -> None:
+    """Set ``row.badge`` of every row of a suite with verdicts (see ``BADGE_RULE``)."""
+    for t in tables.values():
+        if not any(r.get("threshold") is not None for r in t.rules.values()):
+            continue  # a suite of scores only (petsiuk2018 itself): no verdicts to badge
+        for row in t.rows:
+            doc = docs[(t.suite, row.method)]
+            statuses = [c.status for c in row.cells if c.status != "none"]
+            failing = [c.check for c in row.cells if c.status not in ("none", "pass")]
+            if not statuses or failing:
+                row.badge = "fails"
+                row.badge_reason = ("no badge: not every verdict is a pass (" + ", ".join(failing) + ")") if failing \
+                    else "no badge: no verdicts"
+                continue
+            candidates = []
+            noise = docs.get((t.suite, NOISE))
+            if noise is not None and _auc(doc, "deletion") is not None:
+                candidates.append((doc, noise, t.suite))
+            own = docs.get((FAITHFULNESS_SUITE, row.method))
+            theirs = docs.get((FAITHFULNESS_SUITE, NOISE))
+            if own is not None and theirs is not None and _model_key(own) == _model_key(doc) == _model_key(theirs):
+                candidates.append((own, theirs, FAITHFULNESS_SUITE))
+            result, why = None, f"not evaluated for faithfulness: no {FAITHFULNESS_SUITE} results of this method " \
+                                f"and the noise control on {doc['model']['name']} / {doc['dataset']['name']}"
+            for mine, ref, where in candidates:
+                got, reason = beats_noise(mine, ref)
+                if got is not None:
+                    result, why = got, f"{where}: {reason}"
+                    if got:
+                        break
+            if result is None:
+                row.badge, row.badge_reason = "not evaluated", why
+            elif result:
+                row.badge, row.badge_reason = "passes", f"every verdict passes; beats noise ({why})"
+            else:
+                row.badge, row.badge_reason = "not faithful", f"every verdict passes, but {why}"
 
 
 def _reliability(table: SuiteTable, docs: Dict[Tuple[str, str], Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -495,7 +636,22 @@ def _rules_text(table: SuiteTable, md: bool) -> str:
     return "; ".join(parts)
 
 
-def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]]) -> str:
+STATUS_LEGEND = ("Verdicts: ✅ pass, ❌ fail, ❔ inconclusive (the CI straddles the threshold), ⭕ undefined (the maps "
+                 "carry no ranking), ⏳ insufficient data (fewer inputs than the suite's minimum n); only a pass counts.")
+
+
+def validation_note(rerun: bool, sample: int) -> str:
+    if rerun:
+        return (f"Every file on this board was re-validated when the board was built: the suite's current rules "
+                f"applied to its per-image scores (the verdicts shown are the ones recomputed here, not the file's), "
+                f"the source hash and weights checked, and {sample} inputs per file drawn at random and re-run.")
+    return ("This board was built with static validation only (`--no-rerun`): the suite's current rules were applied "
+            "to each file's per-image scores (the verdicts shown are recomputed here) and the source hash checked, "
+            "but no method was re-run.")
+
+
+def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]],
+                    validation: str = "") -> str:
     lines = ["# sanitycheck leaderboard", "",
              "<!-- GENERATED FILE: do not edit by hand. Rebuild with `sanitycheck leaderboard`. -->", "",
              f"> **{GENERATED_NOTE}** The same board, sortable, is in [`index.html`](index.html).", "",
@@ -503,7 +659,10 @@ def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]
              "is randomized: the upper bound of the 95% bootstrap CI of the check's metric must stay below the "
              "suite's threshold at the steps its rule reads. The verdict shows that deciding upper bound and the "
              "step it was measured at (hover for the full reason); the score is the metric after the check's last "
-             "step, `mean [95% CI] n`. **Controls** ignore the model (`requires_model: false`) and must fail.", ""]
+             "step, `mean [95% CI] n`. **Controls** ignore the model (`requires_model: false`) and must fail.", "",
+             STATUS_LEGEND, "", f"**Overall badge.** {BADGE_RULE}", ""]
+    if validation:
+        lines += [f"**Validation.** {validation}", ""]
     if not tables:
         lines += ["*No valid submissions yet.*", ""]
     for t in tables.values():
@@ -522,11 +681,12 @@ def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]
         if rel:
             lines += ["Reliability of these scores as rankings of methods (Tomsett et al. 2020):", ""]
             lines += [f"- {line}" for line in rel] + [""]
+        badged = any(r.badge for r in t.rows)
         head = ["method"]
         for c in t.checks:
             head += [f"{md_text(c)} verdict",
                      md_text(score_header(t, c))]
-        head += ["maps (image 0)", "randomization curves"]
+        head += ["maps (image 0)", "randomization curves"] + (["overall"] if badged else [])
         if len(settings) > 1:
             head.insert(1, "setting")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -536,14 +696,18 @@ def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]
             if len(settings) > 1:
                 cells.append(_setting_text(row.setting, md=True))
             for c in row.cells:
-                mark = {True: "✅", False: "❌", None: "–"}[c.passed]
+                mark = STATUS_MARKS.get(c.status, "–")
                 cells.append(f'<span title="{md_attr(c.reason)}">{mark} {md_text(c.verdict_text)}</span>')
                 cells.append(md_text(c.score_text))
             for kind, rel in (("maps", row.maps), ("randomization curves", row.curves)):
                 cells.append(f"![{kind} of {md_text(row.method)} on {md_text(t.suite)}]({quote(rel)})" if rel else "–")
+            if badged:
+                cells.append(f'<span title="{md_attr(row.badge_reason)}">{BADGE_MARKS.get(row.badge or "", "–")}</span>')
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "<details><summary>Verdict reasons</summary>", ""]
         for row in t.rows:
+            if row.badge:
+                lines.append(f"- {_md_code(row.method)} / overall: {md_text(row.badge)}: {md_text(row.badge_reason)}")
             for c in row.cells:
                 lines.append(f"- {_md_code(row.method)} / {md_text(c.check)}: {md_text(c.reason)}")
         lines += ["", "</details>", ""]
@@ -560,8 +724,13 @@ def render_markdown(tables: Dict[str, SuiteTable], rejected: Dict[str, List[str]
 
 
 # --------------------------------------------------------------------------- build
-def build_leaderboard(root: Path = Path("leaderboard")) -> Dict[str, Any]:
+def build_leaderboard(root: Path = Path("leaderboard"), *, rerun: bool = True, sample: int = 4,
+                      progress: bool = False, **limits: Any) -> Dict[str, Any]:
     """Validate ``root/submissions/*/*.json`` and write ``LEADERBOARD.md``, ``index.html`` and ``assets/``.
+
+    Every build re-validates every file: the suite's current rules on its per-image scores and, unless ``rerun``
+    is off, a re-run of ``sample`` inputs per file drawn at random now (``limits``: ``timeout_s``, ``memory_mb``
+    of the sandboxed re-run). The verdicts shown are the ones recomputed here.
 
     Returns ``{"suites": {suite: [method, ...]}, "rejected": {path: [problem, ...]}, "files": [path, ...],
     "warnings": [...]}`` (paths relative to ``root``; ``files`` lists every file written, in order; rows are in
@@ -570,7 +739,8 @@ def build_leaderboard(root: Path = Path("leaderboard")) -> Dict[str, Any]:
     from .html import render_html
 
     root = Path(root)
-    tables, rejected, docs = collect(root)
+    tables, rejected, docs = collect(root, rerun=rerun, sample=sample, progress=progress, limits=limits)
+    note = validation_note(rerun, sample)
     written: List[Path] = []
     warnings: List[str] = []
     for t in tables.values():
@@ -598,9 +768,10 @@ def build_leaderboard(root: Path = Path("leaderboard")) -> Dict[str, Any]:
         for d in assets.iterdir():
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
-    written.append(atomic_write_text(root / "LEADERBOARD.md", render_markdown(tables, rejected)))
-    written.append(atomic_write_text(root / "index.html", render_html(tables, rejected)))
+    written.append(atomic_write_text(root / "LEADERBOARD.md", render_markdown(tables, rejected, note)))
+    written.append(atomic_write_text(root / "index.html", render_html(tables, rejected, note)))
     return {"suites": {s: [r.method for r in t.rows] for s, t in tables.items()},
             "rejected": rejected,
             "files": [p.relative_to(root).as_posix() for p in written],
-            "warnings": warnings}
+            "warnings": warnings, "rerun": rerun, "sample": sample if rerun else 0,
+            "badges": {s: {r.method: r.badge for r in t.rows if r.badge} for s, t in tables.items()}}

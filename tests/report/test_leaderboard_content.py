@@ -36,7 +36,7 @@ def last_record(doc, check):
 
 
 def test_every_valid_method_has_a_row_with_its_verdicts_scores_and_thumbnails(board_root, tiny_docs):
-    summary = build_leaderboard(board_root)
+    summary = build_leaderboard(board_root, rerun=False)
     assert sorted(summary["suites"]) == [SUITE] and sorted(summary["suites"][SUITE]) == sorted(METHODS)
     md = (board_root / "LEADERBOARD.md").read_text(encoding="utf-8")
     page = (board_root / "index.html").read_text(encoding="utf-8")
@@ -68,7 +68,7 @@ def test_every_valid_method_has_a_row_with_its_verdicts_scores_and_thumbnails(bo
 
 
 def test_model_ignoring_control_is_marked_and_fails_the_cascading_check(board_root, tiny_docs):
-    build_leaderboard(board_root)
+    build_leaderboard(board_root, rerun=False)
     md = (board_root / "LEADERBOARD.md").read_text(encoding="utf-8")
     page = (board_root / "index.html").read_text(encoding="utf-8")
     verdict = next(v for v in tiny_docs["docs"]["sobel"]["verdicts"] if v["check"] == "cascading_randomization")
@@ -83,7 +83,7 @@ def test_model_ignoring_control_is_marked_and_fails_the_cascading_check(board_ro
 
 
 def test_hand_edited_copy_is_refused_visibly_and_kept_off_the_table(board_root):
-    summary = build_leaderboard(board_root)
+    summary = build_leaderboard(board_root, rerun=False)
     path = "submissions/gradient_edited/tinyboard.json"
     assert path in summary["rejected"]
     assert any(p.startswith("tampered: record gradient/") for p in summary["rejected"][path])
@@ -100,7 +100,7 @@ def test_hand_edited_copy_is_refused_visibly_and_kept_off_the_table(board_root):
 
 
 def test_strings_from_documents_are_escaped(board_root):
-    summary = build_leaderboard(board_root)
+    summary = build_leaderboard(board_root, rerun=False)
     # a method name with HTML in it breaks the schema (method names are [A-Za-z0-9_.-]+) and is refused ...
     problems = summary["rejected"]["submissions/evil_name/tinyboard.json"]
     assert any("<script>alert('name')</script>" in p for p in problems)
@@ -135,13 +135,13 @@ def test_undefined_scores_say_why():
 def test_misplaced_file_is_refused_and_rebuilds_are_stable(board_root, tiny_docs):
     other = copy.deepcopy(tiny_docs["docs"]["gradient"])
     write_submission(board_root, other, method="impostor")  # valid document, filed under another method's name
-    first = build_leaderboard(board_root)
+    first = build_leaderboard(board_root, rerun=False)
     assert any(p.startswith("misplaced: method.name 'gradient'")
                for p in first["rejected"]["submissions/impostor/tinyboard.json"])
     outputs = {f: (board_root / f).read_bytes() for f in first["files"]}
     # a rebuild of unchanged submissions changes no byte; a withdrawn method's thumbnails go away
     (board_root / "submissions" / "gradient_x_input" / f"{SUITE}.json").unlink()
-    second = build_leaderboard(board_root)
+    second = build_leaderboard(board_root, rerun=False)
     assert "gradient_x_input" not in second["suites"][SUITE]
     assert not (board_root / "assets" / SUITE / "gradient_x_input_maps.png").exists()
     for f in second["files"]:
