@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .results import ORIGINAL_STEP, Record, VerdictRule, decide
+from .results import DEFAULT_MIN_N, ORIGINAL_STEP, Record, VerdictRule, decide
 from .schema import RESULT_SCHEMA
 from .stats import bootstrap_ci
 
@@ -92,7 +92,8 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
         if rule is None:
             problems.append(f"verdict for {v['check']!r}, which has no verdict rule")
             continue
-        expected = decide(VerdictRule(rule["metric"], rule["threshold"], rule["rule"], rule.get("direction", "below")),
+        expected = decide(VerdictRule(rule["metric"], rule["threshold"], rule["rule"], rule.get("direction", "below"),
+                                      rule.get("min_n", DEFAULT_MIN_N)),
                           v["explainer"], v["check"],
                           records.get((v["explainer"], v["check"]), []))
         if expected.passed != v["passed"]:
