@@ -287,6 +287,7 @@ def test_random_label_model_reaches_data_randomization(sanity, tiny_cnn):
     suite = yaml.safe_load(SUITE)
     suite["checks"] = [{"name": "data_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5,
                                                                   "rule": "final_step"}}]
+    suite["min_n"] = 4  # 8 images: below the default min_n (10), which would decide "insufficient data"
     x, _ = digits_batch(8)
     report = sanity.run("gradient", tiny_cnn, x, suite=suite, random_label_model=make_tiny_cnn(1))
     assert report.checks == ["data_randomization"] and report.explainers == ["gradient"]
