@@ -87,10 +87,7 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "threshold": {"type": "number"}, "measured": _num_or_null, "step": _str_or_null,
                            "status": {"enum": list(VERDICT_STATUSES)},
                            "direction": {"enum": ["below", "above"]},
-                           "n": {"type": "integer", "minimum": 0}, "min_n": {"type": "integer", "minimum": 2}},
-            "if": {"properties": {"status": {"const": "pass"}}},
-            "then": {"properties": {"passed": {"const": True}}},
-            "else": {"properties": {"passed": {"const": False}}}}},
+                           "n": {"type": "integer", "minimum": 0}, "min_n": {"type": "integer", "minimum": 2}}}},
         "per_sample": {"type": "object", "description": "{explainer: {check: {step: {metric: [score|null]}}}}",
                        "additionalProperties": {"type": "object", "additionalProperties": {
                            "type": "object", "additionalProperties": {
