@@ -171,7 +171,7 @@ def decide(rule: VerdictRule, explainer: str, check: str, records: Sequence[Reco
     bound = "upper" if below else "lower"
     where = "every step" if rule.rule == "all_steps" else "the final step"
     criterion = (f"threshold: the {bound} 95% CI bound of {rule.metric} must stay {rule.direction} "
-                 f"{rule.threshold:.2f} at {where}, with n >= {rule.min_n}")
+                 f"{rule.threshold:.2f} at {where}, on at least {rule.min_n} defined samples")
 
     def verdict(status: str, text: str, measured: Optional[float], step: Optional[str], n: int) -> Verdict:
         return Verdict(explainer, check, status == "pass", f"{STATUS_WORDS[status]}: {text}", rule.metric,

@@ -122,8 +122,10 @@ def _num(v: Optional[float], digits: int = 2) -> str:
 
 
 def format_verdict(verdict: Dict[str, Any]) -> str:
-    """``pass 0.311 @ fc1``: the outcome, the deciding value (upper 95 % CI bound) and the step it was read at."""
-    text = f"{'pass' if verdict['passed'] else 'fail'} {_num(verdict['measured'], 3)}"
+    """``pass 0.311 @ fc1``: the status (pass, fail, inconclusive, undefined, insufficient-data), the deciding
+    value (the deciding 95 % CI bound) and the step it was read at."""
+    status = verdict.get("status") or ("pass" if verdict["passed"] else "fail")
+    text = f"{status.replace('_', '-')} {_num(verdict['measured'], 3)}"
     return text + (f" @ {verdict['step']}" if verdict.get("step") else "")
 
 
