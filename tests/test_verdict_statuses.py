@@ -235,3 +235,15 @@ def test_report_assertions_by_status(tmp_path):
         with pytest.raises(AssertionError):
             SanityReport(doc, tmp_path).assert_fails()
     SanityReport({**RESULTS, "verdicts": [_verdict("b", "fail")]}, tmp_path).assert_fails()
+
+
+def test_min_n_per_verdict_overrides_the_suite_default():
+    data = {"name": "m", "version": "0.0.1", "description": "min_n", "dataset": {"name": "digits"},
+            "model": {"name": "digits_cnn"}, "explainers": ["gradient"], "metrics": ["spearman_abs"], "min_n": 20,
+            "checks": [{"name": "cascading_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5}},
+                       {"name": "independent_randomization",
+                        "verdict": {"metric": "spearman_abs", "threshold": 0.5, "min_n": 5}}]}
+    s = parse_suite(data)
+    assert [c.verdict.min_n for c in s.checks] == [20, 5]
+    del data["min_n"]
+    assert parse_suite(data).checks[0].verdict.min_n == DEFAULT_MIN_N
