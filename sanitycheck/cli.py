@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import SanityCheckError
-from .options import add_gate_options, add_run_options, gate_messages, run_kwargs
+from .options import add_gate_options, add_run_options, gate_messages, run_kwargs, verdict_status
+
+#: the status of a verdict as the terminal shows it
+_STATUS_CELL = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCL", "undefined": "UNDEF",
+                "insufficient_data": "LOW-N"}
 
 
 def _score_cell(r: Optional[dict]) -> str:
@@ -32,9 +36,11 @@ def _print_summary(results: dict, out_dir: Path) -> None:
             for c in checks:
                 v = table.get((e, c))
                 m = "-" if v is None else ("undef" if v["measured"] is None else f"{v['measured']:.2f}")
-                cells.append(f"{'-' if v is None else ('PASS' if v['passed'] else 'FAIL') + ' (' + m + ')':>28}")
+                cells.append(f"{'-' if v is None else _STATUS_CELL[verdict_status(v)] + ' (' + m + ')':>28}")
             print(f"{e:<{width}}" + "".join(cells))
-        print("(value: the CI bound that decided the verdict; see results.json for the reasons)")
+        print("(value: the CI bound that decided the verdict; INCONCL: the 95% CI straddles the threshold, "
+              "UNDEF: the trained model's maps carry no ranking, LOW-N: fewer samples than the rule's min_n; "
+              "only PASS passes; see results.json for the reasons)")
     if results.get("input_kind") == "text":  # steps of text checks differ per check: one line per record
         rows = [r for r in results["records"] if results["checks"][r["check"]].get("kind") == "evaluation"]
         if rows:
@@ -102,7 +108,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         name = doc["method"]["name"]
         print(f"{suite}: wrote {Path(args.dir) / 'submissions' / name / (suite + '.json')}")
         for v in doc["verdicts"]:
-            print(f"  {'PASS' if v['passed'] else 'FAIL'} {v['check']}: {v['reason']}")
+            print(f"  {_STATUS_CELL[verdict_status(v)]} {v['check']}: {v['reason']}")
         status = max(status, _gate(doc, args))
     return status
 

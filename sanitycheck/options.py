@@ -105,7 +105,8 @@ def run_kwargs(ns: Any) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the gate
-# Which failing verdicts fail the command (CLI: exit 1) or the test (pytest plugin), like pytest-benchmark's
+# Which verdicts that did not pass (fail, undefined, insufficient data; inconclusive per --inconclusive) fail
+# the command (CLI: exit 1) or the test (pytest plugin), like pytest-benchmark's
 # ``--benchmark-compare-fail``. An expression is a comma-separated list of ``check`` or ``explainer:check``
 # glob patterns (fnmatch), ``any`` / ``*`` for every verdict, ``none`` for none (the default: only explicit
 # assertions fail). Stored as the normalized string; :func:`parse_fail_on` turns it into a predicate.
@@ -155,12 +156,57 @@ def parse_fail_on(expr: str) -> Callable[[Dict[str, Any]], bool]:
     return predicate
 
 
+#: what the gate makes of an inconclusive verdict (its 95 % CI straddles the threshold): ``fail`` (default:
+#: not passed), ``pass`` (counted as passed) or ``ignore`` (neither: left out of the gate and of assert_passes).
+#: Undefined and insufficient-data verdicts are never passed, whatever this says.
+INCONCLUSIVE_POLICIES = ("fail", "pass", "ignore")
+DEFAULT_INCONCLUSIVE = "fail"
+_STATUS_WORDS = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE", "undefined": "UNDEFINED",
+                 "insufficient_data": "INSUFFICIENT DATA"}
+
+
+def inconclusive_policy(value: str) -> str:
+    """argparse/pytest ``type=``: one of :data:`INCONCLUSIVE_POLICIES`."""
+    v = str(value).strip().lower()
+    if v not in INCONCLUSIVE_POLICIES:
+        raise argparse.ArgumentTypeError(f"--inconclusive must be one of {', '.join(INCONCLUSIVE_POLICIES)}, "
+                                         f"got {value!r}")
+    return v
+
+
+def verdict_status(verdict: Dict[str, Any]) -> str:
+    """The verdict's status; a document written before statuses existed has only ``passed``."""
+    status = verdict.get("status")
+    if status in _STATUS_WORDS:
+        return status
+    return "pass" if verdict.get("passed") else "fail"
+
+
+def gate_outcome(verdict: Dict[str, Any], inconclusive: str = DEFAULT_INCONCLUSIVE) -> str:
+    """``"pass"``, ``"fail"`` or ``"ignore"``: what a gate or ``assert_passes`` makes of ``verdict``.
+
+    Only a ``pass`` passes; ``inconclusive`` follows ``inconclusive`` (:data:`INCONCLUSIVE_POLICIES`);
+    ``fail``, ``undefined`` and ``insufficient_data`` fail.
+    """
+    status = verdict_status(verdict)
+    if status == "pass":
+        return "pass"
+    if status == "inconclusive":
+        return inconclusive_policy(inconclusive)
+    return "fail"
+
+
 def failing_verdicts(results: Dict[str, Any], expr: str,
-                     exempt: Optional[Callable[[Dict[str, Any]], bool]] = None) -> List[Dict[str, Any]]:
-    """The verdicts of ``results`` that failed and that ``expr`` gates on (less those ``exempt`` accepts)."""
+                     exempt: Optional[Callable[[Dict[str, Any]], bool]] = None,
+                     inconclusive: str = DEFAULT_INCONCLUSIVE) -> List[Dict[str, Any]]:
+    """The verdicts of ``results`` that did not pass and that ``expr`` gates on (less those ``exempt`` accepts).
+
+    Not passing: ``fail``, ``undefined``, ``insufficient_data``, and ``inconclusive`` unless ``inconclusive``
+    is ``pass`` or ``ignore``.
+    """
     wanted = parse_fail_on(expr)
     return [v for v in results.get("verdicts", [])
-            if not v["passed"] and wanted(v) and not (exempt and exempt(v))]
+            if gate_outcome(v, inconclusive) == "fail" and wanted(v) and not (exempt and exempt(v))]
 
 
 def _fmt3(v: Optional[float]) -> str:
@@ -170,23 +216,26 @@ def _fmt3(v: Optional[float]) -> str:
 def format_verdict(verdict: Dict[str, Any], results: Dict[str, Any]) -> str:
     """The one message of a verdict used by the CLI gate and every assertion of the pytest plugin::
 
-        sanitycheck: <explainer> FAILED|PASSED <check> (suite <suite> v<version>): <metric> at <step> =
+        sanitycheck: <explainer> <STATUS> <check> (suite <suite> v<version>): <metric> at <step> =
         <mean> [95% CI <lo>, <hi>], n=<n>; threshold: upper CI bound < <thr> (<rule>)
           reason: <the verdict's reason>
 
-    (one line before ``reason``; values to 3 decimals, ``undefined`` where no score was defined,
-    threshold to 2 decimals; ``<step>`` is the deciding step of the verdict).
+    (one line before ``reason``; ``<STATUS>`` is PASSED, FAILED, INCONCLUSIVE, UNDEFINED or
+    INSUFFICIENT DATA; values to 3 decimals, ``undefined`` where no score was defined, threshold to
+    2 decimals, ``lower CI bound > <thr>`` for rules with direction ``above``; ``<step>`` is the
+    deciding step of the verdict).
     """
     rec = next((r for r in results.get("records", [])
                 if r["explainer"] == verdict["explainer"] and r["check"] == verdict["check"]
                 and r["metric"] == verdict["metric"] and r["step"] == verdict["step"]), None)
     mean, lo, hi, n = ((rec["mean"], rec["ci_low"], rec["ci_high"], rec["n"]) if rec else (None, None, None, 0))
-    status = "PASSED" if verdict["passed"] else "FAILED"
+    status = _STATUS_WORDS[verdict_status(verdict)]
+    bound = "lower CI bound >" if verdict.get("direction") == "above" else "upper CI bound <"
     return (f"sanitycheck: {verdict['explainer']} {status} {verdict['check']} "
             f"(suite {results.get('suite')} v{results.get('suite_version')}): "
             f"{verdict['metric']} at {verdict['step'] if verdict['step'] is not None else '(no step)'} = "
             f"{_fmt3(mean)} [95% CI {_fmt3(lo)}, {_fmt3(hi)}], n={n}; "
-            f"threshold: upper CI bound < {float(verdict['threshold']):.2f} ({verdict['rule']})\n"
+            f"threshold: {bound} {float(verdict['threshold']):.2f} ({verdict['rule']})\n"
             f"  reason: {verdict['reason']}")
 
 
@@ -195,6 +244,10 @@ GATE_OPTIONS: List[Option] = [
                       "patterns, 'any' (or '*') for all, 'none' (default) for none",
            fail_on_expr, FAIL_ON_NONE, metavar="EXPR"),
     Option("strict", "fail when any verdict fails (the same as fail-on any)", action="store_true", default=False),
+    Option("inconclusive", "what the gate makes of an inconclusive verdict (95% CI straddling the threshold): "
+                           "fail (default: not passed), pass, or ignore; undefined and insufficient-data "
+                           "verdicts never pass", inconclusive_policy, DEFAULT_INCONCLUSIVE,
+           metavar="fail|pass|ignore"),
 ]
 
 #: options of the pytest plugin only (``--sanity-<name>``); the CLI has ``--out`` and positional suites
@@ -207,7 +260,8 @@ PLUGIN_OPTIONS: List[Option] = [
 
 
 def add_gate_options(parser: Any, prefix: str = "", dest_prefix: str = "") -> None:
-    """Add ``--fail-on`` and ``--strict`` (CLI ``run``/``submit``) — or, with a prefix, the plugin's flags.
+    """Add ``--fail-on``, ``--strict`` and ``--inconclusive`` (CLI ``run``/``submit``) — or, with a prefix, the
+    plugin's flags.
 
     ``parser`` is an ``argparse`` parser or a pytest option group (both have ``add_argument`` /
     ``addoption`` with argparse keywords).
@@ -226,6 +280,12 @@ def gate_expr(ns: Any, dest_prefix: str = "") -> str:
     return getattr(ns, dest_prefix + "fail_on", None) or FAIL_ON_NONE
 
 
+def gate_inconclusive(ns: Any, dest_prefix: str = "") -> str:
+    """The inconclusive policy from parsed options (default ``fail``)."""
+    return inconclusive_policy(getattr(ns, dest_prefix + "inconclusive", None) or DEFAULT_INCONCLUSIVE)
+
+
 def gate_messages(results: Dict[str, Any], ns: Any) -> List[str]:
     """Messages of the verdicts that fail the gate (empty: the run passes). The CLI exits 1 when non-empty."""
-    return [format_verdict(v, results) for v in failing_verdicts(results, gate_expr(ns))]
+    return [format_verdict(v, results)
+            for v in failing_verdicts(results, gate_expr(ns), inconclusive=gate_inconclusive(ns))]

@@ -12,12 +12,20 @@ Registered through the ``pytest11`` entry point, so installing sanitycheck makes
 Options (defined once in :mod:`sanitycheck.options`, shared with the CLI): ``--sanity-suite NAME``
 (the fixture's default suite), ``--sanity-save DIR`` (keep every audit's ``results.json`` and figures
 under ``DIR/<test id>/<explainer>/``), ``--sanity-fail-on EXPR`` / ``--sanity-strict`` (failing
-verdicts that fail the test by themselves, like pytest-benchmark's regression gate; default ``none``).
+verdicts that fail the test by themselves, like pytest-benchmark's regression gate; default ``none``),
+``--sanity-inconclusive fail|pass|ignore`` (what an inconclusive verdict counts as; default ``fail``).
+
+Verdict statuses: ``pass``, ``fail``, ``inconclusive`` (the 95 % CI straddles the threshold),
+``undefined`` (the trained model's maps carry no ranking) and ``insufficient_data`` (fewer than the
+rule's ``min_n`` samples). ``assert_passes`` accepts only ``pass`` (and ``inconclusive`` under
+``--sanity-inconclusive pass``; ``ignore`` leaves inconclusive verdicts out). ``assert_fails`` accepts
+only a demonstrated ``fail``: an inconclusive, undefined or insufficient-data control has not been shown
+to fail, whatever ``--sanity-inconclusive`` says.
 Tests that use the fixture carry the ``sanity`` marker (``pytest -m sanity``).
 
 Every assertion and the gate use one message format, :func:`sanitycheck.options.format_verdict`::
 
-    sanitycheck: <explainer> FAILED <check> (suite <suite> v<version>): <metric> at <step> = <mean> [95% CI <lo>, <hi>], n=<n>; threshold: upper CI bound < <thr> (<rule>)
+    sanitycheck: <explainer> <STATUS> <check> (suite <suite> v<version>): <metric> at <step> = <mean> [95% CI <lo>, <hi>], n=<n>; threshold: upper CI bound < <thr> (<rule>)
       reason: <the verdict's reason>
 """
 
@@ -31,8 +39,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Un
 
 import pytest
 
-from .options import (FAIL_ON_NONE, PLUGIN_OPTIONS, add_gate_options, failing_verdicts, format_verdict,
-                      gate_expr)
+from .options import (DEFAULT_INCONCLUSIVE, FAIL_ON_NONE, PLUGIN_OPTIONS, add_gate_options, failing_verdicts,
+                      format_verdict, gate_expr, gate_inconclusive, gate_outcome, inconclusive_policy,
+                      verdict_status)
 
 _DEST = "sanity_"
 MARKER = "sanity"
@@ -40,11 +49,16 @@ MARKER = "sanity"
 
 # ------------------------------------------------------------------------------------------------ report
 class SanityReport:
-    """The results of one audit (``results`` is the ``results.json`` dictionary) with assertion helpers."""
+    """The results of one audit (``results`` is the ``results.json`` dictionary) with assertion helpers.
 
-    def __init__(self, results: Dict[str, Any], out_dir: Union[str, Path]):
+    ``inconclusive``: what :meth:`passed`, :meth:`assert_passes` and the gate make of an inconclusive
+    verdict (``fail``, ``pass`` or ``ignore``; the fixture passes ``--sanity-inconclusive``).
+    """
+
+    def __init__(self, results: Dict[str, Any], out_dir: Union[str, Path], inconclusive: str = DEFAULT_INCONCLUSIVE):
         self.results = results
         self.out_dir = Path(out_dir)
+        self.inconclusive = inconclusive_policy(inconclusive)
         self._expected_failures: Set[Tuple[str, str]] = set()
 
     # ------------------------------------------------------------ reading
@@ -86,8 +100,12 @@ class SanityReport:
         return found[0]
 
     def passed(self, check: Optional[str] = None, explainer: Optional[str] = None) -> bool:
-        """Whether every selected verdict passed."""
-        return all(v["passed"] for v in self.select(check, explainer))
+        """Whether every selected verdict passed (inconclusive ones as ``inconclusive`` says)."""
+        return all(gate_outcome(v, self.inconclusive) != "fail" for v in self.select(check, explainer))
+
+    def status(self, check: Optional[str] = None, explainer: Optional[str] = None) -> str:
+        """The status (pass, fail, inconclusive, undefined, insufficient_data) of exactly one verdict."""
+        return verdict_status(self.verdict(check, explainer))
 
     def record(self, check: str, step: Union[str, int], metric: Optional[str] = None,
                explainer: Optional[str] = None) -> Dict[str, Any]:
@@ -115,20 +133,24 @@ class SanityReport:
 
     # ------------------------------------------------------------ asserting
     def assert_passes(self, check: Optional[str] = None, explainer: Optional[str] = None) -> "SanityReport":
-        """Raise ``AssertionError`` (one formatted verdict per line pair) unless every selected verdict passed."""
+        """Raise ``AssertionError`` (one formatted verdict per line pair) unless every selected verdict passed:
+        a fail, undefined or insufficient-data verdict never does; an inconclusive one as ``inconclusive`` says."""
         __tracebackhide__ = True
-        bad = [v for v in self.select(check, explainer) if not v["passed"]]
+        bad = [v for v in self.select(check, explainer) if gate_outcome(v, self.inconclusive) == "fail"]
         if bad:
             raise AssertionError("\n".join(format_verdict(v, self.results) for v in bad))
         return self
 
     def assert_fails(self, check: Optional[str] = None, explainer: Optional[str] = None) -> "SanityReport":
-        """For controls: raise ``AssertionError`` if a selected verdict passed. The selected verdicts are
-        expected failures from now on, so ``--sanity-fail-on`` does not fail the test for them."""
+        """For controls: raise ``AssertionError`` unless every selected verdict is a demonstrated ``fail``.
+
+        An inconclusive, undefined or insufficient-data verdict is not a demonstrated failure (the check could
+        not tell), so it does not satisfy ``assert_fails`` whatever ``--sanity-inconclusive`` says. The selected
+        verdicts are expected failures from now on, so ``--sanity-fail-on`` does not fail the test for them."""
         __tracebackhide__ = True
         selected = self.select(check, explainer)
         self._expected_failures.update((v["explainer"], v["check"]) for v in selected)
-        good = [v for v in selected if v["passed"]]
+        good = [v for v in selected if verdict_status(v) != "fail"]
         if good:
             raise AssertionError("\n".join(
                 format_verdict(v, self.results) + "\n  expected: FAILED (assert_fails: this explainer is a control "
@@ -138,10 +160,11 @@ class SanityReport:
     def gate_failures(self, expr: str) -> List[str]:
         """Messages of the failing verdicts that ``expr`` gates on, less those asserted to fail."""
         exempt = lambda v: (v["explainer"], v["check"]) in self._expected_failures  # noqa: E731
-        return [format_verdict(v, self.results) for v in failing_verdicts(self.results, expr, exempt=exempt)]
+        return [format_verdict(v, self.results)
+                for v in failing_verdicts(self.results, expr, exempt=exempt, inconclusive=self.inconclusive)]
 
     def __repr__(self) -> str:
-        cells = ", ".join(f"{v['explainer']}/{v['check']}: {'PASS' if v['passed'] else 'FAIL'}"
+        cells = ", ".join(f"{v['explainer']}/{v['check']}: {verdict_status(v).upper()}"
                           for v in self.results["verdicts"])
         return f"SanityReport({self.results.get('suite')} v{self.results.get('suite_version')}: {cells})"
 
@@ -258,7 +281,7 @@ class SanityFixture:
         context = {"random_label_model": random_label_model} if random_label_model is not None else None
         results = AuditRun(suite_obj, out_dir=out_dir, model=model, dataset=dataset, explainer_objects=objects,
                            n=n, seed=seed, checks=checks, context=context, **kwargs).execute()
-        report = SanityReport(results, out_dir)
+        report = SanityReport(results, out_dir, inconclusive=gate_inconclusive(self.config.option, _DEST))
         self.reports.append(report)
         return report
 
@@ -301,7 +324,8 @@ def pytest_report_header(config: pytest.Config) -> Optional[str]:
     save = config.getoption(_DEST + "save")
     if expr == FAIL_ON_NONE and not save:
         return None
-    return f"sanitycheck: suite {config.getoption(_DEST + 'suite')}, fail-on {expr}" + (f", save {save}" if save else "")
+    return (f"sanitycheck: suite {config.getoption(_DEST + 'suite')}, fail-on {expr}, "
+            f"inconclusive {gate_inconclusive(config.option, _DEST)}" + (f", save {save}" if save else ""))
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
@@ -320,6 +344,9 @@ def pytest_runtest_call(item: pytest.Item):
         failures = fixture.gate_failures(expr)
         if failures:
             flag = "--sanity-strict" if item.config.getoption(_DEST + "strict") else f"--sanity-fail-on {expr}"
+            policy = gate_inconclusive(item.config.option, _DEST)
+            if policy != DEFAULT_INCONCLUSIVE:
+                flag += f" --sanity-inconclusive {policy}"
             pytest.fail("\n".join(failures) + f"\n(failed by {flag}; assert_fails() marks an expected failure)",
                         pytrace=False)
     return result

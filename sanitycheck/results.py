@@ -8,9 +8,27 @@ of the explainers), two lists:
   ``ci_high`` (percentile bootstrap, 95 %), ``n`` (samples with a defined score),
   ``n_undefined`` and ``undefined_reason`` (why some scores are undefined, e.g. a
   constant map has no ranks). ``mean`` is ``null`` when no sample is defined — never NaN.
-* ``verdicts`` — one per (explainer, check): ``passed``, ``metric``, ``rule``,
-  ``threshold``, ``measured`` (the deciding value), ``step`` (the deciding step)
-  and ``reason``, a sentence stating all of that.
+* ``verdicts`` — one per (explainer, check): ``status``, ``passed``, ``metric``, ``rule``,
+  ``direction``, ``threshold``, ``min_n``, ``measured`` (the deciding CI bound), ``step``
+  (the deciding step), ``n`` (the defined samples behind the decision) and ``reason``, a
+  sentence that starts with the status in capitals and states all of that.
+
+  ``status`` is one of (:data:`VERDICT_STATUSES`):
+
+  - ``pass`` — every read step's 95 % CI lies on the right side of the threshold
+    (upper bound below it for ``direction: below``, lower bound above it for ``above``);
+  - ``fail`` — some read step's whole CI lies on the wrong side;
+  - ``inconclusive`` — no step fails decisively, but some step's CI straddles the threshold;
+  - ``undefined`` — the trained model's maps carry no ranking (constant maps, e.g. all zero):
+    nothing can be compared, so nothing can pass. Maps that become constant only in a
+    randomized state still count as dissimilar;
+  - ``insufficient_data`` — fewer than ``min_n`` (default :data:`DEFAULT_MIN_N`, set per
+    suite or per verdict rule) defined samples at the originals or a deciding step, or no
+    records at all.
+
+  ``passed`` is ``true`` exactly when ``status`` is ``pass``. Whether an inconclusive verdict
+  fails a gate is the gate's choice (``--inconclusive fail|pass|ignore``, default ``fail``);
+  undefined and insufficient data never pass.
 """
 
 from __future__ import annotations
@@ -45,8 +63,27 @@ class Record:
     undefined_reason: Optional[str] = None
 
 
+#: the statuses of a verdict; only "pass" is a pass (``Verdict.passed``)
+VERDICT_STATUSES = ("pass", "fail", "inconclusive", "undefined", "insufficient_data")
+#: the reason sentence starts with the status in these words
+STATUS_WORDS = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "undefined": "UNDEFINED",
+                "insufficient_data": "INSUFFICIENT DATA"}
+#: fewest defined samples (per image scores) on which a verdict is decided; below it: "insufficient_data".
+#: A percentile-bootstrap interval of fewer values under-covers badly, and one value has a zero-width interval.
+DEFAULT_MIN_N = 10
+
+
 @dataclass(frozen=True)
 class Verdict:
+    """The decision of one (explainer, check); ``passed`` is ``status == "pass"`` (kept for compatibility).
+
+    ``status``: ``pass`` | ``fail`` | ``inconclusive`` (the 95 % CI straddles the threshold at the deciding
+    step) | ``undefined`` (the trained model's maps carry no ranking: constant) | ``insufficient_data``
+    (fewer than ``min_n`` defined samples, or no records). ``measured``: the deciding CI bound;
+    ``step``: the deciding step; ``n``: the defined samples behind the decision (the deciding step's, or
+    the originals' for ``undefined`` / ``insufficient_data``); ``direction`` and ``min_n``: the rule's.
+    """
+
     explainer: str
     check: str
     passed: bool
@@ -56,6 +93,17 @@ class Verdict:
     threshold: float
     measured: Optional[float]
     step: Optional[str]
+    status: str
+    direction: str
+    n: int
+    min_n: int
+
+    def __post_init__(self):
+        if self.status not in VERDICT_STATUSES:
+            raise ConfigError(f"unknown verdict status {self.status!r}; use one of {VERDICT_STATUSES}")
+        if self.passed != (self.status == "pass"):
+            raise ConfigError(f"verdict {self.explainer}/{self.check}: passed={self.passed} contradicts "
+                              f"status {self.status!r} (only 'pass' is passed)")
 
 
 @dataclass(frozen=True)
@@ -67,12 +115,17 @@ class VerdictRule:
     ``all_steps`` reads every step of the check — the failure of Guided Backprop is at the *top* of the
     cascade (Adebayo et al.'s erratum), so reading only the fully randomized end would miss it;
     ``final_step`` reads only the last one (the fully randomized model, or the random-label model).
+
+    Five outcomes (see :func:`decide`): pass, fail, inconclusive (the interval straddles the threshold),
+    undefined (the trained model's maps are constant: no ranking to compare), insufficient data (fewer
+    than ``min_n`` defined samples; default :data:`DEFAULT_MIN_N`).
     """
 
     metric: str
     threshold: float
     rule: str = "all_steps"
     direction: str = "below"
+    min_n: int = DEFAULT_MIN_N
 
     def __post_init__(self):
         if self.rule not in VERDICT_RULES:
@@ -82,58 +135,136 @@ class VerdictRule:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not -10.0 <= float(self.threshold) <= 10.0:
             raise ConfigError(f"verdict threshold must be a number in [-10, 10], got {self.threshold!r}")
+        if isinstance(self.min_n, bool) or not isinstance(self.min_n, int) or self.min_n < 2:
+            raise ConfigError(f"verdict min_n must be an integer >= 2 (a bootstrap CI of one value has zero "
+                              f"width), got {self.min_n!r}; the default is {DEFAULT_MIN_N}")
 
 
 def _fmt(v: Optional[float]) -> str:
     return "undefined" if v is None else f"{v:.3f}"
 
 
+def _values(r: Record) -> str:
+    return f"mean {_fmt(r.mean)} [95% CI {_fmt(r.ci_low)}, {_fmt(r.ci_high)}], n={r.n}"
+
+
 def decide(rule: VerdictRule, explainer: str, check: str, records: Sequence[Record]) -> Verdict:
-    """Apply ``rule`` to the records of one (explainer, check)."""
-    steps = sorted((r for r in records if r.metric == rule.metric and r.step != ORIGINAL_STEP),
-                   key=lambda r: r.step_index)
+    """Apply ``rule`` to the records of one (explainer, check).
+
+    In order (for ``direction="below"``; ``"above"`` mirrors it):
+
+    1. no records of the metric → ``insufficient_data`` ("cannot decide");
+    2. the trained model's maps are undefined — the ``original`` record has no defined sample, or (without
+       an original record) no step has one → ``undefined``: "the maps carry no ranking", never a pass;
+    3. fewer than ``min_n`` defined originals → ``insufficient_data``;
+    4. some read step with at least ``min_n`` samples has its lower CI bound at or above the threshold →
+       ``fail`` (the highest such bound decides);
+    5. some read step has ``0 < n < min_n`` → ``insufficient_data``;
+    6. some read step's upper bound is at or above the threshold → ``inconclusive`` (the CI straddles it);
+    7. otherwise ``pass``. A read step where every map is undefined although the originals are defined (the
+       maps became constant in that randomized state) counts as dissimilar — for ``"below"``; for
+       ``"above"`` (agreement, entropy increase) it cannot clear the threshold: ``undefined``.
+
+    Images whose original map is constant drop out of every step (n shrinks; the reason says how many).
+    """
+    below = rule.direction == "below"
+    bound = "upper" if below else "lower"
+    where = "every step" if rule.rule == "all_steps" else "the final step"
+    criterion = (f"threshold: the {bound} 95% CI bound of {rule.metric} must stay {rule.direction} "
+                 f"{rule.threshold:.2f} at {where}, on at least {rule.min_n} defined samples")
+
+    def verdict(status: str, text: str, measured: Optional[float], step: Optional[str], n: int) -> Verdict:
+        return Verdict(explainer, check, status == "pass", f"{STATUS_WORDS[status]}: {text}", rule.metric,
+                       rule.rule, rule.threshold, measured, step, status, rule.direction, int(n), rule.min_n)
+
+    mine = [r for r in records if r.metric == rule.metric]
+    original = next((r for r in mine if r.step == ORIGINAL_STEP), None)
+    steps = sorted((r for r in mine if r.step != ORIGINAL_STEP), key=lambda r: r.step_index)
     if not steps:
-        return Verdict(explainer, check, False, f"no {rule.metric} records for {check}: cannot decide",
-                       rule.metric, rule.rule, rule.threshold, None, None)
+        return verdict("insufficient_data", f"no {rule.metric} records for {check}: cannot decide; {criterion}.",
+                       None, None, 0)
     read = steps if rule.rule == "all_steps" else steps[-1:]
     total = len(steps)
-    defined = [r for r in read if r.ci_high is not None]
-    undefined_note = ""
-    all_undefined = [r for r in read if r.ci_high is None]
-    if all_undefined:
-        undefined_note = (f" At {', '.join(r.step for r in all_undefined)} every map was undefined "
-                          f"({all_undefined[0].undefined_reason}), which counts as dissimilar.")
+    pos = {r.step: f"step {i}/{total}" for i, r in enumerate(steps, start=1)}
+    defined = [r for r in read if r.ci_high is not None and r.ci_low is not None]
+    empty = [r for r in read if r.ci_high is None or r.ci_low is None]
+
+    # 2. the trained model's maps carry no ranking
+    originals_defined = (original.n > 0) if original is not None else any(r.n > 0 for r in steps)
+    if not originals_defined:
+        why = (original.undefined_reason if original is not None and original.undefined_reason
+               else (steps[0].undefined_reason or "constant maps"))
+        n_all = (original.n + original.n_undefined) if original is not None else (steps[0].n + steps[0].n_undefined)
+        return verdict("undefined", f"the maps carry no ranking: {rule.metric} is undefined for the trained "
+                                    f"model's maps of all {n_all} inputs ({why}), so no change under {check} can "
+                                    f"be measured; {criterion}.", None,
+                       ORIGINAL_STEP if original is not None else read[-1].step, 0)
+    # 3. too few defined originals
+    if original is not None and original.n < rule.min_n:
+        return verdict("insufficient_data", f"only {original.n} input(s) have a defined {rule.metric} for the "
+                                            f"trained model's maps, fewer than min_n={rule.min_n}; {criterion}.",
+                       None, ORIGINAL_STEP, original.n)
+
+    notes = ""
+    if empty:
+        notes += (f" At {', '.join(r.step for r in empty)} every map was undefined "
+                  f"({empty[0].undefined_reason}), which "
+                  + ("counts as dissimilar." if below else f"cannot be {rule.direction} the threshold."))
     partly = [r for r in defined if r.n_undefined]
     if partly:
         worst_u = max(partly, key=lambda r: r.n_undefined)
-        undefined_note += (f" Up to {worst_u.n_undefined} of {worst_u.n + worst_u.n_undefined} maps per step "
-                           f"were undefined ({worst_u.undefined_reason}) and left out.")
-    where = "every step" if rule.rule == "all_steps" else "the final step"
-    below = rule.direction == "below"
-    bound = "upper" if below else "lower"
-    criterion = (f"threshold: the {bound} 95% CI bound of {rule.metric} must stay {rule.direction} "
-                 f"{rule.threshold:.2f} at {where}")
-    if not defined:
-        return Verdict(explainer, check, below,
-                       f"{'PASS' if below else 'FAIL'}: {rule.metric} undefined at every step read. "
-                       f"{criterion}.{undefined_note}",
-                       rule.metric, rule.rule, rule.threshold, None, read[-1].step)
+        notes += (f" Up to {worst_u.n_undefined} of {worst_u.n + worst_u.n_undefined} maps per step "
+                  f"were undefined ({worst_u.undefined_reason}) and left out.")
+
+    # 4. a decisive failure (enough samples, the whole interval on the wrong side)
+    enough = [r for r in defined if r.n >= rule.min_n]
+    if below:
+        failing = [r for r in enough if r.ci_low >= rule.threshold]
+        worst_fail = max(failing, key=lambda r: r.ci_high) if failing else None
+    else:
+        failing = [r for r in enough if r.ci_high <= rule.threshold]
+        worst_fail = min(failing, key=lambda r: r.ci_low) if failing else None
+    if worst_fail is not None:
+        r = worst_fail
+        measured = r.ci_high if below else r.ci_low
+        return verdict("fail", f"{rule.metric} {'stays high' if below else 'stays low'} under {check}: at {r.step} "
+                               f"({pos[r.step]}) {_values(r)}, not {rule.direction} {rule.threshold:.2f} (the whole "
+                               f"interval is {'at or above' if below else 'at or below'} it); {criterion}.{notes}",
+                       measured, r.step, r.n)
+    # 5. a read step with too few defined samples
+    few = [r for r in defined if r.n < rule.min_n]
+    if few:
+        r = min(few, key=lambda r: r.n)
+        return verdict("insufficient_data", f"at {r.step} ({pos[r.step]}) only {r.n} defined {rule.metric} "
+                                            f"value(s), fewer than min_n={rule.min_n}: {_values(r)}; "
+                                            f"{criterion}.{notes}",
+                       r.ci_high if below else r.ci_low, r.step, r.n)
+    if not below and empty:
+        r = empty[0]
+        return verdict("undefined", f"{rule.metric} is undefined at {r.step} ({pos[r.step]}) for every input "
+                                    f"({r.undefined_reason}): it cannot be shown {rule.direction} "
+                                    f"{rule.threshold:.2f}; {criterion}.{notes}", None, r.step, 0)
+    if not defined:  # "below": every read step undefined, the originals defined: all dissimilar
+        n_orig = original.n if original is not None else max(r.n for r in steps)
+        return verdict("pass", f"{rule.metric} undefined at every step read, the trained model's maps defined "
+                               f"(n={n_orig}); {criterion}.{notes}", None, read[-1].step, n_orig)
+    # 6./7. the deciding bound: the highest upper bound ("below") or the lowest lower bound ("above")
     if below:
         worst = max(defined, key=lambda r: r.ci_high)
-        measured, passed = worst.ci_high, worst.ci_high < rule.threshold
+        measured, clear = worst.ci_high, worst.ci_high < rule.threshold
     else:
         worst = min(defined, key=lambda r: r.ci_low)
-        measured, passed = worst.ci_low, worst.ci_low > rule.threshold
-    pos = f"step {steps.index(worst) + 1}/{total}"
-    values = f"mean {_fmt(worst.mean)} [95% CI {_fmt(worst.ci_low)}, {_fmt(worst.ci_high)}], n={worst.n}"
-    if passed:
-        head = (f"PASS: {rule.metric} {'falls below' if below else 'rises above'} {rule.threshold:.2f} under {check}; "
-                f"{'highest' if below else 'lowest'} at {worst.step} ({pos}): {values}")
-    else:
-        head = (f"FAIL: {rule.metric} {'stays high' if below else 'stays low'} under {check}: at {worst.step} ({pos}) "
-                f"{values}, not {rule.direction} {rule.threshold:.2f}")
-    return Verdict(explainer, check, passed, f"{head}; {criterion}.{undefined_note}", rule.metric,
-                   rule.rule, rule.threshold, measured, worst.step)
+        measured, clear = worst.ci_low, worst.ci_low > rule.threshold
+    at = f"at {worst.step} ({pos[worst.step]}) {_values(worst)}"
+    if clear:
+        return verdict("pass", f"{rule.metric} {'falls below' if below else 'rises above'} {rule.threshold:.2f} "
+                               f"under {check}; {'highest' if below else 'lowest'} {at}; {criterion}.{notes}",
+                       measured, worst.step, worst.n)
+    return verdict("inconclusive", f"the 95% CI of {rule.metric} straddles {rule.threshold:.2f} under {check}: "
+                                   f"{at}; its {bound} bound {_fmt(measured)} is not {rule.direction} "
+                                   f"{rule.threshold:.2f} but the other bound is, so neither a pass nor a fail is "
+                                   f"shown at this n; {criterion}.{notes}",
+                   measured, worst.step, worst.n)
 
 
 def git_hash(path: Optional[Path] = None) -> Optional[str]:

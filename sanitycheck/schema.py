@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .results import SCHEMA_VERSION
+from .results import SCHEMA_VERSION, VERDICT_STATUSES
 
 _num_or_null = {"type": ["number", "null"]}
 _str_or_null = {"type": ["string", "null"]}
@@ -59,7 +59,8 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "verdict_rule": {"oneOf": [
                                {"type": "null"},
                                {"type": "object", "required": ["metric", "threshold", "rule"],
-                                "properties": {"direction": {"enum": ["below", "above"]}}}]}}}},
+                                "properties": {"direction": {"enum": ["below", "above"]},
+                                               "min_n": {"type": "integer", "minimum": 2}}}]}}}},
         "metrics": {"type": "object", "minProperties": 1, "additionalProperties": {
             "type": "object", "required": ["name", "higher_is_better", "category"]}},
         "records": {"type": "array", "items": {
@@ -74,11 +75,19 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "undefined_reason": _str_or_null}}},
         "verdicts": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
-            "required": ["explainer", "check", "passed", "reason", "metric", "rule", "threshold", "measured", "step"],
+            "description": "status: pass | fail | inconclusive (the 95% CI straddles the threshold) | undefined "
+                           "(the trained model's maps carry no ranking) | insufficient_data (fewer than min_n "
+                           "defined samples); passed is true exactly for pass; measured is the deciding CI bound "
+                           "at step, n the defined samples behind the decision",
+            "required": ["explainer", "check", "passed", "reason", "metric", "rule", "threshold", "measured", "step",
+                         "status", "direction", "n", "min_n"],
             "properties": {"explainer": {"type": "string"}, "check": {"type": "string"},
                            "passed": {"type": "boolean"}, "reason": {"type": "string", "minLength": 10},
                            "metric": {"type": "string"}, "rule": {"enum": ["all_steps", "final_step"]},
-                           "threshold": {"type": "number"}, "measured": _num_or_null, "step": _str_or_null}}},
+                           "threshold": {"type": "number"}, "measured": _num_or_null, "step": _str_or_null,
+                           "status": {"enum": list(VERDICT_STATUSES)},
+                           "direction": {"enum": ["below", "above"]},
+                           "n": {"type": "integer", "minimum": 0}, "min_n": {"type": "integer", "minimum": 2}}}},
         "per_sample": {"type": "object", "description": "{explainer: {check: {step: {metric: [score|null]}}}}",
                        "additionalProperties": {"type": "object", "additionalProperties": {
                            "type": "object", "additionalProperties": {

@@ -4,6 +4,11 @@ A suite is found by path, or by name in (in order) ``$SANITYCHECK_SUITES``, ``./
 and the ``suites/`` directory of this repository. Its structure is validated against
 ``SUITE_SCHEMA`` (JSON Schema) and every named part against its registry, so a typo
 fails before any model is trained, with the offending path in the message.
+
+Verdicts: each check's ``verdict`` names ``metric``, ``threshold``, ``rule`` (``all_steps`` |
+``final_step``), ``direction`` (``below`` | ``above``) and optionally ``min_n``, the fewest defined
+samples a verdict is decided on (below it: ``insufficient_data``). A top-level ``min_n`` sets it for
+every check of the suite; the default is :data:`sanitycheck.results.DEFAULT_MIN_N` (10).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import yaml
 
 from .errors import ConfigError, UnknownNameError
 from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS, TOKEN_EXPLAINERS
-from .results import VERDICT_DIRECTIONS, VERDICT_RULES, VerdictRule
+from .results import DEFAULT_MIN_N, VERDICT_DIRECTIONS, VERDICT_RULES, VerdictRule
 
 DEFAULT_SUITE = "adebayo2018"
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -37,6 +42,7 @@ SUITE_SCHEMA: Dict[str, Any] = {
         "seed": {"type": "integer", "minimum": 0},
         "batch_size": {"type": "integer", "minimum": 1},
         "figure_images": {"type": "integer", "minimum": 1, "maximum": 16},
+        "min_n": {"type": "integer", "minimum": 2},
         "target": {"enum": ["predicted", "label"]},
         "input_kind": {"enum": ["image", "text", "image_text"]},
         "dataset": {"type": "object", "required": ["name"], "additionalProperties": False,
@@ -54,7 +60,8 @@ SUITE_SCHEMA: Dict[str, Any] = {
                 "verdict": {"type": "object", "required": ["metric", "threshold"], "additionalProperties": False,
                             "properties": {"metric": {"type": "string"}, "threshold": {"type": "number"},
                                            "rule": {"enum": list(VERDICT_RULES)},
-                                           "direction": {"enum": list(VERDICT_DIRECTIONS)}}}}}},
+                                           "direction": {"enum": list(VERDICT_DIRECTIONS)},
+                                           "min_n": {"type": "integer", "minimum": 2}}}}}},
     },
 }
 
@@ -185,7 +192,8 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
                               f"which the suite does not compute (metrics: {data['metrics']})")
         checks.append(CheckSpec(c["name"], dict(c.get("params") or {}),
                                 VerdictRule(v["metric"], float(v["threshold"]), v.get("rule", "all_steps"),
-                                            v.get("direction", "below"))))
+                                            v.get("direction", "below"),
+                                            int(v.get("min_n", data.get("min_n", DEFAULT_MIN_N))))))
     if not sha256:  # a suite given as data, not a file: hash its canonical JSON
         import json
 

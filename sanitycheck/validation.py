@@ -146,14 +146,9 @@ def size_problems(doc: Dict[str, Any]) -> List[str]:
 
 
 def _decide(suite: Any, spec: Any, explainer: str, records: List[Record]) -> Dict[str, Any]:
-    """The verdict the suite's *current* rule gives, as the runner computes it (all fields, whatever they are)."""
-    import inspect
-
-    kwargs = {}
-    params = inspect.signature(decide).parameters
-    if "min_n" in params and getattr(suite, "min_n", None) is not None:  # a suite-level minimum n, where decide takes one
-        kwargs["min_n"] = suite.min_n
-    return clean_json(asdict(decide(spec.verdict, explainer, spec.name, records, **kwargs)))
+    """The verdict the suite's *current* rule (``spec.verdict``, its ``min_n`` included) gives, as the runner
+    computes it (all fields, whatever they are)."""
+    return clean_json(asdict(decide(spec.verdict, explainer, spec.name, records)))
 
 
 def recomputed_verdicts(doc: Dict[str, Any], suite: Any) -> List[Dict[str, Any]]:

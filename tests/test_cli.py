@@ -177,3 +177,36 @@ def test_ls_lists_the_clip_parts_and_the_clip_saliency_command(capsys):
     with pytest.raises(SystemExit):
         main(["clip-saliency", "--help"])
     assert "--pretrained" in capsys.readouterr().out
+
+
+def test_verdicts_carry_a_status_the_summary_and_the_gate_show_it(tiny_run, capsys):
+    import argparse
+
+    import jsonschema
+
+    from sanitycheck.cli import _gate, _print_summary
+    from sanitycheck.options import add_gate_options
+    from sanitycheck.results import STATUS_WORDS, VERDICT_STATUSES
+    from sanitycheck.schema import RESULT_SCHEMA
+
+    _, out, _, _ = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    jsonschema.validate(res, RESULT_SCHEMA)
+    for v in res["verdicts"]:
+        assert v["status"] in VERDICT_STATUSES and v["passed"] == (v["status"] == "pass")
+        assert v["reason"].startswith(STATUS_WORDS[v["status"]] + ": ") and v["min_n"] == 10
+    capsys.readouterr()
+    _print_summary(res, out)
+    table = capsys.readouterr().out
+    cells = {"pass": "PASS (", "fail": "FAIL (", "inconclusive": "INCONCL (", "undefined": "UNDEF (",
+             "insufficient_data": "LOW-N ("}
+    for status in {v["status"] for v in res["verdicts"]}:
+        assert cells[status] in table
+    parser = argparse.ArgumentParser()
+    add_gate_options(parser)
+    not_passed = [v for v in res["verdicts"] if v["status"] != "pass"]
+    assert _gate(res, parser.parse_args(["--strict"])) == (1 if not_passed else 0)
+    gated = capsys.readouterr().err
+    assert gated.count("sanitycheck: ") == len(not_passed)
+    strict_but_lenient = [v for v in not_passed if v["status"] != "inconclusive"]
+    assert _gate(res, parser.parse_args(["--strict", "--inconclusive", "pass"])) == (1 if strict_but_lenient else 0)

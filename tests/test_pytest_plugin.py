@@ -287,6 +287,7 @@ def test_random_label_model_reaches_data_randomization(sanity, tiny_cnn):
     suite = yaml.safe_load(SUITE)
     suite["checks"] = [{"name": "data_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5,
                                                                   "rule": "final_step"}}]
+    suite["min_n"] = 4  # 8 images: below the default min_n (10), which would decide "insufficient data"
     x, _ = digits_batch(8)
     report = sanity.run("gradient", tiny_cnn, x, suite=suite, random_label_model=make_tiny_cnn(1))
     assert report.checks == ["data_randomization"] and report.explainers == ["gradient"]
@@ -295,3 +296,27 @@ def test_random_label_model_reaches_data_randomization(sanity, tiny_cnn):
     assert report.verdict()["step"] == "random_labels"
     with pytest.raises(Exception, match="no check 'cascading_randomization'"):
         report.assert_passes("cascading_randomization")
+
+
+POLICY_TEST = '''
+from conftest import gradient
+
+
+def test_policy_reaches_the_report(sanity, model, data, request):
+    report = sanity.run(gradient, model, data)
+    assert report.inconclusive == request.config.getoption("sanity_inconclusive")
+    assert report.status("cascading_randomization") == "pass"
+'''
+
+
+@pytest.mark.parametrize("policy", ["fail", "pass", "ignore"])
+def test_sanity_inconclusive_option_reaches_the_fixture(project, policy):
+    project.makepyfile(test_policy=POLICY_TEST)
+    result = project.runpytest("--sanity-suite", "tiny.yaml", "--sanity-inconclusive", policy, "test_policy.py")
+    result.assert_outcomes(passed=1)
+
+
+def test_bad_sanity_inconclusive_is_a_usage_error(project):
+    result = project.runpytest("--sanity-inconclusive", "maybe", "--collect-only")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--inconclusive must be one of fail, pass, ignore*"])

@@ -2,7 +2,8 @@
 
 Inputs are ``(B, L)`` tensors ``a`` and ``b`` with per-row ``lengths`` (B,): only the first
 ``lengths[i]`` positions of row ``i`` count (padding is ignored whatever it holds). Everything is
-computed in float64.
+computed in float64, after dividing each row by its largest magnitude over its real positions (a zero
+row stays zero and undefined), so the scale of the importances cannot change a statistic.
 
 * :func:`kendall_tau` — Kendall's τ-b (ties corrected) by the exact pairwise count, vectorized over
   the batch in O(B·L²) memory, with the two-sided p-value of the normal approximation using the
@@ -45,7 +46,15 @@ def _prepare(a: Any, b: Any, lengths: Any) -> Tuple[Tensor, Tensor, Tensor, Tens
     valid = torch.arange(a.shape[1], device=a.device)[None, :] < lengths[:, None]
     if bool((~torch.isfinite(a) & valid).any() or (~torch.isfinite(b) & valid).any()):
         raise DataError("a and b must be finite at the real positions (NaN/inf found)")
-    return _snap(a, valid), _snap(b, valid), lengths, valid
+    return _snap(_normalize(a, valid), valid), _snap(_normalize(b, valid), valid), lengths, valid
+
+
+def _normalize(x: Tensor, valid: Tensor) -> Tensor:
+    """Each row divided by its largest magnitude over the real positions (float64); zero rows stay zero."""
+    if x.numel() == 0:
+        return x
+    scale = x.abs().masked_fill(~valid, 0.0).amax(dim=1, keepdim=True)
+    return torch.where(scale > 0, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
 
 
 #: values closer than this share of a row's largest magnitude are ties

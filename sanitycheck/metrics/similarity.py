@@ -20,6 +20,13 @@ undefined: a constant map has no ranks (Spearman) and no [0, 1] normalization
 (SSIM, HOG); a HOG vector that is constant has no ranks either. Maps with NaN
 or inf values are rejected with :class:`~sanitycheck.errors.AttributionError`.
 
+Scale cannot change a score: before ranking, each map is divided by its largest
+absolute value in float64 (:func:`max_abs_normalize`; a zero map stays zero, and
+undefined). For float32/float16/bfloat16 maps this division is monotone and
+injective (a float64 quotient of two such values keeps every distinct pair
+distinct), so their ranks are computed on the values themselves, on the fast
+path, with identical results; SSIM and HOG min-max normalize anyway.
+
 Cross-checked in the tests against ``scipy.stats.spearmanr``,
 ``skimage.metrics.structural_similarity`` and ``skimage.feature.hog``.
 """
@@ -49,6 +56,7 @@ __all__ = [
     "SIMILARITY_METRICS",
     "histogram_entropy",
     "entropy_increase",
+    "max_abs_normalize",
 ]
 
 
@@ -106,6 +114,30 @@ def _minmax01(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 _FAST_RANK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def max_abs_normalize(x: Tensor) -> Tensor:
+    """Each row of ``(B, N)`` divided by its largest absolute value, in float64 (float32 on MPS).
+
+    A row of zeros stays zero (and so stays undefined for rank statistics). Maps scaled by any positive
+    factor (1e-30, 1e30) come out equal up to rounding, so their ranks and scores are the same.
+    """
+    if x.dim() != 2:
+        raise AttributionError(f"max_abs_normalize: expected a (B, N) tensor, got shape {tuple(x.shape)}")
+    x = x.to(_work_dtype(x.device))
+    if x.numel() == 0:
+        return x
+    scale = x.abs().amax(dim=1, keepdim=True)
+    return torch.where(scale > 0, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
+
+
+def _rank_input(x: Tensor) -> Tensor:
+    """``x`` normalized by :func:`max_abs_normalize` as far as ranks can tell: for float32/16/bf16 rows on the
+    CPU the normalized ranks equal the ranks of ``x`` itself (dividing by a positive float32 in float64 is
+    monotone and keeps distinct values distinct), so ``x`` is returned for the fast radix-sort path."""
+    if x.device.type == "cpu" and x.dtype in _FAST_RANK_DTYPES:
+        return x
+    return max_abs_normalize(x)
 
 
 def _order_keys32(x: Tensor) -> Tensor:
@@ -191,8 +223,8 @@ def spearman_abs(reference: Tensor, other: Tensor) -> Tensor:
     NaN where either map is constant in absolute value (e.g. all zero).
     """
     _check_maps("spearman_abs", reference, other)
-    a = reference.flatten(1).abs()  # ranks need only the order: no float64 copy before sorting
-    b = other.flatten(1).abs()
+    a = _rank_input(reference.flatten(1).abs())  # normalized by the largest |value| (scale-free)
+    b = _rank_input(other.flatten(1).abs())
     return _spearman_rows(a, b).to(_out_dtype(reference))
 
 
@@ -206,8 +238,8 @@ def spearman(reference: Tensor, other: Tensor) -> Tensor:
     ``scipy.stats.spearmanr``). NaN where either map is constant.
     """
     _check_maps("spearman", reference, other)
-    a = reference.flatten(1)
-    b = other.flatten(1)
+    a = _rank_input(reference.flatten(1))  # normalized by the largest |value| (scale-free, sign kept)
+    b = _rank_input(other.flatten(1))
     return _spearman_rows(a, b).to(_out_dtype(reference))
 
 

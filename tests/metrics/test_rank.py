@@ -76,3 +76,20 @@ def test_topk_overlap():
     for bad in (0, 1.5, -0.1, True):
         with pytest.raises(ConfigError):
             topk_overlap(a, b, lengths, k=bad)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_token_kendall_is_scale_free(scale):
+    a, b, lengths = _random_rows(7)
+    a, b, lengths = torch.tensor(a), torch.tensor(b), torch.tensor(lengths)
+    tau, p = kendall_tau(a, b, lengths)
+    tau_s, p_s = kendall_tau(a * scale, b / scale, lengths)
+    assert torch.equal(torch.isnan(tau), torch.isnan(tau_s))
+    ok = ~torch.isnan(tau)
+    assert torch.equal(tau[ok], tau_s[ok]) and torch.equal(p[ok], p_s[ok])
+
+
+def test_token_kendall_zero_row_stays_undefined_after_normalization():
+    a = torch.zeros(1, 5, dtype=torch.float64)
+    tau, p = kendall_tau(a, torch.arange(5.0, dtype=torch.float64)[None])
+    assert torch.isnan(tau).all() and torch.isnan(p).all()

@@ -230,3 +230,38 @@ def test_spearman_abs_ignores_sign_spearman_does_not():
     a, _ = _pair(3, 16, seed=10)
     assert torch.allclose(spearman_abs(a, -a), torch.ones(3, dtype=torch.float64))
     assert torch.allclose(spearman(a, -a), -torch.ones(3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ scale cannot change a score (issue 10)
+@pytest.mark.parametrize("scale", [1e-30, 1e30, 3.7])
+@pytest.mark.parametrize("m", [spearman_abs, spearman], ids=lambda m: m.name)
+def test_rank_metrics_are_scale_free_in_float64(m, scale):
+    a, b = _pair(5, 16, seed=21)
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    base = m(a, b)
+    assert torch.equal(m(a * scale, b * scale), base)
+    assert torch.equal(m(a * scale, b), base)  # one side rescaled only
+
+
+def test_max_abs_normalize_keeps_zero_maps_zero_and_undefined():
+    from sanitycheck.metrics.similarity import max_abs_normalize
+
+    x = torch.tensor([[0.0, 0.0, 0.0], [1e-40, -3e-40, 2e-40], [5.0, 1.0, -2.0]], dtype=torch.float64)
+    out = max_abs_normalize(x)
+    assert out.dtype == torch.float64 and torch.equal(out[0], torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(out[1], torch.tensor([1 / 3, -1.0, 2 / 3], dtype=torch.float64))
+    assert out.abs().amax(1).tolist() == [0.0, 1.0, 1.0]
+    zero = torch.zeros(2, 16, 16, dtype=torch.float64)
+    assert torch.isnan(spearman_abs(zero, torch.rand(2, 16, 16, dtype=torch.float64))).all()
+
+
+def test_float32_ranks_equal_the_ranks_of_the_normalized_maps():
+    """The fast path ranks float32 maps as they are: that is the same as ranking them normalized in float64."""
+    from sanitycheck.metrics.similarity import max_abs_normalize, rankdata_average
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 300, generator=g, dtype=torch.float32)
+    x[0] *= 1e-41  # subnormal float32 values
+    x[1] = torch.round(x[1] * 4) / 4  # many ties
+    x[2, :5] = torch.tensor([1.0, 1.0 + 2 ** -23, 1.0 + 2 ** -22, -0.0, 0.0])  # adjacent float32 values
+    assert torch.equal(rankdata_average(x), rankdata_average(max_abs_normalize(x)))
