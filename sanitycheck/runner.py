@@ -111,6 +111,12 @@ def explain_batched(explainer: Explainer, model: nn.Module, x: Tensor, target: C
     return torch.cat(out)
 
 
+def bootstrap_label(name: str) -> str:
+    """The explainer's part of its bootstrap seed: the attribute of an import path (``../m.py:fn`` -> ``fn``), so
+    that absolute, relative and ``../`` spellings of one explainer get the same CIs; a plain name is unchanged."""
+    return name.rpartition(":")[2] if ":" in name else name
+
+
 def _slug(text: str) -> str:
     """A file-name-safe version of ``text`` (letters, digits, ``_.-``), at most 40 characters, never empty."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:40] or "x"
@@ -550,7 +556,7 @@ class AuditRun:
                 if not per_metric_rows or (not evaluation and len(keys) == len(self.metrics)):
                     continue
                 summaries = bootstrap_ci_many(torch.stack(per_metric_rows),
-                                              seed_parts=(self.seed, "bootstrap", spec.name, name))
+                                              seed_parts=(self.seed, "bootstrap", spec.name, bootstrap_label(name)))
                 recs = [Record(name, spec.name, mname, step, idx, s.mean, s.ci_low, s.ci_high, s.n,
                                s.n_undefined, reason if s.n_undefined else None)
                         for (mname, step, idx, reason), s in zip(keys, summaries)]
@@ -572,11 +578,44 @@ class AuditRun:
         records, verdicts = self.aggregate(originals, scored)
         self.timing["total_seconds"] = time.perf_counter() - t_start
         results = self.results_dict(records, verdicts, originals, scored)
+        if self.recomputed:
+            results["cache_recomputed"] = list(self.recomputed)
+        previous = self.previous_results()
+        results = merge_results(previous, results) if previous else results
         atomic_write_json(self.out_dir / "results.json", results)
         if self.figures:
-            results["figures"] = self.write_figures(originals, scored, records)
+            files = self.write_figures(originals, scored, records)
+            if previous and isinstance(previous.get("figures"), (list, dict)) and results.get("merged"):
+                old = previous["figures"]
+                files = ({**old, **files} if isinstance(old, dict) and isinstance(files, dict) else
+                         list(dict.fromkeys([*old, *files])) if isinstance(old, list) and isinstance(files, list)
+                         else files)
+            results["figures"] = files
             atomic_write_json(self.out_dir / "results.json", results)
         return results
+
+    def previous_results(self) -> Optional[Dict[str, Any]]:
+        """The ``results.json`` an earlier run left in ``--out`` (merged with this run's, never silently replaced).
+        One that cannot be read or is of another suite/seed/sample is kept as ``results.previous-<time>.json``."""
+        path = self.out_dir / "results.json"
+        if not path.exists():
+            return None
+        why = None
+        try:
+            doc = read_json(path)
+        except (OSError, ValueError) as err:
+            doc, why = None, f"unreadable ({err})"
+        if doc is not None:
+            same = isinstance(doc, dict) and all(doc.get(k) == v for k, v in (
+                ("suite", self.suite.name), ("suite_sha256", self.suite.sha256), ("seed", self.seed)))
+            same = same and (doc.get("dataset") or {}).get("n") == len(self.x)
+            if same:
+                return doc
+            why = "of another suite, seed or sample"
+        keep = self.out_dir / f"results.previous-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        os.replace(path, keep)
+        warnings.warn(f"{path} was {why}; kept as {keep} (not merged)", stacklevel=2)
+        return None
 
     def write_figures(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]],
                       records: List[Record]) -> List[str]:
@@ -669,6 +708,90 @@ class AuditRun:
             "reliability": reliability,
             "examples": self.example_maps(originals, scored),
         })
+
+
+def _explainer_signature(info: Any) -> Any:
+    if not isinstance(info, dict):
+        return None
+    return (info.get("class"), info.get("code_hash"), json.dumps(info.get("config"), sort_keys=True, default=str))
+
+
+def merge_results(previous: Dict[str, Any], doc: Dict[str, Any]) -> Dict[str, Any]:
+    """``doc`` (this run) with what an earlier run into the same ``--out`` computed and this run did not: the
+    results of (explainer, check) pairs outside this run, so that a rerun with other explainers or checks keeps
+    both. Pairs this run computed come from this run; an explainer whose code or config changed since keeps
+    only this run's results. What was carried over is listed under ``merged``."""
+    explainers, checks = doc.get("explainers") or {}, doc.get("checks") or {}
+    old_explainers, old_checks = previous.get("explainers") or {}, previous.get("checks") or {}
+
+    def carried(e: str, c: str) -> bool:
+        if c not in old_checks or e not in old_explainers:
+            return False
+        if e in explainers and c in checks:
+            return False  # this run computed it
+        return e not in explainers or _explainer_signature(old_explainers[e]) == _explainer_signature(explainers[e])
+
+    pairs = sorted({(r["explainer"], r["check"]) for r in previous.get("records") or []
+                    if isinstance(r, dict) and carried(r.get("explainer"), r.get("check"))})
+    if not pairs:
+        return doc
+    keep = set(pairs)
+    out = dict(doc)
+    out["records"] = list(doc.get("records") or []) + [
+        r for r in previous.get("records") or [] if (r.get("explainer"), r.get("check")) in keep]
+    out["verdicts"] = list(doc.get("verdicts") or []) + [
+        v for v in previous.get("verdicts") or [] if (v.get("explainer"), v.get("check")) in keep]
+    names = {e for e, _ in pairs}
+    out["explainers"] = {**explainers, **{e: old_explainers[e] for e in sorted(names) if e not in explainers}}
+    out["checks"] = {**checks, **{c: old_checks[c] for _, c in pairs if c not in checks}}
+    out["skipped"] = list(doc.get("skipped") or []) + [
+        s for s in previous.get("skipped") or [] if s.get("explainer") not in explainers]
+    per_sample = {e: dict(v) for e, v in (doc.get("per_sample") or {}).items()}
+    for e, c in pairs:
+        old = ((previous.get("per_sample") or {}).get(e) or {}).get(c)
+        if old is not None:
+            per_sample.setdefault(e, {})[c] = old
+    out["per_sample"] = per_sample
+    examples = dict(doc.get("examples") or {})
+    if "explainers" in examples:
+        ex = {e: dict(v) for e, v in examples["explainers"].items()}
+        old_ex = (previous.get("examples") or {}).get("explainers") or {}
+        for e, c in pairs:
+            if c in (old_ex.get(e) or {}):
+                ex.setdefault(e, {})[c] = old_ex[e][c]
+        examples["explainers"] = ex
+        out["examples"] = examples
+    post = dict(doc.get("postprocessing") or {})
+    if isinstance(post.get("channel_reduction"), dict):
+        old_cr = (previous.get("postprocessing") or {}).get("channel_reduction") or {}
+        post["channel_reduction"] = {**post["channel_reduction"],
+                                     **{e: old_cr.get(e) for e in names if e not in explainers}}
+        out["postprocessing"] = post
+    state_info = dict(doc.get("state_info") or {})
+    new_checks = {c for _, c in pairs if c not in checks}
+    for key, value in (previous.get("state_info") or {}).items():
+        check = key.split("/", 1)[0]
+        if key not in state_info and check in new_checks:
+            state_info[key] = value
+        elif isinstance(state_info.get(key), dict) and isinstance(value, dict) and "/" not in key:
+            state_info[key] = {**{e: v for e, v in value.items() if e in names and (e, check) in keep}, **state_info[key]}
+    out["state_info"] = state_info
+    for key in ("summaries", "not_applicable"):  # text suites: per check
+        old = previous.get(key) or {}
+        extra = {c: v for c, v in old.items() if c in new_checks and c not in (doc.get(key) or {})}
+        if extra:
+            out[key] = {**(doc.get(key) or {}), **extra}
+    if doc.get("input_kind") != "text":  # reliability ranks methods per image: over the merged methods
+        from .report.reliability import reliability_report
+
+        summaries = [(c, step, m, hib) for c, info in out["checks"].items()
+                     for m, hib in (info.get("higher_is_better") or {}).items()
+                     for step in info.get("steps") or [] if info.get("kind") == "evaluation" and not step.isdigit()]
+        out["reliability"] = clean_json(reliability_report(per_sample, summaries)) if summaries else None
+    out["merged"] = {"note": "results of an earlier run into this --out (same suite, seed and sample) that this run "
+                             "did not recompute", "created": previous.get("created"),
+                     "carried": [f"{e}/{c}" for e, c in pairs]}
+    return out
 
 
 def default_out_dir(suite_name: str) -> Path:
