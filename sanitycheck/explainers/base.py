@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import AttributionError, ConfigError, ModelError, NotApplicableError
+from ..errors import AttributionError, ConfigError, ModelError, NotApplicableError, SanityCheckError
 from ..targets import Target, as_target
 
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs", "none")
@@ -109,6 +109,12 @@ def call_explainer(explainer: Callable, name: str, where: str, model: nn.Module,
         raise
     except ExplainerError:
         raise
+    except SanityCheckError as err:  # a deliberate error (sandbox limit, bad maps): same type, with the place
+        try:
+            named = type(err)(f"explainer {name!r} failed ({where}): {err}")
+        except Exception:  # noqa: BLE001 - a class with another constructor: as raised
+            raise err from None
+        raise named from err
     except Exception as err:  # noqa: BLE001 - named and re-raised with the explainer and the step
         raise ExplainerError(f"explainer {name!r} failed ({where}): {type(err).__name__}: {err}") from err
     if watch_model:
