@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .checks.base import Check, get_check
 from .errors import ConfigError, NotApplicableError
 from .explainers import Explainer, check_eval_mode, get_explainer
-from .explainers.base import ExplainerError, call_explainer
+from .explainers.base import ExplainerError, ModelWatch, call_explainer
 from .io import CorruptCacheError, atomic_write_json, load_checked, read_json, save_checked
 from .registry import METRICS
 from .results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, encode_array, git_hash,
@@ -96,12 +96,13 @@ def explain_batched(explainer: Explainer, model: nn.Module, x: Tensor, target: C
     name = name or getattr(explainer, "name", None) or type(explainer).__name__
     device = next((p.device for p in model.parameters()), x.device)
     out, rescaled = [], 0
+    watch = ModelWatch(model)  # weights checksum and train/eval flags, verified after every call
     for start in range(0, x.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         xb = x[sl].to(device)
         stop = min(start + batch_size, x.shape[0])
         loc = ", ".join(p for p in (where, f"inputs {start}..{stop - 1}") if p)
-        maps = call_explainer(explainer, name, loc, model, xb, target.select(sl))
+        maps = call_explainer(explainer, name, loc, model, xb, target.select(sl), watch=watch)
         maps, n = to_float32_maps(maps, name, loc)
         rescaled += n
         out.append(maps)
@@ -684,6 +685,9 @@ class AuditRun:
                        + ", the same class in every model state"},
             "postprocessing": {
                 "channel_reduction": {k: getattr(e, "channel_reduction", None) for k, e in self.explainers.items()},
+                "float32_storage": "maps are stored as float32; a float64 map whose largest |value| lies outside "
+                                   "float32's normal range is first multiplied by an exact power of two (ranks and "
+                                   "ratios kept); maps already subnormal in float32 are refused",
                 "spearman_abs": "Spearman rank correlation of |map| (average ranks for ties)",
                 "spearman": "Spearman rank correlation of the signed map",
                 "ssim": "SSIM of |map| min-max normalized to [0,1], Gaussian window sigma 1.5",

@@ -28,7 +28,7 @@ from .checks.attention_audits import TextCheck, TextCheckOutput
 from .errors import ConfigError, DataError, NotApplicableError
 from .explainers import check_eval_mode
 from .explainers.attention import TextBatch
-from .explainers.base import call_explainer
+from .explainers.base import ModelWatch, call_explainer
 from .io import save_checked
 from .registry import TOKEN_EXPLAINERS
 from .results import clean_json, encode_array
@@ -169,10 +169,11 @@ class TextAuditRun(AuditRun):
         width = self.batch.ids.shape[1]
         name, where = self.explainer_name(explainer)
         out = []
+        watch = ModelWatch(model)
         for sl in self.slices(self.batch_size):
             ids, lengths, q, ql = self.batch_slice(sl)
             loc = ", ".join(p for p in (where, f"texts {sl.start}..{sl.stop - 1}") if p)
-            m = call_explainer(explainer, name, loc, model, TextBatch(ids, lengths, q, ql), target[sl])
+            m = call_explainer(explainer, name, loc, model, TextBatch(ids, lengths, q, ql), target[sl], watch=watch)
             m = m.detach().to("cpu", torch.float64)
             out.append(torch.nn.functional.pad(m, (0, width - m.shape[1])))
         return torch.cat(out)

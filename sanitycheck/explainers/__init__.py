@@ -8,8 +8,8 @@ from typing import Any, Optional, Union
 
 from ..errors import ConfigError
 from ..registry import EXPLAINERS
-from .base import (CaptumExplainer, Explainer, ExplainerError, FunctionExplainer, call_explainer, check_eval_mode,
-                   check_maps_tensor, reduce_channels, state_checksum, target_forward)
+from .base import (CaptumExplainer, Explainer, ExplainerError, FunctionExplainer, ModelWatch, call_explainer,
+                   check_eval_mode, check_maps_tensor, reduce_channels, state_checksum, target_forward)
 
 
 def _is_captum_attribution(obj: Any) -> bool:
@@ -71,5 +71,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Explainer", "CaptumExplainer", "FunctionExplainer", "as_explainer", "get_explainer", "ExplainerError",
-           "call_explainer", "check_maps_tensor", "state_checksum",
+           "ModelWatch", "call_explainer", "check_maps_tensor", "state_checksum",
            "check_eval_mode", "reduce_channels", "target_forward", *_LAZY]

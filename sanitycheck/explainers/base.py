@@ -96,13 +96,37 @@ class ExplainerError(AttributionError):
     explainer, the check, the step and the inputs."""
 
 
+class ModelWatch:
+    """The model's train/eval flags and :func:`state_checksum`, taken once; :meth:`verify` after each explainer
+    call (one checksum per call: a loop of calls on one model shares one watch)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.modes = module_modes(model)
+        self.checksum = state_checksum(model)
+
+    def verify(self, name: str, where: str) -> None:
+        model = self.model
+        if module_modes(model) != self.modes:
+            changed = [n or "(model)" for (n, m), was in zip(model.named_modules(), self.modes) if m.training != was]
+            for m, was in zip(model.modules(), self.modes):  # put it back as it was
+                m.training = was
+            raise ExplainerError(
+                f"explainer {name!r} changed the model's train/eval mode ({where}; modules {changed[:5]}); an "
+                "explainer must not call model.train() or change module.training — the model is not at fault")
+        if state_checksum(model) != self.checksum:
+            raise ExplainerError(
+                f"explainer {name!r} changed the model's weights or buffers in place ({where}); an explainer must "
+                "not modify the model (copy it first, e.g. copy.deepcopy(model)) — the model is not at fault")
+
+
 def call_explainer(explainer: Callable, name: str, where: str, model: nn.Module, *args: Any,
-                   watch_model: bool = True) -> Tensor:
+                   watch: Optional[ModelWatch] = None) -> Tensor:
     """``explainer(model, *args)``, checked: an exception inside it, an output that is not a real floating
-    tensor, or a change of ``model``'s weights (in place) or train/eval mode is an :class:`ExplainerError`
-    naming the explainer and ``where`` (check, step, inputs). :class:`NotApplicableError` passes through."""
-    if watch_model:
-        modes, before = module_modes(model), state_checksum(model)
+    tensor, or a change of ``model``'s weights (in place) or train/eval mode is an error naming the explainer
+    and ``where`` (check, step, inputs). :class:`NotApplicableError` passes through. ``watch``: a
+    :class:`ModelWatch` of ``model`` shared by a loop of calls (default: a new one, two checksums per call)."""
+    watch = watch if watch is not None else ModelWatch(model)
     try:
         maps = explainer(model, *args)
     except NotApplicableError:
@@ -117,18 +141,7 @@ def call_explainer(explainer: Callable, name: str, where: str, model: nn.Module,
         raise named from err
     except Exception as err:  # noqa: BLE001 - named and re-raised with the explainer and the step
         raise ExplainerError(f"explainer {name!r} failed ({where}): {type(err).__name__}: {err}") from err
-    if watch_model:
-        if module_modes(model) != modes:
-            changed = [n or "(model)" for (n, m), was in zip(model.named_modules(), modes) if m.training != was]
-            for m, was in zip(model.modules(), modes):  # put it back as it was
-                m.training = was
-            raise ExplainerError(
-                f"explainer {name!r} changed the model's train/eval mode ({where}; modules {changed[:5]}); an "
-                "explainer must not call model.train() or change module.training — the model is not at fault")
-        if state_checksum(model) != before:
-            raise ExplainerError(
-                f"explainer {name!r} changed the model's weights or buffers in place ({where}); an explainer must "
-                "not modify the model (copy it first, e.g. copy.deepcopy(model)) — the model is not at fault")
+    watch.verify(name, where)
     return check_maps_tensor(maps, name, where)
 
 
