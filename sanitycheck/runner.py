@@ -351,8 +351,20 @@ class AuditRun:
     def prepare_cache(self) -> None:
         fp = self.fingerprint()
         path = self._cache_path("fingerprint.json")
+        old = None
         if path.exists():
-            old = read_json(path)
+            try:
+                old = read_json(path)
+                if not isinstance(old, dict):
+                    raise ValueError(f"a JSON {type(old).__name__}, not an object")
+            except (OSError, ValueError) as err:
+                # the settings of the cached files are unknown: keep them aside, never reuse them
+                aside = self.out_dir / f"cache.unverified-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+                os.replace(self._cache_path(), aside)
+                warnings.warn(f"cache fingerprint {path} is unreadable ({err}); the cache was moved to {aside} and "
+                              "is recomputed", stacklevel=2)
+                old = None
+        if old is not None:
             shared = {k: v for k, v in old.items() if k != "explainers"}
             if shared != {k: v for k, v in fp.items() if k != "explainers"}:
                 raise ConfigError(

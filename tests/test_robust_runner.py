@@ -304,3 +304,15 @@ def test_state_checksum_sees_a_single_changed_value():
     with torch.no_grad():
         model.conv1.weight[0, 0, 0, 0] = torch.nextafter(model.conv1.weight[0, 0, 0, 0], torch.tensor(10.0))
     assert state_checksum(model) != before
+
+
+def test_an_unreadable_cache_fingerprint_moves_the_cache_aside_and_recomputes(tmp_path, dataset):
+    out = tmp_path / "out"
+    first = run(out, dataset, {"gradient": gradient()})
+    (out / "cache" / "fingerprint.json").write_text('{"suite": "un')
+    (out / "results.json").unlink()
+    with pytest.warns(UserWarning, match="fingerprint.json is unreadable"):
+        again = run(out, dataset, {"gradient": gradient()})
+    assert again["records"] == first["records"]
+    aside = list(out.glob("cache.unverified-*"))
+    assert len(aside) == 1 and (aside[0] / "fingerprint.json").read_text() == '{"suite": "un'
