@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks.base import Check, get_check
-from .errors import ConfigError, NotApplicableError
+from .errors import ConfigError, NotApplicableError, SanityCheckError
 from .explainers import Explainer, check_eval_mode, get_explainer
 from .explainers.base import ExplainerError, ModelWatch, call_explainer
 from .io import CorruptCacheError, atomic_write_json, load_checked, read_json, save_checked
@@ -419,6 +419,12 @@ class AuditRun:
                                          originals[name].to(self.device), seed=self.seed, **kwargs)
                 except (NotApplicableError, ExplainerError):
                     raise
+                except SanityCheckError as err:  # deliberate (e.g. a dataset the check cannot use): same type
+                    try:
+                        named = type(err)(f"check {spec.name!r} on explainer {name!r}: {err}")
+                    except Exception:  # noqa: BLE001 - another constructor: as raised
+                        raise err from None
+                    raise named from err
                 except Exception as err:  # noqa: BLE001 - named: which check on which explainer's maps
                     raise ExplainerError(
                         f"check {spec.name!r} failed on explainer {name!r} ({type(err).__name__}: {err}). Work "
