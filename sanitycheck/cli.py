@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite (default: adebayo2018) and write results.json and figures")
     run.add_argument("suite", nargs="?", help="suite name or path to a suite YAML file")
-    run.add_argument("--out", help="output directory (default: runs/<suite>-<timestamp>); "
-                                   "re-using one resumes an interrupted run")
+    run.add_argument("--out", help="output directory (default: runs/<suite>-<timestamp>); re-using one resumes an "
+                                   "interrupted run, and a rerun with other explainers or checks adds them "
+                                   "(results.json keeps both); an existing file or a read-only path is refused")
     add_run_options(run)
     add_gate_options(run)
     run.set_defaults(func=cmd_run)

@@ -70,3 +70,53 @@ def atomic_torch_save(path: PathLike, obj: Any) -> Path:
 def read_json(path: PathLike) -> Any:
     with open(path, "r", encoding="utf-8") as fh:
         return json.load(fh)
+
+
+# ---------------------------------------------------------------- checksummed cache files
+#: header of a checksummed cache file: magic line, then the SHA-256 (hex) of the payload, then the payload
+CACHE_MAGIC = b"SANITYCHECK-CACHE 1\n"
+
+
+class CorruptCacheError(Exception):
+    """A cache file is truncated, altered or unreadable (the caller recomputes it)."""
+
+
+def save_checked(path: PathLike, obj: Any) -> Path:
+    """``torch.save`` ``obj`` atomically, with the SHA-256 of its bytes in a header (see :func:`load_checked`)."""
+    import hashlib
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode("ascii")
+    return atomic_write_bytes(path, CACHE_MAGIC + digest + b"\n" + payload)
+
+
+def load_checked(path: PathLike, weights_only: bool = True) -> Any:
+    """The object :func:`save_checked` wrote; :class:`CorruptCacheError` (saying what is wrong) when the file
+    is truncated, lacks the header, or its payload does not match its SHA-256."""
+    import hashlib
+
+    import torch
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise CorruptCacheError(f"cannot read it ({err.strerror or err})") from err
+    if not data.startswith(CACHE_MAGIC):
+        raise CorruptCacheError("no checksum header (an old, foreign or truncated file)")
+    head_end = len(CACHE_MAGIC) + 64
+    if len(data) < head_end + 1 or data[head_end:head_end + 1] != b"\n":
+        raise CorruptCacheError(f"truncated header ({len(data)} bytes)")
+    expected = data[len(CACHE_MAGIC):head_end].decode("ascii", "replace")
+    payload = data[head_end + 1:]
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise CorruptCacheError(f"checksum mismatch: header says sha256 {expected[:16]}…, content is {actual[:16]}… "
+                                f"({len(payload)} bytes; truncated or altered)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - a payload that matches its checksum but does not load
+        raise CorruptCacheError(f"unreadable payload ({type(err).__name__}: {err})") from err

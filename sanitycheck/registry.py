@@ -11,8 +11,10 @@ package. A name may also be an import path itself (``package.module:attr`` or
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,6 +23,33 @@ from typing import Any, Callable, Dict, Generic, Iterator, List, TypeVar, Union
 from .errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def file_module_name(file: Path, source: bytes) -> str:
+    """A file explainer's module name: its stem and the SHA-256 of its content, never its path.
+
+    The same file given by an absolute, relative or ``../`` path gets the same name (so its
+    explainer's config, cache key and results are the same and an interrupted run resumes);
+    an edited file gets another name (its cached results are not reused)."""
+    stem = re.sub(r"\W", "_", file.stem) or "module"
+    return f"_sanitycheck_user_{stem}_{hashlib.sha256(source).hexdigest()[:16]}"
+
+
+def _load_file_module(file: Path) -> Any:
+    source = file.read_bytes()
+    unique = file_module_name(file, source)
+    if unique in sys.modules:  # the same content was loaded before (from this or another path)
+        return sys.modules[unique]
+    spec = importlib.util.spec_from_file_location(unique, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[unique] = module
+    try:
+        # execute the bytes that were hashed, not a second read of the file
+        exec(compile(source, str(file.resolve()), "exec"), module.__dict__)
+    except BaseException:
+        sys.modules.pop(unique, None)
+        raise
+    return module
 
 
 def load_object(path: str) -> Any:
@@ -32,11 +61,7 @@ def load_object(path: str) -> Any:
         file = Path(module_name)
         if not file.is_file():
             raise UnknownNameError(f"cannot load {path!r}: file {file} does not exist")
-        unique = f"_sanitycheck_user_{abs(hash(str(file.resolve())))}"
-        spec = importlib.util.spec_from_file_location(unique, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        spec.loader.exec_module(module)
+        module = _load_file_module(file)
     else:
         try:
             module = importlib.import_module(module_name)

@@ -14,7 +14,11 @@ import datetime as _dt
 import hashlib
 import inspect
 import json
+import os
+import re
+import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -23,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from .checks.base import Check, get_check
-from .errors import ConfigError, NotApplicableError
+from .errors import ConfigError, NotApplicableError, SanityCheckError
 from .explainers import Explainer, check_eval_mode, get_explainer
-from .io import atomic_torch_save, atomic_write_json, read_json
+from .explainers.base import ExplainerError, ModelWatch, call_explainer
+from .io import CorruptCacheError, atomic_write_json, load_checked, read_json, save_checked
 from .registry import METRICS
 from .results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, encode_array, git_hash,
                       package_versions, records_to_json, verdicts_to_json)
@@ -40,16 +45,123 @@ def _progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+_F32 = torch.finfo(torch.float32)
+
+
+def to_float32_maps(maps: Tensor, name: str, where: str = "") -> Tuple[Tensor, int]:
+    """``(maps as float32 on the CPU, number of maps rescaled)``.
+
+    A float64 map whose largest |value| lies outside float32's normal range (below ~1.2e-38 or above ~3.4e38) is
+    multiplied by an exact power of two that brings its largest |value| into [1, 2): order, signs and ratios are
+    kept, so a scale factor cannot change a rank-based verdict (casting would flush it to zeros or infinities).
+    Maps in the normal range are never rescaled (infidelity and other metrics depend on scale). A map of a
+    narrower type whose non-zero values are all below the float32 normal range has lost its precision already
+    and is refused."""
+    at = f" ({where})" if where else ""
+    maps = maps.detach()
+    flat = maps.reshape(maps.shape[0], -1) if maps.ndim > 1 else maps.reshape(1, -1)
+    rescaled = 0
+    if maps.dtype == torch.float64:
+        amax = flat.abs().amax(1) if flat.shape[1] else torch.zeros(flat.shape[0], dtype=torch.float64)
+        out = (amax > 0) & ((amax < _F32.tiny) | (amax > _F32.max))
+        if out.any():
+            exp = -torch.floor(torch.log2(amax[out]))  # 2**exp * amax lies in [1, 2)
+            half = torch.floor(exp / 2)  # two exact steps: 2**exp alone overflows for float64 subnormals
+            view = (-1,) + (1,) * (maps.ndim - 1)
+            maps = maps.clone()
+            maps[out] = maps[out] * torch.pow(2.0, half).reshape(view) * torch.pow(2.0, exp - half).reshape(view)
+            rescaled = int(out.sum())
+        return maps.to("cpu", torch.float32), rescaled
+    maps = maps.to("cpu", torch.float32)
+    amax = maps.reshape(maps.shape[0], -1).abs().amax(1) if maps.numel() else torch.zeros(0)
+    tiny = (amax > 0) & (amax < _F32.tiny)
+    if tiny.any():
+        bad = tiny.nonzero().flatten().tolist()
+        raise ExplainerError(
+            f"explainer {name!r} returned maps whose non-zero values are all subnormal in float32 (largest |value| "
+            f"{float(amax[tiny].max()):.3g} < {_F32.tiny:.3g}) for samples {bad[:10]} of the batch{at}: their "
+            "ranking is already lost to rounding. Return unscaled maps, or float64 maps (rescaled here by an exact "
+            "power of two)")
+    return maps, rescaled
+
+
 def explain_batched(explainer: Explainer, model: nn.Module, x: Tensor, target: ClassTarget,
-                    batch_size: int) -> Tensor:
-    """Maps for all of ``x``, ``batch_size`` inputs per explainer call, on the model's device."""
+                    batch_size: int, name: Optional[str] = None, where: str = "") -> Tensor:
+    """Maps for all of ``x``, ``batch_size`` inputs per explainer call, on the model's device, as float32.
+
+    Each call is checked (:func:`~sanitycheck.explainers.base.call_explainer`): an exception, an output that is
+    not a real floating tensor, or a change of the model's weights or mode is an error naming the explainer,
+    ``where`` (check and step) and the inputs of the batch. Maps outside float32's range are rescaled by a
+    power of two (:func:`to_float32_maps`)."""
+    name = name or getattr(explainer, "name", None) or type(explainer).__name__
     device = next((p.device for p in model.parameters()), x.device)
-    out = []
+    out, rescaled = [], 0
+    watch = ModelWatch(model)  # weights checksum and train/eval flags, verified after every call
     for start in range(0, x.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         xb = x[sl].to(device)
-        out.append(explainer(model, xb, target.select(sl)).to("cpu", torch.float32))
+        stop = min(start + batch_size, x.shape[0])
+        loc = ", ".join(p for p in (where, f"inputs {start}..{stop - 1}") if p)
+        maps = call_explainer(explainer, name, loc, model, xb, target.select(sl), watch=watch)
+        maps, n = to_float32_maps(maps, name, loc)
+        rescaled += n
+        out.append(maps)
+    if rescaled:
+        warnings.warn(f"explainer {name!r}: {rescaled} float64 maps outside float32's normal range were rescaled "
+                      f"by an exact power of two ({where or 'maps'}); ranks and ratios are unchanged", stacklevel=2)
     return torch.cat(out)
+
+
+def bootstrap_label(name: str) -> str:
+    """The explainer's part of its bootstrap seed: the attribute of an import path (``../m.py:fn`` -> ``fn``), so
+    that absolute, relative and ``../`` spellings of one explainer get the same CIs; a plain name is unchanged."""
+    return name.rpartition(":")[2] if ":" in name else name
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``_.-``), at most 40 characters, never empty."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:40] or "x"
+
+
+def _path_part(text: str) -> str:
+    """``text`` as one path component: kept when already safe, else its slug and a hash (never ``..``, ``/``)."""
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,80}", text):
+        return text
+    return f"{_slug(text)}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def explainer_cache_key(name: str, explainer: Any) -> str:
+    """The cache file stem of an explainer: a readable slug of its name (last part of an import path) and
+    16 hex digits of SHA-256 over its canonical spec — class, code hash and config (for a file explainer the
+    module name, which holds the file's content hash) — never the raw name the user typed."""
+    code_hash = getattr(explainer, "code_hash", None)
+    config = getattr(explainer, "config", None)
+    canon = {"class": f"{type(explainer).__module__}.{type(explainer).__qualname__}",
+             "code_hash": code_hash() if callable(code_hash) else None,
+             "config": config() if callable(config) else repr(explainer)}
+    digest = hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    base = name.rpartition(":")[2] if ":" in name else name
+    return f"{_slug(base.rpartition('/')[2])}-{digest}"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` (if needed) and make sure files can be written in it; else a :class:`ConfigError`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file, not a directory; give a new directory or the "
+                          "directory of an earlier run of the same suite to resume it")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create --out directory {out_dir}: {err.strerror or err}; give a writable "
+                          "location") from err
+    try:
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".write-test-")
+    except OSError as err:
+        raise ConfigError(f"--out directory {out_dir} is not writable ({err.strerror or err}); give a writable "
+                          "directory") from err
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _accepted(fn: Any, **offered: Any) -> Dict[str, Any]:
@@ -129,6 +241,8 @@ class AuditRun:
         self.variant_originals: Dict[str, Dict[str, Tensor]] = {}
         self.examples: Dict[Tuple[str, str, str], Tensor] = {}
         self.timing: Dict[str, float] = {}
+        self.recomputed: List[str] = []  # cache files found corrupt and recomputed
+        self._where: Tuple[Optional[str], str] = (None, "")
 
     # ---------------------------------------------------------------- inputs
     def load_inputs(self) -> None:
@@ -196,24 +310,68 @@ class AuditRun:
         })
 
     def _cache_path(self, *parts: str) -> Path:
-        return self.out_dir / "cache" / Path(*parts)
+        """``<out>/cache/<parts>``; every part is one safe path component (no ``/``, ``..`` or absolute path)."""
+        return self.out_dir / "cache" / Path(*(_path_part(str(p)) for p in parts))
+
+    def unit_file(self, name: str, explainer: Any) -> str:
+        """The cache file name of ``explainer``'s results: from its canonical spec, not from ``name`` as typed
+        (an absolute or ``../`` path would otherwise write outside ``--out`` or share one file across steps)."""
+        keys = self.__dict__.setdefault("_unit_files", {})
+        if id(explainer) not in keys:
+            keys[id(explainer)] = (explainer, explainer_cache_key(name, explainer) + ".pt")
+        return keys[id(explainer)][1]
+
+    def load_cached(self, path: Path, weights_only: bool = True) -> Any:
+        """The checked content of cache file ``path``, or None when it is missing or corrupt (a corrupt file is
+        named in a warning, removed and recomputed)."""
+        if not path.exists():
+            return None
+        try:
+            return load_checked(path, weights_only=weights_only)
+        except CorruptCacheError as err:
+            warnings.warn(f"cache file {path} is corrupt: {err}; recomputing it", stacklevel=2)
+            self.recomputed.append(str(path.relative_to(self.out_dir)))
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+
+    def explain_unit(self, name: str, explainer: Any, model: nn.Module, target: Any, check: str, step: str) -> Tensor:
+        """:meth:`explain` of one cache unit; an explainer's failure names the explainer, check, step and inputs."""
+        self._where = (name, f"check {check!r}, step {step!r}")
+        try:
+            return self.explain(explainer, model, target)
+        except ExplainerError as err:
+            raise ExplainerError(f"{err}. Work finished before this is cached in {self._cache_path()}: fix the "
+                                 "explainer and re-run with the same --out to resume") from (err.__cause__ or err)
+        finally:
+            self._where = (None, "")
 
     def prepare_cache(self) -> None:
         fp = self.fingerprint()
         path = self._cache_path("fingerprint.json")
+        old = None
         if path.exists():
-            old = read_json(path)
+            try:
+                old = read_json(path)
+                if not isinstance(old, dict):
+                    raise ValueError(f"a JSON {type(old).__name__}, not an object")
+            except (OSError, ValueError) as err:
+                # the settings of the cached files are unknown: keep them aside, never reuse them
+                aside = self.out_dir / f"cache.unverified-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+                os.replace(self._cache_path(), aside)
+                warnings.warn(f"cache fingerprint {path} is unreadable ({err}); the cache was moved to {aside} and "
+                              "is recomputed", stacklevel=2)
+                old = None
+        if old is not None:
             shared = {k: v for k, v in old.items() if k != "explainers"}
             if shared != {k: v for k, v in fp.items() if k != "explainers"}:
                 raise ConfigError(
                     f"{self.out_dir} holds a run with different settings "
                     f"({', '.join(k for k in shared if shared[k] != fp.get(k))} differ); "
                     "use another --out directory to start a new run")
-            # explainers whose code or parameters changed are recomputed; others resume
-            for name, sig in fp["explainers"].items():
-                if old.get("explainers", {}).get(name) not in (None, sig):
-                    for stale in self._cache_path().rglob(f"{name}.pt"):
-                        stale.unlink()
+            # cache files are keyed by each explainer's code and parameters: changed ones are recomputed
             merged = dict(old.get("explainers", {}))
             merged.update(fp["explainers"])
             fp["explainers"] = merged
@@ -227,16 +385,17 @@ class AuditRun:
         bar = _progress(items, desc=f"original maps{' (' + variant + ')' if variant else ''}",
                         disable=not self.progress, leave=False)
         for name, explainer in bar:
-            path = self._cache_path("original", *( [variant] if variant else []), f"{name}.pt")
-            if path.exists():
-                maps[name] = torch.load(path)
+            path = self._cache_path("original", *([variant] if variant else []), self.unit_file(name, explainer))
+            cached = self.load_cached(path)
+            if cached is not None:
+                maps[name] = cached
                 continue
             try:
-                m = self.explain(explainer, self.model, self.target)
+                m = self.explain_unit(name, explainer, self.model, self.target, variant or "original maps", "original")
             except NotApplicableError as err:
                 self.skipped[name] = str(err)
                 continue
-            atomic_torch_save(path, m)
+            save_checked(path, m)
             maps[name] = m
         return maps
 
@@ -251,20 +410,33 @@ class AuditRun:
         steps: List[str] = []
         live = [n for n in self.explainers if n not in self.skipped]
         for name in _progress(live, desc=spec.name, disable=not self.progress, leave=False):
-            path = self._cache_path("scores", spec.name, f"{name}.pt")
-            if path.exists():
-                per_step = torch.load(path)
-            else:
+            path = self._cache_path("scores", spec.name, self.unit_file(name, self.explainers[name]))
+            per_step = self.load_cached(path)
+            if per_step is None:
                 kwargs = _accepted(family.evaluate, explainer=self.explainers[name], dataset=self.dataset)
-                ev = family.evaluate(self.model, self.x.to(self.device), self.target, originals[name].to(self.device),
-                                     seed=self.seed, **kwargs)
+                try:
+                    ev = family.evaluate(self.model, self.x.to(self.device), self.target,
+                                         originals[name].to(self.device), seed=self.seed, **kwargs)
+                except (NotApplicableError, ExplainerError):
+                    raise
+                except SanityCheckError as err:  # deliberate (e.g. a dataset the check cannot use): same type
+                    try:
+                        named = type(err)(f"check {spec.name!r} on explainer {name!r}: {err}")
+                    except Exception:  # noqa: BLE001 - another constructor: as raised
+                        raise err from None
+                    raise named from err
+                except Exception as err:  # noqa: BLE001 - named: which check on which explainer's maps
+                    raise ExplainerError(
+                        f"check {spec.name!r} failed on explainer {name!r} ({type(err).__name__}: {err}). Work "
+                        f"finished before this is cached in {self._cache_path()}; re-run with the same --out to "
+                        "resume") from err
                 per_step = {}
                 if ev.curve is not None:
                     for i in range(ev.curve.shape[1]):
                         per_step[str(i)] = {ev.curve_metric: ev.curve[:, i].detach().to("cpu", torch.float64)}
                 per_step[ev.summary_step] = {k: v.detach().to("cpu", torch.float64) for k, v in ev.scores.items()}
                 per_step = {"steps": per_step, "notes": dict(ev.notes or {})}
-                atomic_torch_save(path, per_step)
+                save_checked(path, per_step)
             if per_step["notes"]:
                 self.state_info.setdefault(spec.name, {})[name] = per_step["notes"]
             for step, scores in per_step["steps"].items():
@@ -284,19 +456,20 @@ class AuditRun:
         for name, explainer in (explainers or self.explainers).items():
             if name in self.skipped or name not in originals:
                 continue
-            path = self._cache_path("scores", check, step, f"{name}.pt")
-            if path.exists():
-                out[name] = torch.load(path)
+            path = self._cache_path("scores", check, step, self.unit_file(name, explainer))
+            cached = self.load_cached(path)
+            if cached is not None:
+                out[name] = cached
             else:
                 bar.set_postfix_str(f"{step}: {name}")
-                maps = self.explain(explainer, model, target)
+                maps = self.explain_unit(name, explainer, model, target, check, step)
                 ref = originals[name]
                 scores, reasons = {}, {}
                 for mname, metric in self.metrics.items():
                     s = self.compare(metric, ref, maps)
                     scores[mname], reasons[mname] = s, self.undefined_reason(ref, maps, s)
                 out[name] = {"scores": scores, "reasons": reasons, "examples": maps[:k].clone()}
-                atomic_torch_save(path, out[name])
+                save_checked(path, out[name])
             bar.update(1)
         return out
 
@@ -341,8 +514,17 @@ class AuditRun:
         return results
 
     def explain(self, explainer: Any, model: nn.Module, target: Any) -> Tensor:
-        """Maps of every audited input under ``model`` (batched)."""
-        return explain_batched(explainer, model, self.x, target, self.batch_size)
+        """Maps of every audited input under ``model`` (batched, each call checked)."""
+        name, where = self.explainer_name(explainer)
+        return explain_batched(explainer, model, self.x, target, self.batch_size, name=name, where=where)
+
+    def explainer_name(self, explainer: Any) -> Tuple[str, str]:
+        """``(name, where)`` of the explainer being run: the unit's, else its name in this run."""
+        name, where = getattr(self, "_where", (None, ""))
+        if name is None:
+            name = next((n for n, e in self.explainers.items() if e is explainer), None) or \
+                getattr(explainer, "name", None) or type(explainer).__name__
+        return name, where
 
     def example_input(self) -> Any:
         """A small input that the randomization checks trace to order the model's layers."""
@@ -393,7 +575,7 @@ class AuditRun:
                 if not per_metric_rows or (not evaluation and len(keys) == len(self.metrics)):
                     continue
                 summaries = bootstrap_ci_many(torch.stack(per_metric_rows),
-                                              seed_parts=(self.seed, "bootstrap", spec.name, name))
+                                              seed_parts=(self.seed, "bootstrap", spec.name, bootstrap_label(name)))
                 recs = [Record(name, spec.name, mname, step, idx, s.mean, s.ci_low, s.ci_high, s.n,
                                s.n_undefined, reason if s.n_undefined else None)
                         for (mname, step, idx, reason), s in zip(keys, summaries)]
@@ -405,7 +587,7 @@ class AuditRun:
     # ---------------------------------------------------------------- main
     def execute(self) -> Dict[str, Any]:
         t_start = time.perf_counter()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_out_dir(self.out_dir)
         self.load_inputs()
         self.prepare_cache()
         t0 = time.perf_counter()
@@ -415,11 +597,44 @@ class AuditRun:
         records, verdicts = self.aggregate(originals, scored)
         self.timing["total_seconds"] = time.perf_counter() - t_start
         results = self.results_dict(records, verdicts, originals, scored)
+        if self.recomputed:
+            results["cache_recomputed"] = list(self.recomputed)
+        previous = self.previous_results()
+        results = merge_results(previous, results) if previous else results
         atomic_write_json(self.out_dir / "results.json", results)
         if self.figures:
-            results["figures"] = self.write_figures(originals, scored, records)
+            files = self.write_figures(originals, scored, records)
+            if previous and isinstance(previous.get("figures"), (list, dict)) and results.get("merged"):
+                old = previous["figures"]
+                files = ({**old, **files} if isinstance(old, dict) and isinstance(files, dict) else
+                         list(dict.fromkeys([*old, *files])) if isinstance(old, list) and isinstance(files, list)
+                         else files)
+            results["figures"] = files
             atomic_write_json(self.out_dir / "results.json", results)
         return results
+
+    def previous_results(self) -> Optional[Dict[str, Any]]:
+        """The ``results.json`` an earlier run left in ``--out`` (merged with this run's, never silently replaced).
+        One that cannot be read or is of another suite/seed/sample is kept as ``results.previous-<time>.json``."""
+        path = self.out_dir / "results.json"
+        if not path.exists():
+            return None
+        why = None
+        try:
+            doc = read_json(path)
+        except (OSError, ValueError) as err:
+            doc, why = None, f"unreadable ({err})"
+        if doc is not None:
+            same = isinstance(doc, dict) and all(doc.get(k) == v for k, v in (
+                ("suite", self.suite.name), ("suite_sha256", self.suite.sha256), ("seed", self.seed)))
+            same = same and (doc.get("dataset") or {}).get("n") == len(self.x)
+            if same:
+                return doc
+            why = "of another suite, seed or sample"
+        keep = self.out_dir / f"results.previous-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        os.replace(path, keep)
+        warnings.warn(f"{path} was {why}; kept as {keep} (not merged)", stacklevel=2)
+        return None
 
     def write_figures(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]],
                       records: List[Record]) -> List[str]:
@@ -491,6 +706,9 @@ class AuditRun:
                        + ", the same class in every model state"},
             "postprocessing": {
                 "channel_reduction": {k: getattr(e, "channel_reduction", None) for k, e in self.explainers.items()},
+                "float32_storage": "maps are stored as float32; a float64 map whose largest |value| lies outside "
+                                   "float32's normal range is first multiplied by an exact power of two (ranks and "
+                                   "ratios kept); maps already subnormal in float32 are refused",
                 "spearman_abs": "Spearman rank correlation of |map| (average ranks for ties)",
                 "spearman": "Spearman rank correlation of the signed map",
                 "ssim": "SSIM of |map| min-max normalized to [0,1], Gaussian window sigma 1.5",
@@ -515,6 +733,90 @@ class AuditRun:
             "reliability": reliability,
             "examples": self.example_maps(originals, scored),
         })
+
+
+def _explainer_signature(info: Any) -> Any:
+    if not isinstance(info, dict):
+        return None
+    return (info.get("class"), info.get("code_hash"), json.dumps(info.get("config"), sort_keys=True, default=str))
+
+
+def merge_results(previous: Dict[str, Any], doc: Dict[str, Any]) -> Dict[str, Any]:
+    """``doc`` (this run) with what an earlier run into the same ``--out`` computed and this run did not: the
+    results of (explainer, check) pairs outside this run, so that a rerun with other explainers or checks keeps
+    both. Pairs this run computed come from this run; an explainer whose code or config changed since keeps
+    only this run's results. What was carried over is listed under ``merged``."""
+    explainers, checks = doc.get("explainers") or {}, doc.get("checks") or {}
+    old_explainers, old_checks = previous.get("explainers") or {}, previous.get("checks") or {}
+
+    def carried(e: str, c: str) -> bool:
+        if c not in old_checks or e not in old_explainers:
+            return False
+        if e in explainers and c in checks:
+            return False  # this run computed it
+        return e not in explainers or _explainer_signature(old_explainers[e]) == _explainer_signature(explainers[e])
+
+    pairs = sorted({(r["explainer"], r["check"]) for r in previous.get("records") or []
+                    if isinstance(r, dict) and carried(r.get("explainer"), r.get("check"))})
+    if not pairs:
+        return doc
+    keep = set(pairs)
+    out = dict(doc)
+    out["records"] = list(doc.get("records") or []) + [
+        r for r in previous.get("records") or [] if (r.get("explainer"), r.get("check")) in keep]
+    out["verdicts"] = list(doc.get("verdicts") or []) + [
+        v for v in previous.get("verdicts") or [] if (v.get("explainer"), v.get("check")) in keep]
+    names = {e for e, _ in pairs}
+    out["explainers"] = {**explainers, **{e: old_explainers[e] for e in sorted(names) if e not in explainers}}
+    out["checks"] = {**checks, **{c: old_checks[c] for _, c in pairs if c not in checks}}
+    out["skipped"] = list(doc.get("skipped") or []) + [
+        s for s in previous.get("skipped") or [] if s.get("explainer") not in explainers]
+    per_sample = {e: dict(v) for e, v in (doc.get("per_sample") or {}).items()}
+    for e, c in pairs:
+        old = ((previous.get("per_sample") or {}).get(e) or {}).get(c)
+        if old is not None:
+            per_sample.setdefault(e, {})[c] = old
+    out["per_sample"] = per_sample
+    examples = dict(doc.get("examples") or {})
+    if "explainers" in examples:
+        ex = {e: dict(v) for e, v in examples["explainers"].items()}
+        old_ex = (previous.get("examples") or {}).get("explainers") or {}
+        for e, c in pairs:
+            if c in (old_ex.get(e) or {}):
+                ex.setdefault(e, {})[c] = old_ex[e][c]
+        examples["explainers"] = ex
+        out["examples"] = examples
+    post = dict(doc.get("postprocessing") or {})
+    if isinstance(post.get("channel_reduction"), dict):
+        old_cr = (previous.get("postprocessing") or {}).get("channel_reduction") or {}
+        post["channel_reduction"] = {**post["channel_reduction"],
+                                     **{e: old_cr.get(e) for e in names if e not in explainers}}
+        out["postprocessing"] = post
+    state_info = dict(doc.get("state_info") or {})
+    new_checks = {c for _, c in pairs if c not in checks}
+    for key, value in (previous.get("state_info") or {}).items():
+        check = key.split("/", 1)[0]
+        if key not in state_info and check in new_checks:
+            state_info[key] = value
+        elif isinstance(state_info.get(key), dict) and isinstance(value, dict) and "/" not in key:
+            state_info[key] = {**{e: v for e, v in value.items() if e in names and (e, check) in keep}, **state_info[key]}
+    out["state_info"] = state_info
+    for key in ("summaries", "not_applicable"):  # text suites: per check
+        old = previous.get(key) or {}
+        extra = {c: v for c, v in old.items() if c in new_checks and c not in (doc.get(key) or {})}
+        if extra:
+            out[key] = {**(doc.get(key) or {}), **extra}
+    if doc.get("input_kind") != "text":  # reliability ranks methods per image: over the merged methods
+        from .report.reliability import reliability_report
+
+        summaries = [(c, step, m, hib) for c, info in out["checks"].items()
+                     for m, hib in (info.get("higher_is_better") or {}).items()
+                     for step in info.get("steps") or [] if info.get("kind") == "evaluation" and not step.isdigit()]
+        out["reliability"] = clean_json(reliability_report(per_sample, summaries)) if summaries else None
+    out["merged"] = {"note": "results of an earlier run into this --out (same suite, seed and sample) that this run "
+                             "did not recompute", "created": previous.get("created"),
+                     "carried": [f"{e}/{c}" for e, c in pairs]}
+    return out
 
 
 def default_out_dir(suite_name: str) -> Path:

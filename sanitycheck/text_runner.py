@@ -16,6 +16,7 @@ Same data flow and ``results.json`` as :class:`sanitycheck.runner.AuditRun`, whi
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -27,7 +28,8 @@ from .checks.attention_audits import TextCheck, TextCheckOutput
 from .errors import ConfigError, DataError, NotApplicableError
 from .explainers import check_eval_mode
 from .explainers.attention import TextBatch
-from .io import atomic_torch_save
+from .explainers.base import ModelWatch, call_explainer
+from .io import save_checked
 from .registry import TOKEN_EXPLAINERS
 from .results import clean_json, encode_array
 from .runner import AuditRun, _progress, _undefined_reason
@@ -169,10 +171,13 @@ class TextAuditRun(AuditRun):
     # ---------------------------------------------------------------- hooks of AuditRun
     def explain(self, explainer: Any, model: nn.Module, target: Any) -> Tensor:
         width = self.batch.ids.shape[1]
+        name, where = self.explainer_name(explainer)
         out = []
+        watch = ModelWatch(model)
         for sl in self.slices(self.batch_size):
             ids, lengths, q, ql = self.batch_slice(sl)
-            m = explainer(model, TextBatch(ids, lengths, q, ql), target[sl])
+            loc = ", ".join(p for p in (where, f"texts {sl.start}..{sl.stop - 1}") if p)
+            m = call_explainer(explainer, name, loc, model, TextBatch(ids, lengths, q, ql), target[sl], watch=watch)
             m = m.detach().to("cpu", torch.float64)
             out.append(torch.nn.functional.pad(m, (0, width - m.shape[1])))
         return torch.cat(out)
@@ -200,18 +205,25 @@ class TextAuditRun(AuditRun):
             return False
         self.text_checks[spec.name] = check
         self.check_kinds[spec.name] = "evaluation"
-        path = self._cache_path("scores", spec.name, "check.pt")
+        # one file for the check's results on all explainers: keyed by the explainers' canonical specs
+        units = sorted(self.unit_file(n, e) for n, e in self.explainers.items())
+        path = self._cache_path("scores", spec.name, "check-" + hashlib.sha256("\n".join(units).encode()).hexdigest()[:16]
+                                + ".pt")
         out: Optional[TextCheckOutput] = None
-        if path.exists():
-            out = TextCheckOutput(**torch.load(path, weights_only=False))
+        cached = self.load_cached(path, weights_only=False)
+        if cached is not None:
+            out = TextCheckOutput(**cached)
         else:
+            self._where = (None, f"check {spec.name!r}")
             try:
                 out = check.evaluate(self, originals)
             except NotApplicableError as err:
                 self.not_applicable[spec.name] = str(err)
                 self.steps[spec.name] = []
                 return True
-            atomic_torch_save(path, dict(out.__dict__))
+            finally:
+                self._where = (None, "")
+            save_checked(path, dict(out.__dict__))
         self.steps[spec.name] = list(out.steps)
         self.text_outputs[spec.name] = out
         if out.notes:

@@ -246,7 +246,9 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
             problems.append(f"per_sample: {where} has {len(scores)} scores for n={n_images} images")
             continue
         values = torch.tensor([float("nan") if v is None else v for v in scores], dtype=torch.float64)
-        s = bootstrap_ci(values, seed_parts=(doc["seed"], "bootstrap", r["check"], r["explainer"]))
+        from .runner import bootstrap_label  # an import path's attribute: one seed for every spelling of a file
+
+        s = bootstrap_ci(values, seed_parts=(doc["seed"], "bootstrap", r["check"], bootstrap_label(r["explainer"])))
         if not (s.n == r["n"] and s.n_undefined == r["n_undefined"] and _close(s.mean, r["mean"])
                 and _close(s.ci_low, r["ci_low"]) and _close(s.ci_high, r["ci_high"])):
             problems.append(f"tampered: record {where} says mean {r['mean']} [{r['ci_low']}, {r['ci_high']}] n={r['n']}, "

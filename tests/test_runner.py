@@ -90,7 +90,7 @@ def test_an_interrupted_run_resumes_from_its_cache(tmp_path, dataset):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, dataset, explainers=explainers)
     assert not (tmp_path / "out" / "results.json").exists()
-    done = sorted(p.parent.name for p in (tmp_path / "out" / "cache" / "scores").rglob("g.pt"))
+    done = sorted(p.parent.name for p in (tmp_path / "out" / "cache" / "scores").rglob("g-*.pt"))  # <name>-<spec hash>.pt
     assert done == ["fc2"]
     calls["n"] = 100
     resumed = run(tmp_path, dataset, explainers=explainers)

@@ -281,3 +281,19 @@ def test_checks_that_retrain_need_a_jain_wallace_model(tmp_path, cache):
     s = suite(checks=[{"name": "seed_variance"}], explainers=["attention"])
     res = TextAuditRun(s, out_dir=tmp_path, model=model, progress=False, figures=False).execute()
     assert "text_attention" in res["not_applicable"]["seed_variance"]
+
+
+def test_a_text_rerun_with_other_explainers_recomputes_the_text_checks_and_keeps_both(tmp_path, cache):
+    """A text check's cache file holds every explainer's results: it is keyed by the explainers' specs, so a
+    rerun with another set of explainers into the same --out does not read the first set's file."""
+    s = suite()
+    checks = ["importance_agreement", "cascading_randomization"]
+    kw = dict(cache_dir=cache, progress=False, figures=False, checks=checks)
+    audit_run_for(s, out_dir=tmp_path / "out", explainers=["attention", "gradient", "leave_one_out"], **kw).execute()
+    both = audit_run_for(s, out_dir=tmp_path / "out", explainers=["attention", "gradient", "leave_one_out",
+                                                                  "random_tokens"], **kw).execute()
+    fresh = audit_run_for(s, out_dir=tmp_path / "fresh", explainers=["attention", "gradient", "leave_one_out",
+                                                                     "random_tokens"], **kw).execute()
+    assert len(list((tmp_path / "out" / "cache" / "scores" / "importance_agreement").glob("check-*.pt"))) == 2
+    assert both["records"] == fresh["records"] and both["verdicts"] == fresh["verdicts"]
+    assert "random_tokens" in both["per_sample"]

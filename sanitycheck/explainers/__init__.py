@@ -8,7 +8,8 @@ from typing import Any, Optional, Union
 
 from ..errors import ConfigError
 from ..registry import EXPLAINERS
-from .base import CaptumExplainer, Explainer, FunctionExplainer, check_eval_mode, reduce_channels, target_forward
+from .base import (CaptumExplainer, Explainer, ExplainerError, FunctionExplainer, ModelWatch, call_explainer,
+                   check_eval_mode, check_maps_tensor, reduce_channels, state_checksum, target_forward)
 
 
 def _is_captum_attribution(obj: Any) -> bool:
@@ -69,5 +70,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Explainer", "CaptumExplainer", "FunctionExplainer", "as_explainer", "get_explainer",
+__all__ = ["Explainer", "CaptumExplainer", "FunctionExplainer", "as_explainer", "get_explainer", "ExplainerError",
+           "ModelWatch", "call_explainer", "check_maps_tensor", "state_checksum",
            "check_eval_mode", "reduce_channels", "target_forward", *_LAZY]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import AttributionError, ConfigError, ModelError
+from ..errors import AttributionError, ConfigError, ModelError, NotApplicableError, SanityCheckError
 from ..targets import Target, as_target
 
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs", "none")
@@ -41,6 +41,108 @@ def check_eval_mode(model: nn.Module) -> None:
             f"{type(model).__name__} is in train mode; dropout and batch-norm statistics would make the "
             "explanation random or batch-dependent. Call model.eval() first."
         )
+
+
+def check_maps_tensor(maps: Any, name: str, where: str = "") -> Tensor:
+    """``maps`` if it is a real floating-point tensor holding data; else an :class:`AttributionError` naming
+    the explainer (and ``where``: check, step, inputs). Complex maps are refused, never silently made real."""
+    at = f" ({where})" if where else ""
+    if not isinstance(maps, Tensor):
+        kind = "None" if maps is None else f"a {type(maps).__module__}.{type(maps).__qualname__}".replace("builtins.", "")
+        raise AttributionError(
+            f"explainer {name!r} returned {kind}{at}; an explainer must return a real floating-point torch.Tensor "
+            "of maps (B, H, W) or (B, C, H, W) — convert with torch.as_tensor(..., dtype=torch.float32)")
+    if maps.device.type == "meta":
+        raise AttributionError(f"explainer {name!r} returned maps on the meta device{at}: they hold no values; "
+                               "compute the maps on the model's device")
+    if maps.is_complex():
+        raise AttributionError(f"explainer {name!r} returned complex maps ({maps.dtype}){at}; they are refused, not "
+                               "truncated to their real part: return maps.real or maps.abs() explicitly")
+    if not maps.is_floating_point():
+        raise AttributionError(f"explainer {name!r} returned {maps.dtype} maps{at}; only real floating-point maps "
+                               "are accepted (integer or boolean maps lose the ranking): return float maps")
+    if maps.is_sparse:
+        raise AttributionError(f"explainer {name!r} returned sparse maps{at}; return a dense tensor (maps.to_dense())")
+    return maps
+
+
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def state_checksum(model: nn.Module) -> Tuple[int, ...]:
+    """A cheap checksum of every parameter and buffer of ``model``: per tensor, the sum of its bit patterns
+    (an int64 sum of the values viewed as integers of the same width). Any in-place change of one value
+    changes it; it is not a cryptographic hash."""
+    sums = []
+    with torch.no_grad():
+        for t in model.state_dict(keep_vars=False).values():
+            if not isinstance(t, Tensor) or t.device.type == "meta" or t.numel() == 0:
+                continue
+            flat = t.detach().reshape(-1)
+            if flat.dtype == torch.bool:
+                flat = flat.to(torch.int8)
+            else:
+                flat = flat.contiguous().view(_INT_OF_SIZE.get(flat.element_size(), torch.uint8))
+            sums.append(flat.sum(dtype=torch.int64))
+    return tuple(torch.stack(sums).cpu().tolist()) if sums else ()
+
+
+def module_modes(model: nn.Module) -> Tuple[bool, ...]:
+    return tuple(m.training for m in model.modules())
+
+
+class ExplainerError(AttributionError):
+    """An explainer raised, returned something that is not maps, or changed the model; the message names the
+    explainer, the check, the step and the inputs."""
+
+
+class ModelWatch:
+    """The model's train/eval flags and :func:`state_checksum`, taken once; :meth:`verify` after each explainer
+    call (one checksum per call: a loop of calls on one model shares one watch)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.modes = module_modes(model)
+        self.checksum = state_checksum(model)
+
+    def verify(self, name: str, where: str) -> None:
+        model = self.model
+        if module_modes(model) != self.modes:
+            changed = [n or "(model)" for (n, m), was in zip(model.named_modules(), self.modes) if m.training != was]
+            for m, was in zip(model.modules(), self.modes):  # put it back as it was
+                m.training = was
+            raise ExplainerError(
+                f"explainer {name!r} changed the model's train/eval mode ({where}; modules {changed[:5]}); an "
+                "explainer must not call model.train() or change module.training — the model is not at fault")
+        if state_checksum(model) != self.checksum:
+            raise ExplainerError(
+                f"explainer {name!r} changed the model's weights or buffers in place ({where}); an explainer must "
+                "not modify the model (copy it first, e.g. copy.deepcopy(model)) — the model is not at fault")
+
+
+def call_explainer(explainer: Callable, name: str, where: str, model: nn.Module, *args: Any,
+                   watch: Optional[ModelWatch] = None) -> Tensor:
+    """``explainer(model, *args)``, checked: an exception inside it, an output that is not a real floating
+    tensor, or a change of ``model``'s weights (in place) or train/eval mode is an error naming the explainer
+    and ``where`` (check, step, inputs). :class:`NotApplicableError` passes through. ``watch``: a
+    :class:`ModelWatch` of ``model`` shared by a loop of calls (default: a new one, two checksums per call)."""
+    watch = watch if watch is not None else ModelWatch(model)
+    try:
+        maps = explainer(model, *args)
+    except NotApplicableError:
+        raise
+    except ExplainerError:
+        raise
+    except SanityCheckError as err:  # a deliberate error (sandbox limit, bad maps): same type, with the place
+        try:
+            named = type(err)(f"explainer {name!r} failed ({where}): {err}")
+        except Exception:  # noqa: BLE001 - a class with another constructor: as raised
+            raise err from None
+        raise named from err
+    except Exception as err:  # noqa: BLE001 - named and re-raised with the explainer and the step
+        raise ExplainerError(f"explainer {name!r} failed ({where}): {type(err).__name__}: {err}") from err
+    watch.verify(name, where)
+    return check_maps_tensor(maps, name, where)
 
 
 def class_source_hash(klass: type) -> str:
@@ -85,7 +187,7 @@ class Explainer:
         target = as_target(target)
         if len(target) not in (0, x.shape[0]):
             raise AttributionError(f"{self.name}: {len(target)} targets for a batch of {x.shape[0]} inputs")
-        maps = self.attribute(model, x, target)
+        maps = check_maps_tensor(self.attribute(model, x, target), self.name)
         spatial = tuple(x.shape[2:])
         maps = reduce_channels(maps, self.channel_reduction, len(spatial))
         if tuple(maps.shape) != (x.shape[0], *spatial):
