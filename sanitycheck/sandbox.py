@@ -193,6 +193,8 @@ def _block_unaudited_calls() -> None:
         import _posixsubprocess
 
         _posixsubprocess.fork_exec = refused("_posixsubprocess.fork_exec")
+        if "subprocess" in sys.modules:  # subprocess keeps its own reference, called after its audit event
+            sys.modules["subprocess"]._fork_exec = refused("_posixsubprocess.fork_exec")  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - not POSIX
         pass
     create_dynamic = _imp.create_dynamic
