@@ -318,8 +318,12 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
            work_root: Path = Path("runs/submissions"), name: Optional[str] = None,
            params: Optional[Dict[str, Any]] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
            memory_mb: int = DEFAULT_MEMORY_MB, progress: bool = True, n: Optional[int] = None,
-           seed: Optional[int] = None, cache_dir: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
-    """Run ``spec`` on every applicable suite; returns {suite: result document} and writes them."""
+           seed: Optional[int] = None, cache_dir: Optional[str] = None,
+           trust_code: bool = False) -> Dict[str, Dict[str, Any]]:
+    """Run ``spec`` on every applicable suite; returns {suite: result document} and writes them.
+
+    The method runs under bubblewrap; where that is impossible, only with ``trust_code=True`` (audit hook
+    only). ``method.sandbox`` in each document records which."""
     from .results import split_by_explainer
     from .runner import AuditRun
     from .suites import load_suite
@@ -328,13 +332,15 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
     block = method_block(spec, name, params)
     work = Path(work_root) / block["name"]
     documents: Dict[str, Dict[str, Any]] = {}
-    with RemoteExplainer(spec, work_dir=work, params=params, timeout_s=timeout_s, memory_mb=memory_mb) as remote:
+    hide = [Path(root), Path(work_root)] + ([Path(cache_dir)] if cache_dir else [])
+    with RemoteExplainer(spec, work_dir=work, params=params, timeout_s=timeout_s, memory_mb=memory_mb,
+                         trust_code=trust_code, hide=hide) as remote:
         for suite_name in suites_for(remote.input_kind, suites):
             suite = load_suite(suite_name)
             run = AuditRun(suite, out_dir=work / suite.name, explainer_objects={block["name"]: remote},
                            progress=progress, figures=False, n=n, seed=seed, cache_dir=cache_dir)
             doc = split_by_explainer(run.execute())[block["name"]]
-            doc["method"] = block
+            doc["method"] = {**block, "sandbox": remote.sandbox}
             problems = static_problems(doc, submission=True)
             if problems:  # our own output failing our own validation is a bug, not a user error
                 raise SubmissionError(f"internal: the result of {block['name']} on {suite.name} does not validate: "
