@@ -104,7 +104,7 @@ def _refuse(what: str) -> "PermissionError":
 def install_write_guard(allowed_root: Path) -> None:
     """Audit hook (PEP 578), the second layer: writes only below ``allowed_root`` and by absolute path;
     no ``dir_fd`` writes, processes, sockets, ``ctypes``, sqlite, FIFOs, extended attributes, or native
-    modules that were not loaded before the guard. The hook cannot be removed once set."""
+    modules that :func:`native_refusal` refuses. The hook cannot be removed once set."""
     root = os.path.realpath(allowed_root)
     _block_unaudited_calls()
     finder = _NativeImportGuard(set(sys.modules))
@@ -140,18 +140,50 @@ def install_write_guard(allowed_root: Path) -> None:
                 if path is not None and not inside(path):
                     raise PermissionError(f"sanitycheck sandbox: {event} on {path!r} is outside the output directory")
         elif event == "import":
-            meta_path = args[3] if len(args) > 3 else sys.meta_path
-            if not meta_path or meta_path[0] is not finder:
-                raise _refuse("changing sys.meta_path (the native-module guard must stay first)")
+            meta_path = args[3] if len(args) > 3 else None  # None when raised by _imp.create_dynamic
+            if isinstance(meta_path, list) and not any(f is finder for f in meta_path):
+                raise _refuse("removing the native-module guard from sys.meta_path")
 
     sys.addaudithook(hook)
 
 
+#: installed native modules refused to submitted code although they ship with Python: files, shared memory,
+#: sockets, terminals and databases outside the audited API
+DENIED_NATIVE = frozenset({"_sqlite3", "_ctypes", "_multiprocessing", "_posixshmem", "mmap", "_socket", "_ssl",
+                           "_curses", "_curses_panel", "readline", "_dbm", "_gdbm", "_tkinter", "termios",
+                           "_xxsubinterpreters", "_xxinterpchannels", "_testcapi", "_testinternalcapi"})
+
+
+def _installed_roots() -> tuple:
+    import sysconfig
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             sysconfig.get_paths().get("platlib", sys.prefix), sysconfig.get_paths().get("stdlib", sys.prefix)}
+    return tuple(os.path.realpath(r).rstrip(os.sep) + os.sep for r in roots if r)
+
+
+def native_refusal(name: str, origin: Any, loaded: frozenset, roots: tuple) -> Optional[str]:
+    """Why loading the native module ``name`` from ``origin`` is refused (None: allowed). Allowed: those
+    loaded before the guard, and installed ones (under the Python installation or the virtual
+    environment) outside :data:`DENIED_NATIVE` — trusted libraries import such modules lazily
+    (``torch._dynamo`` imports ``_lsprof``). Refused: a native module from anywhere else (the scratch
+    directory, the method's directory) and the denied ones."""
+    if name in loaded:
+        return None
+    if name.rpartition(".")[2] in DENIED_NATIVE:
+        return f"loading the native module {name!r} (files, sockets, shared memory or a database)"
+    real = os.path.realpath(str(origin)) if origin else ""
+    if not real.startswith(roots):
+        return f"loading the native module {name!r} from {origin!r} (outside the Python installation)"
+    return None
+
+
 class _NativeImportGuard:
-    """First on ``sys.meta_path``: refuses native extension modules not loaded before the guard."""
+    """First on ``sys.meta_path``: refuses native extension modules that :func:`native_refusal` refuses."""
 
     def __init__(self, loaded: set):
         self.loaded = frozenset(loaded)
+        self.roots = _installed_roots()
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         import importlib.machinery
@@ -164,8 +196,9 @@ class _NativeImportGuard:
             if spec is not None:
                 if isinstance(spec.loader, importlib.machinery.ExtensionFileLoader) or (
                         spec.origin or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-                    raise ImportError(f"sanitycheck sandbox: loading the native module {name!r} is not allowed "
-                                      "for submitted code (only those loaded before it was imported)")
+                    why = native_refusal(name, spec.origin, self.loaded, self.roots)
+                    if why:
+                        raise ImportError(f"sanitycheck sandbox: {why} is not allowed for submitted code")
                 return None
         return None
 
@@ -199,9 +232,12 @@ def _block_unaudited_calls() -> None:
         pass
     create_dynamic = _imp.create_dynamic
 
+    roots = _installed_roots()
+
     def guarded_create_dynamic(spec: Any, *rest: Any) -> Any:
-        if getattr(spec, "name", None) not in loaded:
-            raise _refuse(f"loading the native module {getattr(spec, 'name', spec)!r}")
+        why = native_refusal(str(getattr(spec, "name", spec)), getattr(spec, "origin", None), frozenset(loaded), roots)
+        if why:
+            raise _refuse(why)
         return create_dynamic(spec, *rest)
 
     _imp.create_dynamic = guarded_create_dynamic

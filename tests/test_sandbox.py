@@ -119,6 +119,20 @@ def native_import(x):
     return _flag(x, 1)
 
 
+def foreign_native(x):  # a native module brought by the submitter (here: an installed one, copied to scratch)
+    import glob, importlib, shutil, tempfile
+    dynload = next(p for p in sys.path if p.endswith("lib-dynload"))
+    for so in sorted(glob.glob(os.path.join(dynload, "*.so"))):
+        name = os.path.basename(so).split(".")[0]
+        if name not in sys.modules and not name.startswith("_test"):
+            break
+    where = tempfile.mkdtemp()
+    shutil.copyfile(so, os.path.join(where, os.path.basename(so)))
+    sys.path.insert(0, where)
+    module = importlib.import_module(name)
+    return _flag(x, 1 if where in (module.__file__ or "") else 0)
+
+
 def mkfifo(x):
     os.mkfifo(HOST + "/fifo")
     return _flag(x, 1)
@@ -174,7 +188,7 @@ def orphan_child(x):
 
 
 ROUTES = [dir_fd_open, dir_fd_mkdir, fork_exec, subprocess_fork_exec, multiprocessing_spawn, ctypes_system,
-          sqlite_connect, native_import, mkfifo, setxattr, udp_sendto, write_outside, write_scratch, read_shadow,
+          sqlite_connect, native_import, foreign_native, mkfifo, setxattr, udp_sendto, write_outside, write_scratch, read_shadow,
           read_env, see_parent_dirs, orphan_child]
 
 
@@ -183,8 +197,8 @@ def probe(model, x, target):
 '''
 
 ROUTES = ["dir_fd_open", "dir_fd_mkdir", "fork_exec", "subprocess_fork_exec", "multiprocessing_spawn",
-          "ctypes_system", "sqlite_connect", "native_import", "mkfifo", "setxattr", "udp_sendto", "write_outside",
-          "write_scratch", "read_shadow", "read_env", "see_parent_dirs", "orphan_child"]
+          "ctypes_system", "sqlite_connect", "native_import", "foreign_native", "mkfifo", "setxattr", "udp_sendto",
+          "write_outside", "write_scratch", "read_shadow", "read_env", "see_parent_dirs", "orphan_child"]
 
 
 def _model() -> nn.Module:
@@ -274,8 +288,8 @@ def os_only(lab):
 
 
 ESCAPES = ["dir_fd_open", "dir_fd_mkdir", "fork_exec", "subprocess_fork_exec", "multiprocessing_spawn",
-           "ctypes_system", "sqlite_connect", "native_import", "mkfifo", "setxattr", "udp_sendto", "write_outside",
-           "orphan_child"]
+           "ctypes_system", "sqlite_connect", "native_import", "foreign_native", "mkfifo", "setxattr", "udp_sendto",
+           "write_outside", "orphan_child"]
 
 
 @needs_bwrap
