@@ -38,7 +38,7 @@ from .targets import Target
 DEFAULT_TIMEOUT_S = 3600
 DEFAULT_MEMORY_MB = 8192
 RERUN_TOLERANCE = 1e-4
-DEFAULT_FILE_MB = 1024
+DEFAULT_FILE_MB = 256
 
 
 class SubmissionError(SanityCheckError):

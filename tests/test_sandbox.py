@@ -175,6 +175,10 @@ def read_env(x):
     return _bytes_map(x, repr(dict(os.environ)).encode())
 
 
+def raise_env(x):  # smuggling through an exception message
+    raise RuntimeError(repr(dict(os.environ)))
+
+
 def see_parent_dirs(x):
     seen = [p for p in (PARENT_OUT, CACHE, HOST) if os.path.exists(p)]
     return _flag(x, len(seen))
@@ -189,7 +193,7 @@ def orphan_child(x):
 
 ROUTES = [dir_fd_open, dir_fd_mkdir, fork_exec, subprocess_fork_exec, multiprocessing_spawn, ctypes_system,
           sqlite_connect, native_import, foreign_native, mkfifo, setxattr, udp_sendto, write_outside, write_scratch, read_shadow,
-          read_env, see_parent_dirs, orphan_child]
+          read_env, raise_env, see_parent_dirs, orphan_child]
 
 
 def probe(model, x, target):
@@ -198,7 +202,7 @@ def probe(model, x, target):
 
 ROUTES = ["dir_fd_open", "dir_fd_mkdir", "fork_exec", "subprocess_fork_exec", "multiprocessing_spawn",
           "ctypes_system", "sqlite_connect", "native_import", "foreign_native", "mkfifo", "setxattr", "udp_sendto",
-          "write_outside", "write_scratch", "read_shadow", "read_env", "see_parent_dirs", "orphan_child"]
+          "write_outside", "write_scratch", "read_shadow", "read_env", "raise_env", "see_parent_dirs", "orphan_child"]
 
 
 def _model() -> nn.Module:
@@ -328,6 +332,9 @@ def test_secrets_of_the_parent_environment_do_not_reach_the_maps(lab, hooked):
     assert "PATH" in text  # the map does carry the worker's environment ...
     assert SECRET not in text and "SANITYCHECK_CACHE" not in text  # ... which holds nothing of the parent's
     assert "'HOME': '/tmp" in text and "'PYTHONNOUSERSITE': '1'" in text
+    with pytest.raises(AttributionError, match="PYTHONNOUSERSITE") as info:  # nor through an error message
+        lab.call(hooked, "raise_env")
+    assert SECRET not in str(info.value) and "SANITYCHECK_CACHE" not in str(info.value)
 
 
 @needs_bwrap
@@ -360,6 +367,16 @@ def test_without_namespaces_untrusted_code_is_refused_with_the_reason(lab, monke
     with pytest.raises(SubmissionError, match="cannot isolate submitted code on this machine: `bwrap --unshare-all` "
                                               "failed .*No permissions.*--trust-code"):
         lab.worker()
+
+
+def test_cli_submit_without_namespaces_names_the_reason_and_the_flag(lab, monkeypatch, capsys):
+    from sanitycheck.cli import main
+
+    monkeypatch.setitem(sandbox._PROBE, "result", "bubblewrap (`bwrap`) is not installed")
+    assert main(["submit", f"{lab.method}:probe", "--dir", str(lab.root / "board"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot isolate submitted code on this machine: bubblewrap (`bwrap`) is not installed" in err
+    assert "--trust-code" in err and not (lab.root / "board").exists()
 
 
 def test_trust_code_runs_with_the_audit_hook_only_and_says_so(lab, monkeypatch):
