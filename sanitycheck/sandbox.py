@@ -67,10 +67,10 @@ def read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(fd: int) -> bytes:
+def read_frame(fd: int, limit: int = MAX_FRAME) -> bytes:
     (n,) = _HEADER.unpack(read_exact(fd, _HEADER.size))
-    if n > MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+    if n > min(limit, MAX_FRAME):
+        raise ValueError(f"frame of {n} bytes exceeds the {min(limit, MAX_FRAME)}-byte limit")
     return read_exact(fd, n)
 
 

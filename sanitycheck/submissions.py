@@ -221,7 +221,8 @@ class RemoteExplainer(Explainer):
         self.channel_reduction = hello["channel_reduction"]
         self.input_kind = hello["input_kind"]
 
-    def _receive(self) -> Dict[str, Any]:
+    def _receive(self, limit: int = 1 << 20) -> Dict[str, Any]:
+        """The worker's next reply, at most ``limit`` bytes (a larger one is refused before it is read)."""
         remaining = self.deadline - time.monotonic()
         ready, _, _ = select.select([self._from_worker], [], [], max(remaining, 0))
         if not ready:
@@ -229,8 +230,12 @@ class RemoteExplainer(Explainer):
             raise SubmissionError(f"method {self.spec!r} exceeded its time limit of {self.timeout_s:.0f} s; "
                                   f"the worker was stopped (log: {self.work_dir / 'worker.log'})")
         try:
-            frame = read_frame(self._from_worker)
-        except (EOFError, ValueError) as err:
+            frame = read_frame(self._from_worker, limit)
+        except ValueError as err:  # a reply larger than maps of this batch can be: not read, worker stopped
+            self.close(kill=True)
+            raise SubmissionError(f"the sandbox worker of {self.spec!r} sent an oversized reply ({err}); "
+                                  "the worker was stopped") from None
+        except EOFError as err:
             code = self.process.poll()
             self.close(kill=True)
             raise SubmissionError(f"the sandbox worker of {self.spec!r} died (exit code {code}: {err}); "
@@ -266,7 +271,7 @@ class RemoteExplainer(Explainer):
             raise SubmissionError(f"the sandbox worker of {self.spec!r} has exited (see "
                                   f"{self.work_dir / 'worker.log'})") from None
         self._state_key = key
-        reply = self._receive()
+        reply = self._receive(limit=4 * x.shape[0] * int(torch.Size(x.shape[2:]).numel()) + (1 << 20))
         if "error" in reply:
             raise AttributionError(f"{self.name} (sandboxed): {reply['error']}")
         return check_maps(self.name, reply.get("maps"), x).to(x.device)

@@ -414,3 +414,21 @@ def test_maps_from_the_worker_are_checked_before_use(maps, message):
     with pytest.raises(AttributionError, match=f"evil \\(sandboxed\\): .*{message}"):
         check_maps("evil", maps, torch.zeros(2, 3, 8, 8))
     assert check_maps("evil", torch.ones(2, 8, 8), torch.zeros(2, 3, 8, 8)).shape == (2, 8, 8)
+
+
+def test_an_oversized_reply_is_refused_before_it_is_read():
+    r, w = os.pipe()
+    try:
+        sandbox.write_frame(w, b"x" * 4096)
+        with pytest.raises(ValueError, match="frame of 4096 bytes exceeds the 1024-byte limit"):
+            sandbox.read_frame(r, limit=1024)
+    finally:
+        os.close(r)
+        os.close(w)
+    r, w = os.pipe()
+    try:
+        sandbox.write_frame(w, b"y" * 1024)
+        assert sandbox.read_frame(r, limit=1024) == b"y" * 1024
+    finally:
+        os.close(r)
+        os.close(w)
