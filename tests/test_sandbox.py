@@ -179,6 +179,16 @@ def raise_env(x):  # smuggling through an exception message
     raise RuntimeError(repr(dict(os.environ)))
 
 
+def limits(x):  # which rlimits are set (finite): address space, CPU, processes, file size, core
+    import resource
+    names = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_FSIZE"]
+    maps = torch.zeros_like(x.sum(1)).flatten()
+    for i, name in enumerate(names):
+        maps[i] = float(resource.getrlimit(getattr(resource, name))[0] != resource.RLIM_INFINITY)
+    maps[len(names)] = float(resource.getrlimit(resource.RLIMIT_CORE)[0] == 0)
+    return maps.view_as(x.sum(1))
+
+
 def see_parent_dirs(x):
     seen = [p for p in (PARENT_OUT, CACHE, HOST) if os.path.exists(p)]
     return _flag(x, len(seen))
@@ -193,7 +203,7 @@ def orphan_child(x):
 
 ROUTES = [dir_fd_open, dir_fd_mkdir, fork_exec, subprocess_fork_exec, multiprocessing_spawn, ctypes_system,
           sqlite_connect, native_import, foreign_native, mkfifo, setxattr, udp_sendto, write_outside, write_scratch, read_shadow,
-          read_env, raise_env, see_parent_dirs, orphan_child]
+          read_env, raise_env, limits, see_parent_dirs, orphan_child]
 
 
 def probe(model, x, target):
@@ -202,7 +212,8 @@ def probe(model, x, target):
 
 ROUTES = ["dir_fd_open", "dir_fd_mkdir", "fork_exec", "subprocess_fork_exec", "multiprocessing_spawn",
           "ctypes_system", "sqlite_connect", "native_import", "foreign_native", "mkfifo", "setxattr", "udp_sendto",
-          "write_outside", "write_scratch", "read_shadow", "read_env", "raise_env", "see_parent_dirs", "orphan_child"]
+          "write_outside", "write_scratch", "read_shadow", "read_env", "raise_env", "limits", "see_parent_dirs",
+          "orphan_child"]
 
 
 def _model() -> nn.Module:
@@ -335,6 +346,11 @@ def test_secrets_of_the_parent_environment_do_not_reach_the_maps(lab, hooked):
     with pytest.raises(AttributionError, match="PYTHONNOUSERSITE") as info:  # nor through an error message
         lab.call(hooked, "raise_env")
     assert SECRET not in str(info.value) and "SANITYCHECK_CACHE" not in str(info.value)
+
+
+@needs_bwrap
+def test_rlimits_cover_memory_cpu_processes_and_file_size(lab, hooked):
+    assert lab.call(hooked, "limits").flatten()[:5].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
 
 
 @needs_bwrap
