@@ -352,12 +352,15 @@ def bwrap_command(worker: Sequence[str], *, readable: Sequence[Path], python_pat
         path = "/etc/" + name
         if os.path.exists(path):
             cmd.extend(["--ro-bind", path, path])
-    for path in {sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
+    for path in sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
+                                                       os.path.dirname(os.path.realpath(sys.executable)))}, key=len):
         ro(path)
     if sys.executable != os.path.realpath(sys.executable):  # the venv's python links into the installation
         ro(os.path.dirname(os.path.abspath(sys.executable)))
-    for path in readable:
-        ro(str(path))
+    site_dirs = [p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages")
+                 and os.path.isdir(p)]  # the user site or a PYTHONPATH one, when torch is installed there
+    for path in site_dirs + [str(p) for p in readable]:
+        ro(path)
     cmd.extend(["--proc", "/proc", "--dev", "/dev"])
     for path in hide:
         real = os.path.realpath(path)
@@ -365,7 +368,11 @@ def bwrap_command(worker: Sequence[str], *, readable: Sequence[Path], python_pat
             cmd.extend(["--tmpfs", real])
     cmd.extend(["--remount-ro", "/", "--chdir", SCRATCH])
     variables = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": SCRATCH, "TMPDIR": SCRATCH, "LANG": "C.UTF-8",
-                 "PYTHONPATH": os.pathsep.join(os.path.realpath(p) for p in python_path), "PYTHONNOUSERSITE": "1",
+                 "PYTHONPATH": os.pathsep.join([os.path.realpath(p) for p in python_path]
+                                               + [os.path.realpath(p) for p in site_dirs
+                                                  if not _under(os.path.realpath(p), [os.path.realpath(sys.prefix),
+                                                                                      os.path.realpath(sys.base_prefix)])]),
+                 "PYTHONNOUSERSITE": "1",
                  "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "MPLCONFIGDIR": SCRATCH}
     variables.update(env or {})
     for key, value in variables.items():
