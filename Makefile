@@ -13,10 +13,10 @@ export MALLOC_MMAP_MAX_      ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export MALLOC_TOP_PAD_       ?= 268435456
 
-.PHONY: run audits test bench env data browser clean-runs
+.PHONY: run audits test bench env data browser bwrap clean-runs
 
 # The default audit (suite adebayo2018); its built-in explainers published as leaderboard files; the board.
-run: env data
+run: env data bwrap
 	@out=runs/adebayo2018-$$(date +%Y%m%d-%H%M%S); \
 	$(BIN)/sanitycheck run --out $$out $(ARGS) && \
 	$(BIN)/sanitycheck publish $$out/results.json && \
@@ -32,7 +32,7 @@ audits: env data
 	done; \
 	$(BIN)/sanitycheck leaderboard
 
-test: env data browser
+test: env data browser bwrap
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Headless Chromium for the leaderboard page test (Debian's chromium + chromium-driver, when apt is available).
@@ -43,6 +43,17 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver for the leaderboard page test"; \
 	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null \
 	    || echo "could not install chromium: the page test will skip and say why"; \
+	fi
+
+# Debian's bubblewrap: the OS sandbox of `sanitycheck submit` (new user, mount, PID and network namespaces).
+# Without it (or without user namespaces) submit refuses untrusted code unless given --trust-code.
+bwrap:
+	@if command -v bwrap >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  echo "installing Debian's bubblewrap for the sandbox of submitted code"; \
+	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q bubblewrap >/dev/null \
+	    || echo "could not install bubblewrap: submit will refuse untrusted code (see --trust-code) and the sandbox tests will skip"; \
 	fi
 
 bench: env data

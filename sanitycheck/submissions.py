@@ -18,6 +18,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from .targets import Target
 DEFAULT_TIMEOUT_S = 3600
 DEFAULT_MEMORY_MB = 8192
 RERUN_TOLERANCE = 1e-4
+DEFAULT_FILE_MB = 256
 
 
 class SubmissionError(SanityCheckError):
@@ -101,35 +103,111 @@ def method_block(spec: str, name: Optional[str] = None, params: Optional[Dict[st
 
 
 # ------------------------------------------------------------------------- the sandboxed explainer
+def check_maps(name: str, maps: Any, x: Tensor) -> Tensor:
+    """The worker's maps, checked before anything uses them: a real float32 tensor of the input's
+    spatial shape (one map per input), every value finite."""
+    if not isinstance(maps, Tensor):
+        raise AttributionError(f"{name} (sandboxed): the worker returned {type(maps).__name__}, not a tensor of maps")
+    expected = (x.shape[0], *x.shape[2:])
+    if maps.dtype != torch.float32:
+        raise AttributionError(f"{name} (sandboxed): maps of dtype {maps.dtype}, expected torch.float32")
+    if maps.layout != torch.strided or maps.is_quantized:
+        raise AttributionError(f"{name} (sandboxed): maps must be a dense tensor, got layout {maps.layout}")
+    if tuple(maps.shape) != expected or maps.numel() != int(torch.Size(expected).numel()):
+        raise AttributionError(f"{name} (sandboxed): maps of shape {tuple(maps.shape)}, expected {expected} "
+                               "(one map per input, channels reduced)")
+    if not bool(torch.isfinite(maps).all()):
+        bad = int((~torch.isfinite(maps)).sum())
+        raise AttributionError(f"{name} (sandboxed): {bad} map values are NaN or infinite; return finite maps")
+    return maps
+
+
 def absolute_spec(spec: str) -> str:
     """``file.py:attr`` with an absolute path (the worker runs in its own directory)."""
     module, sep, attr = spec.rpartition(":")
     return f"{Path(module).resolve()}:{attr}" if sep and module.endswith(".py") else spec
 
 
+def _source_binds(spec: str) -> Tuple[List[Path], List[Path]]:
+    """(paths the worker must read, PYTHONPATH entries) for the method ``spec``: a file method's file
+    only; a module's top-level package; nothing more of the directories around them."""
+    import sanitycheck
+
+    package = Path(sanitycheck.__file__).resolve().parent
+    readable, python_path = [package], [package.parent]
+    module, sep, _ = spec.rpartition(":")
+    if sep and module.endswith(".py"):
+        readable.append(Path(module).resolve())
+    elif sep:
+        try:
+            _, source = resolve_source(spec)
+        except SanityCheckError:
+            return readable, python_path  # the worker reports that it cannot load the method
+        parts = module.split(".")
+        top = source.parents[len(parts) - (0 if source.name == "__init__.py" else 1)]
+        first = top / parts[0]
+        readable.append(first if first.is_dir() else first.with_suffix(".py"))
+        python_path.append(top)
+    return readable, python_path
+
+
+SANDBOX_BWRAP, SANDBOX_HOOK_ONLY = "bwrap", "audit-hook only"
+
+
 class RemoteExplainer(Explainer):
-    """An explainer whose code runs in a sandbox worker; maps come back as plain tensors."""
+    """An explainer whose code runs in a sandbox worker; maps come back as plain tensors.
+
+    The worker runs under bubblewrap (:func:`sanitycheck.sandbox.bwrap_command`). Where namespaces are not
+    available, construction fails with the reason unless ``trust_code=True``, which runs the worker with
+    the audit hook only. ``sandbox`` says which ("bwrap" or "audit-hook only"). ``hide``: more directories
+    the worker must not see (the parent's cache and ``work_dir`` always are). ``audit_hook=False`` is for
+    tests that show the OS layer holds on its own."""
 
     def __init__(self, spec: str, *, work_dir: Path, params: Optional[Dict[str, Any]] = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                 trust_code: bool = False, hide: Sequence[Path] = (), audit_hook: bool = True,
+                 file_mb: int = DEFAULT_FILE_MB):
+        from . import sandbox
+        from .io import cache_dir
+
         spec = absolute_spec(spec)
         self.spec, self.params = spec, dict(params or {})
         self.work_dir = Path(work_dir)
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
         self._state_key: Optional[str] = None
+        problem = sandbox.bwrap_problem()
+        if problem is not None and not trust_code:
+            raise SubmissionError(f"cannot isolate submitted code on this machine: {problem}. Install bubblewrap "
+                                  "with working user namespaces, or pass --trust-code (trust_code=True) to run "
+                                  f"{spec!r} with the Python audit hook only, which is not a boundary against "
+                                  "native code")
+        self.sandbox = SANDBOX_HOOK_ONLY if problem is not None else SANDBOX_BWRAP
         self.work_dir.mkdir(parents=True, exist_ok=True)
         to_worker_r, self._to_worker = os.pipe()
         self._from_worker, from_worker_w = os.pipe()
         self._log = open(self.work_dir / "worker.log", "ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GITHUB_", "HF_TOKEN"))}
-        env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
+        cpu_s = int(timeout_s * max(os.cpu_count() or 1, 1)) + 60
+        limits = ["--memory-mb", str(memory_mb), "--cpu-s", str(cpu_s), "--file-mb", str(file_mb),
+                  "--fd-in", str(to_worker_r), "--fd-out", str(from_worker_w)] + ([] if audit_hook else ["--no-audit-hook"])
+        if self.sandbox == SANDBOX_BWRAP:
+            readable, python_path = _source_binds(spec)
+            worker = [sys.executable, "-m", "sanitycheck.sandbox", "--method", spec, "--params",
+                      json.dumps(self.params), "--out", f"{sandbox.SCRATCH}/work",
+                      "--max-procs", str(sandbox.process_limit())] + limits
+            argv = sandbox.bwrap_command(
+                worker, readable=readable, python_path=python_path,
+                hide=[self.work_dir, cache_dir(), *hide],
+                env={k: os.environ[k] for k in sandbox.PASSED_ENV if k in os.environ})
+            env: Optional[Dict[str, str]] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        else:
+            argv = [sys.executable, "-m", "sanitycheck.sandbox", "--method", spec, "--params", json.dumps(self.params),
+                    "--out", str(self.work_dir / "sandbox")] + limits
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GITHUB_", "HF_TOKEN"))}
+            env.update({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sanitycheck.sandbox", "--method", spec, "--params", json.dumps(self.params),
-             "--out", str(self.work_dir / "sandbox"), "--memory-mb", str(memory_mb),
-             "--fd-in", str(to_worker_r), "--fd-out", str(from_worker_w)],
-            pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, env=env, cwd=str(self.work_dir))
+            argv, pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, env=env, cwd=str(self.work_dir), start_new_session=True)
         os.close(to_worker_r)
         os.close(from_worker_w)
         hello = self._receive()
@@ -143,7 +221,8 @@ class RemoteExplainer(Explainer):
         self.channel_reduction = hello["channel_reduction"]
         self.input_kind = hello["input_kind"]
 
-    def _receive(self) -> Dict[str, Any]:
+    def _receive(self, limit: int = 1 << 20) -> Dict[str, Any]:
+        """The worker's next reply, at most ``limit`` bytes (a larger one is refused before it is read)."""
         remaining = self.deadline - time.monotonic()
         ready, _, _ = select.select([self._from_worker], [], [], max(remaining, 0))
         if not ready:
@@ -151,8 +230,12 @@ class RemoteExplainer(Explainer):
             raise SubmissionError(f"method {self.spec!r} exceeded its time limit of {self.timeout_s:.0f} s; "
                                   f"the worker was stopped (log: {self.work_dir / 'worker.log'})")
         try:
-            frame = read_frame(self._from_worker)
-        except (EOFError, ValueError) as err:
+            frame = read_frame(self._from_worker, limit)
+        except ValueError as err:  # a reply larger than maps of this batch can be: not read, worker stopped
+            self.close(kill=True)
+            raise SubmissionError(f"the sandbox worker of {self.spec!r} sent an oversized reply ({err}); "
+                                  "the worker was stopped") from None
+        except EOFError as err:
             code = self.process.poll()
             self.close(kill=True)
             raise SubmissionError(f"the sandbox worker of {self.spec!r} died (exit code {code}: {err}); "
@@ -188,13 +271,10 @@ class RemoteExplainer(Explainer):
             raise SubmissionError(f"the sandbox worker of {self.spec!r} has exited (see "
                                   f"{self.work_dir / 'worker.log'})") from None
         self._state_key = key
-        reply = self._receive()
+        reply = self._receive(limit=4 * x.shape[0] * int(torch.Size(x.shape[2:]).numel()) + (1 << 20))
         if "error" in reply:
             raise AttributionError(f"{self.name} (sandboxed): {reply['error']}")
-        maps = reply.get("maps")
-        if not isinstance(maps, Tensor):
-            raise AttributionError(f"{self.name} (sandboxed): the worker returned no maps")
-        return maps.to(x.device)
+        return check_maps(self.name, reply.get("maps"), x).to(x.device)
 
     def close(self, kill: bool = False) -> None:
         if self.process.poll() is None:
@@ -209,6 +289,10 @@ class RemoteExplainer(Explainer):
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
+        try:  # bwrap, and in hook-only mode anything the worker left in its session: the whole group goes
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
         for fd in (self._to_worker, self._from_worker):
             try:
                 os.close(fd)
@@ -239,8 +323,12 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
            work_root: Path = Path("runs/submissions"), name: Optional[str] = None,
            params: Optional[Dict[str, Any]] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
            memory_mb: int = DEFAULT_MEMORY_MB, progress: bool = True, n: Optional[int] = None,
-           seed: Optional[int] = None, cache_dir: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
-    """Run ``spec`` on every applicable suite; returns {suite: result document} and writes them."""
+           seed: Optional[int] = None, cache_dir: Optional[str] = None,
+           trust_code: bool = False) -> Dict[str, Dict[str, Any]]:
+    """Run ``spec`` on every applicable suite; returns {suite: result document} and writes them.
+
+    The method runs under bubblewrap; where that is impossible, only with ``trust_code=True`` (audit hook
+    only). ``method.sandbox`` in each document records which."""
     from .results import split_by_explainer
     from .runner import AuditRun
     from .suites import load_suite
@@ -249,13 +337,15 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
     block = method_block(spec, name, params)
     work = Path(work_root) / block["name"]
     documents: Dict[str, Dict[str, Any]] = {}
-    with RemoteExplainer(spec, work_dir=work, params=params, timeout_s=timeout_s, memory_mb=memory_mb) as remote:
+    hide = [Path(root), Path(work_root)] + ([Path(cache_dir)] if cache_dir else [])
+    with RemoteExplainer(spec, work_dir=work, params=params, timeout_s=timeout_s, memory_mb=memory_mb,
+                         trust_code=trust_code, hide=hide) as remote:
         for suite_name in suites_for(remote.input_kind, suites):
             suite = load_suite(suite_name)
             run = AuditRun(suite, out_dir=work / suite.name, explainer_objects={block["name"]: remote},
                            progress=progress, figures=False, n=n, seed=seed, cache_dir=cache_dir)
             doc = split_by_explainer(run.execute())[block["name"]]
-            doc["method"] = block
+            doc["method"] = {**block, "sandbox": remote.sandbox}
             problems = static_problems(doc, submission=True)
             if problems:  # our own output failing our own validation is a bug, not a user error
                 raise SubmissionError(f"internal: the result of {block['name']} on {suite.name} does not validate: "

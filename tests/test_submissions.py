@@ -10,7 +10,11 @@ import torch
 from sanitycheck.cli import main
 from sanitycheck.errors import AttributionError
 from sanitycheck.stats import bootstrap_ci
+from sanitycheck.sandbox import bwrap_problem
 from sanitycheck.submissions import SubmissionError, submit, validate_file
+
+# where bubblewrap cannot run, submit refuses unless trusted (tests/test_sandbox.py covers that refusal)
+TRUST = bwrap_problem() is not None
 
 SUITE = """\
 name: tinydigits
@@ -77,7 +81,7 @@ def project(tmp_path_factory):
 
     record_weights_if_missing(mp)
     docs = {m: submit(f"methods.py:{m}", suites=["tinydigits"], root=root / "leaderboard",
-                      work_root=root / "runs", progress=False)["tinydigits"] for m in ("gradient", "ignores_model")}
+                      work_root=root / "runs", progress=False, trust_code=TRUST)["tinydigits"] for m in ("gradient", "ignores_model")}
     yield root, docs
     mp.undo()
 
@@ -91,6 +95,7 @@ def test_submission_files_record_provenance(project):
     doc = json.loads(_file(root, "gradient").read_text())
     assert doc["method"]["name"] == "gradient" and doc["method"]["source"] == "methods.py:gradient"
     assert len(doc["method"]["source_sha256"]) == 64
+    assert doc["method"]["sandbox"] == ("audit-hook only" if TRUST else "bwrap")
     for key in ("schema_version", "suite_version", "seed", "versions", "git_hash"):
         assert key in doc
     assert list(doc["explainers"]) == ["gradient"]
@@ -196,7 +201,7 @@ def test_the_sandbox_refuses_writes_and_processes(project, method, error, messag
     root, _ = project
     with pytest.raises(error, match=message):
         submit(f"methods.py:{method}", suites=["tinydigits"], root=root / "leaderboard", work_root=root / "runs",
-               progress=False)
+               progress=False, trust_code=TRUST)
     assert not (root / "outside.txt").exists()
     assert not _file(root, method).exists()
 
@@ -205,15 +210,16 @@ def test_the_sandbox_enforces_time_and_memory_limits(project):
     root, _ = project
     with pytest.raises(SubmissionError, match="exceeded its time limit of 8 s"):
         submit("methods.py:sleeps", suites=["tinydigits"], root=root / "leaderboard", work_root=root / "runs",
-               progress=False, timeout_s=8)
+               progress=False, trust_code=TRUST, timeout_s=8)
     with pytest.raises((SubmissionError, AttributionError), match="MemoryError"):
         submit("methods.py:hogs_memory", suites=["tinydigits"], root=root / "leaderboard", work_root=root / "runs",
-               progress=False, memory_mb=3072)
+               progress=False, trust_code=TRUST, memory_mb=3072)
 
 
 def test_cli_submit_strict_gates_on_verdicts(project, capsys):
     root, _ = project
-    args = ["--suites", "tinydigits", "--dir", str(root / "leaderboard"), "--no-progress", "--strict"]
+    args = ["--suites", "tinydigits", "--dir", str(root / "leaderboard"), "--no-progress", "--strict"] + (
+        ["--trust-code"] if TRUST else [])
     assert main(["submit", "methods.py:gradient"] + args) == 0
     assert main(["submit", "methods.py:ignores_model"] + args) == 1
     assert "ignores_model FAILED cascading_randomization" in capsys.readouterr().err
