@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import select
 import signal
 import subprocess
@@ -31,7 +30,6 @@ from torch import Tensor, nn
 from .errors import AttributionError, ConfigError, SanityCheckError
 from .explainers.base import Explainer
 from .io import atomic_write_json
-from .registry import EXPLAINERS
 from .sandbox import read_frame, write_frame
 from .targets import Target
 
@@ -41,65 +39,7 @@ RERUN_TOLERANCE = 1e-4
 DEFAULT_FILE_MB = 256
 
 
-class SubmissionError(SanityCheckError):
-    """A submitted method failed to load, crashed, or exceeded its limits."""
-
-
-# ------------------------------------------------------------------------- provenance
-def _module_file(module: str) -> Optional[Path]:
-    """The source file of ``module`` *without executing submitted code*: a search of sys.path, or, when
-    the top-level package is already imported here (sanitycheck itself), the import system's answer."""
-    import importlib.util
-
-    parts = module.split(".")
-    for entry in sys.path:
-        base = Path(entry or ".").joinpath(*parts)
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    if parts[0] in sys.modules:  # parents are imported already: find_spec executes nothing new
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin and spec.origin.endswith(".py"):
-            return Path(spec.origin)
-    return None
-
-
-def _registry_for(input_kind: str):
-    from .registry import TOKEN_EXPLAINERS
-
-    return TOKEN_EXPLAINERS if input_kind == "text" else EXPLAINERS
-
-
-def resolve_source(spec: str, input_kind: str = "image") -> Tuple[str, Path]:
-    """(import path, source file) of a method given by registry name, import path or file path.
-
-    A registry name is looked up among the explainers of ``input_kind`` (token explainers for text)."""
-    target = spec
-    if ":" not in spec:
-        registry = _registry_for(input_kind)
-        if spec not in registry:
-            registry.get(spec)  # raises the "did you mean" error
-        target = registry._lazy.get(spec) or "{0.__module__}:{0.__qualname__}".format(registry.get(spec))
-    module, _, attr = target.rpartition(":")
-    if module.endswith(".py"):
-        path = Path(module)
-    else:
-        path = _module_file(module)
-    if path is None or not path.is_file():
-        raise SubmissionError(f"cannot find the source of method {spec!r} (looked for {module!r} on sys.path "
-                              "without importing it); submit it by file path instead: path/to/file.py:attr")
-    return target, path.resolve()
-
-
-def method_block(spec: str, name: Optional[str] = None, params: Optional[Dict[str, Any]] = None,
-                 input_kind: str = "image") -> Dict[str, Any]:
-    target, path = resolve_source(spec, input_kind)
-    default = spec if ":" not in spec else target.rpartition(":")[2]
-    name = name or default
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"method name {name!r} may use only letters, digits, '_', '.' and '-'")
-    return {"name": name, "source": spec, "source_file": str(path),
-            "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "params": dict(params or {})}
+from .provenance import SubmissionError, _registry_for, method_block, resolve_source  # noqa: E402,F401  (public here too)
 
 
 # ------------------------------------------------------------------------- the sandboxed explainer

@@ -268,7 +268,7 @@ def source_problems(doc: Dict[str, Any]) -> List[str]:
     import hashlib
 
     from .errors import SanityCheckError
-    from .submissions import resolve_source
+    from .provenance import resolve_source
 
     method = doc["method"]
     try:
