@@ -119,7 +119,7 @@ def test_text_attention_of_jain_wallace_loads_the_reference_without_training(mon
 def test_other_weights_than_the_reference_are_marked_not_reference(monkeypatch, tmp_path):
     """A tiny zoo model exported as a float16 reference: loads as the reference; retrained, it is not."""
     ref_dir = tmp_path / "weights"
-    spec = zoo.TrainSpec("digits_cnn", "digits", epochs=1, batch_size=64, lr=3e-3)
+    spec = zoo.TrainSpec("digits_cnn", "digits", epochs=1, batch_size=64, lr=3e-3, train_subset=256)
     trained = zoo.train_or_load(spec, cache_dir=tmp_path / "cache", progress=False)
     assert trained.sanitycheck_info["reference"] is False
     entry = W.export_reference(trained, "digits_tiny", cache_key=spec.key(), spec=spec.as_dict(), dtype="float16",
