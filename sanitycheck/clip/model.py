@@ -968,7 +968,7 @@ def train_tiny_clip(spec: TinyClipSpec = DEFAULT_TINY_SPEC, cache_dir: Optional[
     if reference is not None:
         model.load_state_dict(reference[0])
         info = {**dict(reference[1].get("info") or {}), "from_cache": True}
-        path = W.reference_path(reference[1]["name"])
+        path = W.shipped_as(reference[1])  # recorded as "checkpoint"
     elif path.is_file() and not W.forcing():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)

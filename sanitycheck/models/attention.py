@@ -619,7 +619,7 @@ def load_or_train(spec: TextTrainSpec, key: str, path: Path, train: TextData, *,
         model = build_text_model(spec)
         model.load_state_dict(reference[0])
         info = dict(reference[1].get("info") or {})
-        path = W.reference_path(reference[1]["name"])
+        path = W.shipped_as(reference[1])  # recorded as "checkpoint"
         loaded = (model, info)
     if loaded is not None:
         model, info = loaded

@@ -890,7 +890,7 @@ def train_transformer_model(
         if set(reference[0]) != expected:
             raise ModelError(f"reference weights {reference[1]['name']!r} hold other tensors than the spec trains")
         model.load_state_dict(reference[0], strict=False)
-        ckpt_path = W.reference_path(reference[1]["name"])
+        ckpt_path = W.shipped_as(reference[1])  # recorded as "checkpoint"
         loaded = (model, dict(reference[1].get("info") or {}))
     if loaded is not None:
         model, info = loaded

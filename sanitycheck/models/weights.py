@@ -175,6 +175,11 @@ def load_reference(name_or_key: str, directory: Optional[Union[str, Path]] = Non
     return state, entry
 
 
+def shipped_as(entry: Dict[str, Any]) -> str:
+    """How results name a shipped file: package-relative, the same on every machine."""
+    return f"sanitycheck/weights/{entry['file']}"
+
+
 def references_enabled() -> bool:
     if _state["disabled"]:
         return False
@@ -216,7 +221,10 @@ def mark(model: nn.Module, entry: Optional[Dict[str, Any]] = None) -> nn.Module:
     if entry is not None:
         if entry.get("weights_sha256") and sha != entry["weights_sha256"]:
             raise ModelError(f"reference weights {entry['name']!r}: the loaded model hashes to {sha}, the manifest "
-                             f"says {entry['weights_sha256']}; the architecture differs from the one exported")
+                             f"says {entry['weights_sha256']}; the architecture (or, for a fine-tuned model, its pretrained "
+                             f"base weights: {entry.get('base_weights', {}).get('package', 'none')}) differs from the "
+                             f"one exported. Reinstall the pinned versions (requirements.lock), or set {ENV_VAR}=0 "
+                             f"to train the model here (its results are then not comparable with the board)")
         info.update({"reference": True, "reference_name": entry["name"], "reference_file_sha256": entry["sha256"]})
     else:
         info["reference"] = False

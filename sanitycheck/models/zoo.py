@@ -366,7 +366,7 @@ def train_or_load(
         model.load_state_dict(reference[0])
         info = dict(reference[1].get("info") or {})
         info["from_cache"] = True
-        path = W.reference_path(reference[1]["name"])
+        path = W.shipped_as(reference[1])  # recorded as "checkpoint"
     elif loaded is not None:
         model, info = loaded
         info["from_cache"] = True
