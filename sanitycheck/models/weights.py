@@ -231,6 +231,8 @@ def mark(model: nn.Module, entry: Optional[Dict[str, Any]] = None) -> nn.Module:
     info["weights_sha256"] = sha
     model.sanitycheck_info = info
     if _state["captured"] is not None:
+        # a snapshot: the caller may cast the model later (text runs analyse a float64 copy, in place)
+        model._sanitycheck_exported_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         _state["captured"].append(model)
     return model
 
@@ -250,13 +252,13 @@ def capture() -> Iterator[list]:
 
 def export_reference(model: Union[nn.Module, Mapping[str, Tensor]], name: str, *, cache_key: str,
                      spec: Optional[Dict[str, Any]] = None, dtype: str = "float32",
-                     full_model: Optional[nn.Module] = None, produced: Optional[Dict[str, Any]] = None,
+                     full_state: Optional[Mapping[str, Tensor]] = None, produced: Optional[Dict[str, Any]] = None,
                      extra: Optional[Dict[str, Any]] = None, directory: Optional[Union[str, Path]] = None
                      ) -> Dict[str, Any]:
     """Write ``<directory>/<name>.safetensors`` and its manifest entry; return the entry.
 
     ``model``: the module, or the state_dict to ship (e.g. only the fine-tuned tensors of a model built on
-    pretrained weights, with ``full_model`` the whole model they load into). ``dtype="float16"`` rounds
+    pretrained weights, with ``full_state`` the whole state_dict they load into). ``dtype="float16"`` rounds
     floating tensors to float16; the entry's ``weights_sha256`` is then that of the upcast model, which is
     what loaders return. Maintainer tool: ``sanitycheck train NAME --export-reference``.
     """
@@ -278,10 +280,9 @@ def export_reference(model: Union[nn.Module, Mapping[str, Tensor]], name: str, *
     fname = f"{name}.safetensors"
     payload = save({k: v.clone() for k, v in stored.items()}, metadata={"name": name, "cache_key": cache_key})
     atomic_write_bytes(directory / fname, payload)
-    if full_model is not None:
+    if full_state is not None:
         # the full model with the shipped tensors (rounded as stored) in place
-        full_model.load_state_dict(upcast, strict=False)
-        weights_sha = state_dict_sha256(full_model)
+        weights_sha = state_dict_sha256({k: upcast.get(k, v) for k, v in full_state.items()})
     else:
         weights_sha = state_dict_sha256(upcast)
     entry = {
