@@ -77,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(suite.name)
     results = audit_run_for(suite, out_dir=out_dir, **run_kwargs(args)).execute()
     _print_summary(results, out_dir)
+    if results.get("model", {}).get("reference_weights") is False:
+        print(f"note: {results['model']['name']} is not the shipped reference model (weights sha256 "
+              f"{results['model'].get('weights_sha256', '?')[:16]}…): these results are not comparable with the board")
     return _gate(results, args)
 
 
