@@ -215,3 +215,21 @@ def test_train_command_is_wired(monkeypatch):
     assert seen == {"name": "fmnist_cnn", "force": True, "export_reference": False, "cache_dir": None,
                     "progress": False}
     assert set(reference_models.RECIPES) >= {"fmnist_cnn", "fmnist_cnn_random_labels", "tiny_clip"}
+
+
+@pytest.mark.parametrize("model_name,params,reference", [
+    ("clip_similarity", {}, "tiny_clip"),
+    ("text_attention", {"dataset": "synthetic_sentiment", "encoder": "bilstm", "attention": "additive"},
+     "text_attention_synthetic_sentiment"),
+])
+def test_other_suite_models_load_their_reference_without_training(monkeypatch, tmp_path, model_name, params,
+                                                                  reference):
+    from sanitycheck.models import load_model
+
+    _no_training(monkeypatch)
+    model = load_model(model_name, cache_dir=str(tmp_path), progress=False, **params)
+    info = model.sanitycheck_info
+    assert info["reference"] is True and info["reference_name"] == reference
+    assert info["weights_sha256"] == W.reference_entry(reference)["weights_sha256"]
+    assert info["checkpoint"] == f"sanitycheck/weights/{reference}.safetensors"  # the same on every machine
+    assert not any(tmp_path.rglob("models/*.pt"))
