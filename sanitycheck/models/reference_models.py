@@ -114,7 +114,8 @@ def export(models: List[nn.Module], recipes: Dict[int, str], directory: Optional
                     "test_accuracy_float32": info.get("test_accuracy"),
                     "how": "sanitycheck train --export-reference (the existing training pipeline, CPU)"}
         entry = W.export_reference(state, name, cache_key=info["cache_key"],
-                                   spec=spec.as_dict() if hasattr(spec, "as_dict") else None, dtype=dtype, full_state=full, produced=produced,
+                                   spec=spec.as_dict() if hasattr(spec, "as_dict") else None, dtype=dtype,
+                                   full_state=full, produced=produced,
                                    extra={"info": keep, **extra}, directory=directory)
         entries.append(entry)
     return entries

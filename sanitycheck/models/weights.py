@@ -221,7 +221,8 @@ def mark(model: nn.Module, entry: Optional[Dict[str, Any]] = None) -> nn.Module:
     if entry is not None:
         if entry.get("weights_sha256") and sha != entry["weights_sha256"]:
             raise ModelError(f"reference weights {entry['name']!r}: the loaded model hashes to {sha}, the manifest "
-                             f"says {entry['weights_sha256']}; the architecture (or, for a fine-tuned model, its pretrained "
+                             f"says {entry['weights_sha256']}; the architecture (or, for a fine-tuned model, its "
+                             f"pretrained "
                              f"base weights: {entry.get('base_weights', {}).get('package', 'none')}) differs from the "
                              f"one exported. Reinstall the pinned versions (requirements.lock), or set {ENV_VAR}=0 "
                              f"to train the model here (its results are then not comparable with the board)")
