@@ -232,3 +232,20 @@ def test_other_suite_models_load_their_reference_without_training(monkeypatch, t
     assert info["weights_sha256"] == W.reference_entry(reference)["weights_sha256"]
     assert info["checkpoint"] == f"sanitycheck/weights/{reference}.safetensors"  # the same on every machine
     assert not any(tmp_path.rglob("models/*.pt"))
+
+
+@pytest.mark.slow
+def test_minilm_loads_its_fine_tuned_reference_on_the_wheels_base_without_training(monkeypatch, tmp_path):
+    from sanitycheck.models import load_model
+    from sanitycheck.models.transformer import _WEIGHT_FILES, minilm_path
+
+    _no_training(monkeypatch)
+    model = load_model("minilm_attention", dataset="rotten_tomatoes", cache_dir=str(tmp_path), progress=False)
+    entry = W.reference_entry("minilm_attention_rotten_tomatoes")
+    assert model.sanitycheck_info["reference"] is True
+    assert model.sanitycheck_info["weights_sha256"] == entry["weights_sha256"]
+    base = minilm_path()
+    wfile = next(base / f for f in _WEIGHT_FILES if (base / f).is_file())
+    assert W.file_sha256(wfile) == entry["base_weights"]["sha256"]  # the pretrained encoder it was tuned from
+    assert all(k.startswith(("bert.encoder.layer.4.", "bert.encoder.layer.5.")) or not k.startswith("bert.")
+               for k in entry["keys"])  # only what was trained ships
