@@ -1,4 +1,4 @@
-"""``sanitycheck run | submit | publish | validate | ls | leaderboard | clip-saliency``."""
+"""``sanitycheck run | submit | publish | validate | ls | leaderboard | clip-saliency | train``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(suite.name)
     results = audit_run_for(suite, out_dir=out_dir, **run_kwargs(args)).execute()
     _print_summary(results, out_dir)
+    if results.get("model", {}).get("reference_weights") is False:
+        print(f"note: {results['model']['name']} is not the shipped reference model (weights sha256 "
+              f"{results['model'].get('weights_sha256', '?')[:16]}…): these results are not comparable with the board")
     return _gate(results, args)
 
 
@@ -189,6 +192,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models.reference_models import train
+
+    models = train(args.name, force=args.force, export_reference=args.export_reference, cache_dir=args.cache_dir,
+                   progress=not args.no_progress)
+    for m in models:
+        info = m.sanitycheck_info
+        print(f"{info.get('cache_key')}  weights_sha256 {info['weights_sha256']}  reference={info['reference']}  "
+              f"test_accuracy={info.get('test_accuracy')}")
+    if not args.export_reference:
+        print("retrained weights are not the shipped reference: results computed with them are not comparable "
+              "with the board (SANITYCHECK_REFERENCE_WEIGHTS=0 makes runs use the model cache)")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .report.leaderboard import build_leaderboard
 
@@ -290,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "token_explainers", "models", "datasets",
                                                              "checks", "metrics"])
     ls.set_defaults(func=cmd_ls)
+    tr = sub.add_parser("train", help="retrain a reference model (or every model of a built-in suite) through the "
+                        "training pipeline, ignoring the shipped weights")
+    tr.add_argument("name", help="fmnist_cnn, fmnist_cnn_random_labels, text_attention_rotten_tomatoes, ... or a suite")
+    tr.add_argument("--force", action="store_true", help="ignore the model cache too: train from scratch")
+    tr.add_argument("--export-reference", action="store_true",
+                    help="maintainers: write the trained models into sanitycheck/weights/ as the new references")
+    tr.add_argument("--cache-dir", default=None, help="model cache (default: $SANITYCHECK_CACHE or ~/.cache/sanitycheck)")
+    tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    tr.set_defaults(func=cmd_train)
     board = sub.add_parser("leaderboard", help="regenerate <dir>/LEADERBOARD.md, index.html and thumbnails from "
                                                "the valid files in <dir>/submissions/")
     board.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: leaderboard)")

@@ -296,13 +296,14 @@ class AuditRun:
 
     # ---------------------------------------------------------------- cache
     def fingerprint(self) -> Dict[str, Any]:
-        model_info = getattr(self.model, "sanitycheck_info", {}) or {}
+        from .models.weights import state_dict_sha256
+
         return clean_json({
             "suite": self.suite.name, "suite_version": self.suite.version, "suite_sha256": self.suite.sha256,
             "seed": self.seed, "n": len(self.x), "indices": self.indices, "model": self.model_name,
             "dataset": self.dataset_name or self.suite.dataset["name"],
-            "model_key": model_info.get("cache_key") or hashlib.sha256(
-                b"".join(t.detach().cpu().numpy().tobytes() for t in self.model.state_dict().values())).hexdigest()[:16],
+            # the weights themselves (state_dict sha256): other weights never resume this cache
+            "model_key": state_dict_sha256(self.model),
             "data_sha256": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()[:16],
             "explainers": {k: [e.code_hash(), json.dumps(e.config(), sort_keys=True, default=str)]
                            for k, e in self.explainers.items()},
@@ -674,6 +675,8 @@ class AuditRun:
 
     def results_dict(self, records: List[Record], verdicts: List[Verdict], originals: Dict[str, Tensor],
                      scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
+        from .models.weights import state_dict_sha256
+
         model_info = dict(getattr(self.model, "sanitycheck_info", {}) or {})
         spec = getattr(self.model, "sanitycheck_spec", None)
         per_sample = self.per_sample(scored)
@@ -693,6 +696,8 @@ class AuditRun:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seed": self.seed,
             "model": {"name": self.model_name, "spec": asdict(spec) if spec is not None else None,
+                      "weights_sha256": model_info.get("weights_sha256") or state_dict_sha256(self.model),
+                      "reference_weights": model_info.get("reference"),
                       "info": {k: str(v) if isinstance(v, Path) else v for k, v in model_info.items()},
                       "accuracy_on_audited_sample": self.accuracy_on_sample},
             "dataset": {"name": self.dataset_name or self.suite.dataset["name"], "split": self.suite.dataset.get("split"),

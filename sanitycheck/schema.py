@@ -37,7 +37,12 @@ RESULT_SCHEMA: Dict[str, Any] = {
         "input_kind": {"enum": ["image", "text", "image_text"]},
         "created": {"type": "string"},
         "seed": {"type": "integer", "minimum": 0},
-        "model": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "model": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"},
+            # state_dict sha256 of the audited model; reference_weights: shipped weights (true), other
+            # weights of a shipped model, e.g. retrained (false), a model without reference weights (null)
+            "weights_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "reference_weights": {"type": ["boolean", "null"]}}},
         "dataset": {"type": "object", "required": ["name", "n"],
                     "properties": {"name": {"type": "string"}, "n": {"type": "integer", "minimum": 1}}},
         "versions": {"type": "object", "required": ["python", "torch", "sanitycheck"],

@@ -11,7 +11,11 @@ __all__ = ["load_model", "Normalize"]
 
 
 def load_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model (``fmnist_cnn``, ``resnet18``, ... or an import path) in eval mode."""
+    """Build a registered model (``fmnist_cnn``, ``resnet18``, ... or an import path) in eval mode.
+
+    The models of the built-in suites, with the suites' parameters, are the shipped reference weights
+    (``sanitycheck/weights/``, verified by sha256; :mod:`sanitycheck.models.weights`), never retrained;
+    ``model.sanitycheck_info`` says ``reference`` and ``weights_sha256``."""
     from ..registry import MODELS
 
     factory = MODELS.get(name)
