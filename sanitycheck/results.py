@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import ConfigError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: five-status verdicts (status, direction, n, min_n), model.weights_sha256
 ORIGINAL_STEP = "original"
 VERDICT_RULES = ("all_steps", "final_step")
 VERDICT_DIRECTIONS = ("below", "above")
