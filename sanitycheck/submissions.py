@@ -361,8 +361,9 @@ def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16,
                   tolerance: float = RERUN_TOLERANCE, timeout_s: float = DEFAULT_TIMEOUT_S,
                   memory_mb: int = DEFAULT_MEMORY_MB, work_root: Path = Path("runs/validate"),
                   progress: bool = False, max_bytes: Optional[int] = None, seed: Optional[int] = None,
-                  report: Optional[Dict[str, Any]] = None) -> List[str]:
-    """Problems with the result file at ``path`` (empty list: valid).
+                  report: Optional[Dict[str, Any]] = None, cache_dir: Optional[str] = None) -> List[str]:
+    """Problems with the result file at ``path`` (empty list: valid). ``cache_dir``: the model cache the re-run
+    loads models from (default: ``$SANITYCHECK_CACHE``), where a model has no shipped reference weights.
 
     The re-run sample (``sample`` inputs, every input with ``full``) is drawn at validation time from fresh
     randomness; ``report`` (a dict, filled in place) receives the seed, the indices, the weights hashes and
@@ -408,13 +409,13 @@ def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16,
                              progress=progress, figures=False, n=n, seed=doc["seed"],
                              indices=indices, checks=list(doc["per_sample"].get(name, {})) or None,
                              model_params=(doc["model"].get("params") or {})
-                             if doc["model"].get("params") != dict(suite.model.get("params", {})) else None
-                             ).execute()
+                             if doc["model"].get("params") != dict(suite.model.get("params", {})) else None,
+                             cache_dir=cache_dir).execute()
     else:
         with RemoteExplainer(method["source"], work_dir=work, params=method.get("params"), timeout_s=timeout_s,
                              memory_mb=memory_mb) as remote:
             fresh = AuditRun(suite, out_dir=run_dir, explainer_objects={name: remote}, progress=progress,
-                             figures=False, n=n, seed=doc["seed"], indices=indices).execute()
+                             figures=False, n=n, seed=doc["seed"], indices=indices, cache_dir=cache_dir).execute()
     fresh_weights = weights_sha256(fresh)
     report["fresh_weights_sha256"] = fresh_weights
     if fresh_weights is None:

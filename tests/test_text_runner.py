@@ -197,14 +197,15 @@ def test_text_subset_keeps_queries_and_rationales_aligned():
         text_subset(ds, [6])
 
 
-def test_published_text_results_validate_and_a_forged_score_is_caught(tmp_path, results):
+def test_published_text_results_validate_and_a_forged_score_is_caught(tmp_path, results, cache):
+    # the re-run loads the model from the run's own cache: a model trained elsewhere has other weights, refused
     from sanitycheck.submissions import publish_run, validate_file
 
     out, res = results
     doc = json.loads((out / "results.json").read_text())
     paths = publish_run(doc, root=tmp_path / "lb")
     gradient = next(p for p in paths if p.parent.name == "gradient")
-    assert validate_file(gradient, work_root=tmp_path / "val") == []
+    assert validate_file(gradient, work_root=tmp_path / "val", cache_dir=cache) == []
     forged = json.loads(gradient.read_text())
     scores = forged["per_sample"]["gradient"]["cascading_randomization"]["decoder"]["token_kendall_abs"]
     forged["per_sample"]["gradient"]["cascading_randomization"]["decoder"]["token_kendall_abs"] = [
@@ -220,7 +221,7 @@ def test_published_text_results_validate_and_a_forged_score_is_caught(tmp_path, 
     s = bootstrap_ci(vals, seed_parts=(0, "bootstrap", "cascading_randomization", "gradient"))
     rec.update(mean=s.mean, ci_low=s.ci_low, ci_high=s.ci_high)
     gradient.write_text(json.dumps(forged))
-    problems = validate_file(gradient, work_root=tmp_path / "val2")
+    problems = validate_file(gradient, work_root=tmp_path / "val2", cache_dir=cache)
     assert problems and ("tampered" in problems[0] or "irreproducible" in problems[0])
 
 
