@@ -244,7 +244,7 @@ GATE_OPTIONS: List[Option] = [
                       "patterns, 'any' (or '*') for all, 'none' (default) for none",
            fail_on_expr, FAIL_ON_NONE, metavar="EXPR"),
     Option("strict", "fail when any verdict fails (the same as fail-on any)", action="store_true", default=False),
-    Option("inconclusive", "what the gate makes of an inconclusive verdict (95% CI straddling the threshold): "
+    Option("inconclusive", "what the gate makes of an inconclusive verdict (95%% CI straddling the threshold): "
                            "fail (default: not passed), pass, or ignore; undefined and insufficient-data "
                            "verdicts never pass", inconclusive_policy, DEFAULT_INCONCLUSIVE,
            metavar="fail|pass|ignore"),

@@ -210,3 +210,15 @@ def test_verdicts_carry_a_status_the_summary_and_the_gate_show_it(tiny_run, caps
     assert gated.count("sanitycheck: ") == len(not_passed)
     strict_but_lenient = [v for v in not_passed if v["status"] != "inconclusive"]
     assert _gate(res, parser.parse_args(["--strict", "--inconclusive", "pass"])) == (1 if strict_but_lenient else 0)
+
+
+def test_every_subcommand_help_renders(capsys):
+    """argparse formats help strings with %: a stray '%' in an option's help crashes `--help`."""
+    from sanitycheck.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert f"sanitycheck {name}" in text
+    assert "95% CI" in commands["run"].format_help()
