@@ -12,8 +12,8 @@ from html import escape
 from typing import Any, Dict, List
 from urllib.parse import quote
 
-from .leaderboard import (BADGE_MARKS, BADGE_RULE, GENERATED_NOTE, STATUS_LEGEND, Row, SuiteTable, _rules_text, _setting_text, reliability_lines,
-                          score_header)
+from .board_data import BADGE_RULE, Row, SuiteTable
+from .board_text import BADGE_MARKS, GENERATED_NOTE, STATUS_LEGEND, reliability_lines, rules_text, score_header, setting_text
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
@@ -137,7 +137,7 @@ def _row_html(t: SuiteTable, row: Row, with_setting: bool) -> str:
     cells = [f'<th scope="row" data-sort="{_e(row.method)}"><span class="method">{_e(row.method)}</span>{badge}'
              f'<div class="meta" title="{_e(row.source)}">{meta}</div></th>']
     if with_setting:
-        cells.append(f"<td>{_setting_text(row.setting, md=False)}</td>")
+        cells.append(f"<td>{setting_text(row.setting, md=False)}</td>")
     for c in row.cells:
         state = {"pass": "pass", "fail": "fail"}.get(c.status, "none" if c.status == "none" else
                                                       f"other {c.status.replace('_', '-')}")
@@ -174,9 +174,9 @@ def _table_html(t: SuiteTable) -> List[str]:
     if with_setting:
         out.append('<p class="meta-line">Settings differ between submissions: see the <i>setting</i> column.</p>')
     else:
-        s = _setting_text(settings[0], md=False)
+        s = setting_text(settings[0], md=False)
         out.append(f'<p class="meta-line">{s[0].upper() + s[1:]}.</p>')
-    out.append(f'<p class="meta-line">Rules: {_rules_text(t, md=False)}.</p>')
+    out.append(f'<p class="meta-line">Rules: {rules_text(t, md=False)}.</p>')
     rel = reliability_lines(t.reliability, _e)
     if rel:
         out.append('<div class="reliability"><p class="meta-line">Reliability of these scores as rankings of '
