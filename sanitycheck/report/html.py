@@ -13,7 +13,8 @@ from typing import Any, Dict, List
 from urllib.parse import quote
 
 from .board_data import BADGE_RULE, Row, SuiteTable
-from .board_text import BADGE_MARKS, GENERATED_NOTE, STATUS_LEGEND, reliability_lines, rules_text, score_header, setting_text
+from .board_text import (BADGE_MARKS, GENERATED_NOTE, STATUS_LEGEND, reliability_lines, rules_text, score_header,
+                         setting_text)
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
