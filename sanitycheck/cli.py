@@ -76,7 +76,7 @@ def _print_summary(results: dict, out_dir: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import audit_run_for, default_out_dir
+    from .engine import audit_run_for, default_out_dir
     from .suites import DEFAULT_SUITE, load_suite
 
     suite = load_suite(args.suite or DEFAULT_SUITE)

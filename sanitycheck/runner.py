@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from .registry import METRICS
 from .results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, encode_array, git_hash,
                       package_versions, records_to_json, verdicts_to_json)
 from .stats import bootstrap_ci_many
-from .suites import Suite, load_suite
+from .suites import Suite
 from .targets import ClassTarget
 
 
@@ -191,7 +191,7 @@ def _undefined_reason(ref: Tensor, other: Tensor, scores: Tensor) -> Optional[st
 
 
 class AuditRun:
-    """One execution of a suite. Use :func:`run_suite` unless you need the pieces."""
+    """One execution of a suite. Use :func:`sanitycheck.engine.run_suite` unless you need the pieces."""
 
     def __init__(self, suite: Suite, *, out_dir: Path, explainers: Optional[Sequence[str]] = None,
                  n: Optional[int] = None, seed: Optional[int] = None, device: str = "cpu",
@@ -824,24 +824,11 @@ def merge_results(previous: Dict[str, Any], doc: Dict[str, Any]) -> Dict[str, An
     return out
 
 
-def default_out_dir(suite_name: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{suite_name}-{stamp}"
-
-
-def run_suite(suite: Union[str, Suite] = "adebayo2018", *, out: Optional[Union[str, Path]] = None,
-              **kwargs: Any) -> Dict[str, Any]:
-    """Run ``suite`` (a name, a path, or a :class:`Suite`) and return the results dictionary."""
-    if not isinstance(suite, Suite):
-        suite = load_suite(suite)
-    out_dir = Path(out) if out is not None else default_out_dir(suite.name)
-    return audit_run_for(suite, out_dir=out_dir, **kwargs).execute()
-
-
 def audit_run_for(suite: Suite, **kwargs: Any) -> "AuditRun":
-    """The run class of the suite's input kind: :class:`AuditRun` for images, ``TextAuditRun`` for text."""
-    if suite.input_kind == "text":
-        from .text_runner import TextAuditRun
+    """Kept for callers that import it from here; use :func:`sanitycheck.engine.audit_run_for`.
 
-        return TextAuditRun(suite, **kwargs)
-    return AuditRun(suite, **kwargs)
+    The engine picks the run class by the suite's input kind and imports this module to run image suites, so it
+    is imported here only when called. ``sanitycheck.models.reference_models`` still calls it from here."""
+    from .engine.run_kinds import audit_run_for as _audit_run_for
+
+    return _audit_run_for(suite, **kwargs)

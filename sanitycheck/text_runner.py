@@ -67,7 +67,7 @@ def text_subset(dataset: Any, indices: Sequence[int]) -> Any:
 
 
 class TextAuditRun(AuditRun):
-    """One execution of a text suite; see the module docstring. Use :func:`sanitycheck.runner.run_suite`."""
+    """One execution of a text suite; see the module docstring. Use :func:`sanitycheck.engine.run_suite`."""
 
     def __init__(self, suite: Any, *, explainers: Optional[Sequence[str]] = None,
                  explainer_objects: Optional[Dict[str, Any]] = None, **kwargs: Any):

@@ -227,7 +227,7 @@ def test_cli_submit_strict_gates_on_verdicts(project, capsys):
 
 def test_a_run_of_builtin_explainers_publishes_valid_leaderboard_files(project):
     root, _ = project
-    from sanitycheck.runner import run_suite
+    from sanitycheck.engine import run_suite
     from sanitycheck.submissions import publish_run
 
     results = run_suite("tinydigits", out=root / "run", progress=False, figures=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sanitycheck.errors import ConfigError, DataError
-from sanitycheck.runner import audit_run_for
+from sanitycheck.engine import audit_run_for
 from sanitycheck.suites import parse_suite
 from sanitycheck.text_runner import TextAuditRun, text_subset
 

@@ -190,7 +190,7 @@ checks:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from helpers import record_weights_if_missing
-    from sanitycheck.runner import run_suite
+    from sanitycheck.engine import run_suite
     from sanitycheck.submissions import publish_run
 
     root = tmp_path_factory.mktemp("tinyval")

@@ -39,7 +39,7 @@ def _suite(tmp_path, **over):
 
 @pytest.fixture(scope="module")
 def clip_run(tmp_path_factory, scenes):
-    from sanitycheck.runner import run_suite
+    from sanitycheck.engine import run_suite
 
     tmp = tmp_path_factory.mktemp("clip_e2e")
     mp = pytest.MonkeyPatch()
@@ -114,7 +114,7 @@ def test_validate_style_rerun_of_a_subset_reproduces_scores(tmp_path, scenes, cl
 
 
 def test_a_check_needing_scenes_on_other_data_is_a_clear_error(tmp_path, monkeypatch, scenes):
-    from sanitycheck.runner import run_suite
+    from sanitycheck.engine import run_suite
 
     monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
     path = _suite(tmp_path, dataset={"name": "digits", "split": "test", "n": 4},
