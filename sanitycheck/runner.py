@@ -822,13 +822,3 @@ def merge_results(previous: Dict[str, Any], doc: Dict[str, Any]) -> Dict[str, An
                              "did not recompute", "created": previous.get("created"),
                      "carried": [f"{e}/{c}" for e, c in pairs]}
     return out
-
-
-def audit_run_for(suite: Suite, **kwargs: Any) -> "AuditRun":
-    """Kept for callers that import it from here; use :func:`sanitycheck.engine.audit_run_for`.
-
-    The engine picks the run class by the suite's input kind and imports this module to run image suites, so it
-    is imported here only when called. ``sanitycheck.models.reference_models`` still calls it from here."""
-    from .engine.run_kinds import audit_run_for as _audit_run_for
-
-    return _audit_run_for(suite, **kwargs)

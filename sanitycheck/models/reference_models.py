@@ -140,7 +140,7 @@ def train(name: str, *, force: bool = False, export_reference: bool = False, cac
             except Exception as err:  # noqa: BLE001 - say what NAME may be
                 raise ConfigError(f"train: {name!r} is neither a reference model ({', '.join(RECIPES)}) nor a "
                                   f"built-in suite ({err})") from None
-            from ..runner import audit_run_for
+            from ..engine import audit_run_for
 
             with tempfile.TemporaryDirectory(prefix="sanitycheck-train-") as tmp:
                 run = audit_run_for(suite, out_dir=Path(tmp), n=8, explainers=[suite.explainers[0][0]],
