@@ -357,65 +357,37 @@ def _keys(tree: Dict[str, Any]) -> set:
     return {(c, s, m) for c, steps in tree.items() for s, metrics in steps.items() for m in metrics}
 
 
-def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16, full: bool = False,
-                  tolerance: float = RERUN_TOLERANCE, timeout_s: float = DEFAULT_TIMEOUT_S,
-                  memory_mb: int = DEFAULT_MEMORY_MB, work_root: Path = Path("runs/validate"),
-                  progress: bool = False, max_bytes: Optional[int] = None, seed: Optional[int] = None,
-                  report: Optional[Dict[str, Any]] = None, cache_dir: Optional[str] = None) -> List[str]:
-    """Problems with the result file at ``path`` (empty list: valid). ``cache_dir``: the model cache the re-run
-    loads models from (default: ``$SANITYCHECK_CACHE``), where a model has no shipped reference weights.
-
-    The re-run sample (``sample`` inputs, every input with ``full``) is drawn at validation time from fresh
-    randomness; ``report`` (a dict, filled in place) receives the seed, the indices, the weights hashes and
-    the verdicts recomputed from the suite's current rules."""
-    from .runner import AuditRun
+def _static_stage(path: Path, max_bytes: Optional[int], report: Dict[str, Any]
+                  ) -> Tuple[Optional[Dict[str, Any]], Any, List[str]]:
+    """(document, suite, problems) of every check that runs no code: size, schema, the suite's current rules,
+    aggregates and verdicts recomputed, source and weights hashes named."""
     from .suites import load_suite
-    from .validation import (MAX_DOCUMENT_BYTES, load_document, recomputed_verdicts, static_problems,
-                             weights_problems, weights_sha256)
+    from .validation import MAX_DOCUMENT_BYTES, load_document, recomputed_verdicts, static_problems, weights_sha256
 
-    report = {} if report is None else report
-    path = Path(path)
-    report.update(path=str(path), rerun=rerun)
+    report.update(path=str(path))
     doc, problems = load_document(path, max_bytes=MAX_DOCUMENT_BYTES if max_bytes is None else max_bytes)
     if doc is None:
-        return problems
+        return None, None, problems
     problems = static_problems(doc, submission=True, provenance=True)
     if problems:
-        return problems
+        return None, None, problems
     suite = load_suite(doc["suite"])
     report.update(suite=f"{suite.name} v{suite.version}", verdicts=recomputed_verdicts(doc, suite),
                   weights_sha256=weights_sha256(doc))
-    if not rerun:
-        return []
-    method = doc["method"]
-    kind = doc.get("input_kind", "image")
-    n = doc["dataset"]["n"]
-    sample_seed, indices = sample_indices(n, None if full else sample, seed)
-    report.update(sample_seed=sample_seed, indices=indices, full=len(indices) == n)
-    work = Path(work_root) / method["name"] / suite.name
-    name = method["name"]
-    run_dir = work / f"rerun-{os.getpid()}-{time.time_ns()}"
-    if kind == "text":
-        # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
-        # model and data the document names (model parameters included), with only this explainer's checks
-        from .text_runner import TextAuditRun, get_token_explainer
+    return doc, suite, []
 
-        if ":" in method["source"]:
-            return ["cannot re-run: text methods are re-run only when registered (sandboxed token explainers "
-                    "are not supported yet)"]
-        explainer = get_token_explainer(method["source"], **(method.get("params") or {}))
-        fresh = TextAuditRun(suite, out_dir=run_dir,
-                             explainer_objects=_text_rerun_explainers(suite, name, explainer),
-                             progress=progress, figures=False, n=n, seed=doc["seed"],
-                             indices=indices, checks=list(doc["per_sample"].get(name, {})) or None,
-                             model_params=(doc["model"].get("params") or {})
-                             if doc["model"].get("params") != dict(suite.model.get("params", {})) else None,
-                             cache_dir=cache_dir).execute()
-    else:
-        with RemoteExplainer(method["source"], work_dir=work, params=method.get("params"), timeout_s=timeout_s,
-                             memory_mb=memory_mb) as remote:
-            fresh = AuditRun(suite, out_dir=run_dir, explainer_objects={name: remote}, progress=progress,
-                             figures=False, n=n, seed=doc["seed"], indices=indices, cache_dir=cache_dir).execute()
+
+def _model_params(doc: Dict[str, Any], suite: Any) -> Optional[Dict[str, Any]]:
+    """The model parameters a re-run needs: the document's, where they differ from the suite's."""
+    params = doc["model"].get("params")
+    return (params or {}) if params != dict(suite.model.get("params", {})) else None
+
+
+def _compare_rerun(doc: Dict[str, Any], fresh: Dict[str, Any], name: str, indices: List[int], sample_seed: int,
+                   tolerance: float, report: Dict[str, Any]) -> List[str]:
+    """The document's per-image scores at ``indices`` against a fresh re-run's, on the same weights."""
+    from .validation import weights_problems, weights_sha256
+
     fresh_weights = weights_sha256(fresh)
     report["fresh_weights_sha256"] = fresh_weights
     if fresh_weights is None:
@@ -448,7 +420,143 @@ def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16,
     report["max_abs_diff"] = worst
     if worst > tolerance:
         i, check, step, metric, old, new = where
-        what = f"all {len(indices)} inputs" if report["full"] else f"{len(indices)} inputs sampled with seed {sample_seed}"
+        what = (f"all {len(indices)} inputs" if report.get("full")
+                else f"{len(indices)} inputs sampled with seed {sample_seed}")
         return [f"tampered or irreproducible: re-running {what}, image {i} {check}/{step}/"
                 f"{metric} is {old} in the file but {new} now (|diff| {worst:.2e} > tolerance {tolerance:g})"]
     return []
+
+
+def _rerun(docs: List[Dict[str, Any]], suite: Any, indices: List[int], run_dir: Path, work: Path, *,
+           timeout_s: float, memory_mb: int, progress: bool, cache_dir: Optional[str]) -> Dict[str, Any]:
+    """One re-run of every method in ``docs`` (one suite, seed, n and model), sharing the model states: image
+    methods each in their own sandbox worker, registered token explainers in process."""
+    import contextlib
+
+    from .runner import AuditRun
+
+    first = docs[0]
+    common = dict(out_dir=run_dir, progress=progress, figures=False, n=first["dataset"]["n"], seed=first["seed"],
+                  indices=indices, cache_dir=cache_dir)
+    if first.get("input_kind", "image") == "text":
+        # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
+        # model and data the documents name (model parameters included), with only their checks
+        from .text_runner import TextAuditRun, get_token_explainer
+
+        explainers: Dict[str, Any] = {}
+        checks: List[str] = []
+        for doc in docs:
+            method = doc["method"]
+            explainer = get_token_explainer(method["source"], **(method.get("params") or {}))
+            for k, v in _text_rerun_explainers(suite, method["name"], explainer).items():
+                explainers.setdefault(k, v)
+            checks += [c for c in doc["per_sample"].get(method["name"], {}) if c not in checks]
+        return TextAuditRun(suite, explainer_objects=explainers, checks=checks or None,
+                            model_params=_model_params(first, suite), **common).execute()
+    with contextlib.ExitStack() as stack:
+        explainers = {}
+        for doc in docs:
+            method = doc["method"]
+            if _is_builtin(method["source"]):  # this package's own code, hash-checked: no sandbox needed
+                from .explainers import get_explainer
+
+                explainers[method["name"]] = get_explainer(method["source"], **(method.get("params") or {}))
+            else:
+                explainers[method["name"]] = stack.enter_context(RemoteExplainer(
+                    method["source"], work_dir=work / method["name"], params=method.get("params"),
+                    timeout_s=timeout_s, memory_mb=memory_mb))
+        return AuditRun(suite, explainer_objects=explainers, **common).execute()
+
+
+def _is_builtin(source: str) -> bool:
+    """A method given by registry name whose code is a module of this package (the built-in explainers that
+    ``publish`` puts on the board): trusted code, already hash-checked by the static stage."""
+    if ":" in source:
+        return False
+    try:
+        _, path = resolve_source(source, "image")
+    except SanityCheckError:
+        return False
+    return Path(__file__).resolve().parent in path.resolve().parents
+
+
+def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16, full: bool = False,
+                  tolerance: float = RERUN_TOLERANCE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  memory_mb: int = DEFAULT_MEMORY_MB, work_root: Path = Path("runs/validate"),
+                  progress: bool = False, max_bytes: Optional[int] = None, seed: Optional[int] = None,
+                  report: Optional[Dict[str, Any]] = None, cache_dir: Optional[str] = None) -> List[str]:
+    """Problems with the result file at ``path`` (empty list: valid). ``cache_dir``: the model cache the re-run
+    loads models from (default: ``$SANITYCHECK_CACHE``), where a model has no shipped reference weights.
+
+    The re-run sample (``sample`` inputs, every input with ``full``) is drawn at validation time from fresh
+    randomness; ``report`` (a dict, filled in place) receives the seed, the indices, the weights hashes and
+    the verdicts recomputed from the suite's current rules."""
+    report = {} if report is None else report
+    path = Path(path)
+    report.update(rerun=rerun)
+    doc, suite, problems = _static_stage(path, max_bytes, report)
+    if doc is None or not rerun:
+        return problems
+    method = doc["method"]
+    if doc.get("input_kind", "image") == "text" and ":" in method["source"]:
+        return ["cannot re-run: text methods are re-run only when registered (sandboxed token explainers "
+                "are not supported yet)"]
+    sample_seed, indices = sample_indices(doc["dataset"]["n"], None if full else sample, seed)
+    report.update(sample_seed=sample_seed, indices=indices, full=len(indices) == doc["dataset"]["n"])
+    work = Path(work_root) / method["name"] / suite.name
+    fresh = _rerun([doc], suite, indices, work / f"rerun-{os.getpid()}-{time.time_ns()}", work,
+                   timeout_s=timeout_s, memory_mb=memory_mb, progress=progress, cache_dir=cache_dir)
+    return _compare_rerun(doc, fresh, method["name"], indices, sample_seed, tolerance, report)
+
+
+def validate_files(paths: Sequence[Path], *, sample: Optional[int] = 16, tolerance: float = RERUN_TOLERANCE,
+                   timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                   work_root: Path = Path("runs/validate"), progress: bool = False, max_bytes: Optional[int] = None,
+                   cache_dir: Optional[str] = None) -> Dict[str, List[str]]:
+    """:func:`validate_file` with a re-run for many files at once (what the board does on every build).
+
+    Files of the same suite, seed, n and model are re-run together on one fresh sample: one pass over the model
+    states for all their methods (each image method still in its own sandbox worker), as the audit itself ran
+    them. A group whose shared re-run fails is validated file by file, so one broken method cannot hide the
+    others' results nor pass for them. Returns {path: problems} (empty list: valid)."""
+    out: Dict[str, List[str]] = {}
+    groups: Dict[Tuple[Any, ...], List[Tuple[Path, Dict[str, Any], Any]]] = {}
+    for path in map(Path, paths):
+        doc, suite, problems = _static_stage(path, max_bytes, {})
+        if doc is None:
+            out[str(path)] = problems
+            continue
+        if doc.get("input_kind", "image") == "text" and ":" in doc["method"]["source"]:
+            out[str(path)] = ["cannot re-run: text methods are re-run only when registered (sandboxed token "
+                              "explainers are not supported yet)"]
+            continue
+        key = (doc["suite"], doc["seed"], doc["dataset"]["n"], json.dumps(_model_params(doc, suite), sort_keys=True),
+               doc["model"]["name"], doc["dataset"]["name"])
+        groups.setdefault(key, []).append((path, doc, suite))
+    items = list(groups.values())
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="re-running", unit="suite")
+    for members in items:
+        docs = [doc for _, doc, _ in members]
+        suite = members[0][2]
+        sample_seed, indices = sample_indices(docs[0]["dataset"]["n"], sample)
+        work = Path(work_root) / "board" / suite.name
+        try:
+            fresh = _rerun(docs, suite, indices, work / f"rerun-{os.getpid()}-{time.time_ns()}", work,
+                           timeout_s=timeout_s, memory_mb=memory_mb, progress=False, cache_dir=cache_dir)
+        except SanityCheckError:
+            for path, _, _ in members:  # attribute the failure: each file on its own
+                try:
+                    out[str(path)] = validate_file(path, sample=sample, tolerance=tolerance, timeout_s=timeout_s,
+                                                   memory_mb=memory_mb, work_root=work_root, max_bytes=max_bytes,
+                                                   cache_dir=cache_dir)
+                except SanityCheckError as err:
+                    out[str(path)] = [f"cannot re-run: {err}"]
+            continue
+        for path, doc, _ in members:
+            report = {"full": len(indices) == doc["dataset"]["n"]}
+            out[str(path)] = _compare_rerun(doc, fresh, doc["method"]["name"], indices, sample_seed, tolerance,
+                                            report)
+    return out

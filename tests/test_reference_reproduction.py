@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from sanitycheck.models import weights as W
 
@@ -43,10 +42,8 @@ def test_each_committed_board_file_revalidates_on_an_empty_cache(rel, tmp_path, 
     monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))  # a fresh machine: nothing trained
     monkeypatch.delenv(W.ENV_VAR, raising=False)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a reference model was retrained during validation")
-
-    for opt in ("Adam", "AdamW"):
-        monkeypatch.setattr(torch.optim, opt, refuse)
     assert validate_file(BOARD / rel, work_root=tmp_path / "validate") == []
-    assert not list((tmp_path / "cache").rglob("models/*.pt"))
+    # every training path caches its checkpoint (*.pt) in the model cache: none may have been written, i.e.
+    # nothing was retrained (patching the training functions would change the cache keys they are part of)
+    written = [p for p in (tmp_path / "cache").rglob("*.pt") if "data" not in p.relative_to(tmp_path / "cache").parts]
+    assert not written  # (generated data, e.g. the CLIP scenes, is cached under data/ and may be)

@@ -125,19 +125,18 @@ def test_hand_edited_aggregate_is_rejected(project, tmp_path):
     assert main(["validate", str(edited), "--no-rerun"]) == 1
 
 
-def test_consistent_forgery_of_scores_is_caught_by_the_seeded_rerun(project, tmp_path):
-    """Lower every per-image score and recompute aggregates and verdicts so the file is self-consistent."""
-    root, _ = project
+def _consistent_forgery(root):
+    """ignores_model's file with every per-image score lowered and aggregates and verdicts recomputed to match."""
+    from dataclasses import asdict
+
+    from sanitycheck.results import Record, VerdictRule, clean_json, decide
+
     doc = json.loads(_file(root, "ignores_model").read_text())
     scores = doc["per_sample"]["ignores_model"]
     for check, steps in scores.items():
         for step, metrics in steps.items():
             for metric, values in metrics.items():
                 metrics[metric] = [None if v is None else v - 0.8 for v in values]
-    from dataclasses import asdict
-
-    from sanitycheck.results import Record, VerdictRule, clean_json, decide
-
     for r in doc["records"]:
         if r["step"] == "original":
             continue
@@ -149,6 +148,13 @@ def test_consistent_forgery_of_scores_is_caught_by_the_seeded_rerun(project, tmp
         recs = [Record(**r) for r in doc["records"] if r["check"] == v["check"]]
         d = decide(VerdictRule(**rule), v["explainer"], v["check"], recs)
         v.update(clean_json(asdict(d)))  # a forger rewrites every field of the verdict
+    return doc
+
+
+def test_consistent_forgery_of_scores_is_caught_by_the_seeded_rerun(project, tmp_path):
+    """Lower every per-image score and recompute aggregates and verdicts so the file is self-consistent."""
+    root, _ = project
+    doc = _consistent_forgery(root)
     assert all(v["passed"] for v in doc["verdicts"])  # the forgery would put a control on the board as passing
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(doc))
@@ -257,3 +263,31 @@ def test_the_board_flags_the_model_ignoring_submission_and_passes_the_gradient(p
     ignores = next(v for k, v in rows.items() if "ignores_model" in k)
     assert "fail" not in gradient and gradient.count("pass") == 2
     assert ignores.count("fail") == 2 and "1.000 @ fc2" in ignores
+
+
+def test_validate_files_reruns_a_suite_once_and_still_judges_each_file(project, tmp_path):
+    """The board's grouped re-validation: both files of one suite re-run together on one fresh sample; a
+    self-consistent forgery in one file is caught by the shared re-run without failing the other."""
+    from sanitycheck.submissions import validate_files
+
+    root, _ = project
+    good, forged = _file(root, "gradient"), tmp_path / "ignores_model" / "tinydigits.json"
+    forged.parent.mkdir()
+    forged.write_text(json.dumps(_consistent_forgery(root)))
+    assert validate_file(forged, rerun=False) == []  # only running the method can tell
+    found = validate_files([good, forged], sample=4, work_root=root / "val-group")
+    assert found[str(good)] == []
+    assert found[str(forged)] and found[str(forged)][0].startswith(
+        "tampered or irreproducible: re-running 4 inputs sampled with seed"), found[str(forged)]
+    found = validate_files([good, _file(root, "ignores_model")], sample=4, work_root=root / "val-group2")
+    assert found == {str(good): [], str(_file(root, "ignores_model")): []}
+
+
+def test_only_this_packages_own_explainers_are_rerun_outside_the_sandbox(tmp_path):
+    from sanitycheck.submissions import _is_builtin
+
+    assert _is_builtin("gradient") and _is_builtin("guided_gradcam")
+    method = tmp_path / "gradient.py"  # a file that borrows a built-in's name is still submitted code
+    method.write_text("def gradient(model, x, target):\n    return x.sum(1)\n")
+    assert not _is_builtin(f"{method}:gradient")
+    assert not _is_builtin("no_such_method")

@@ -167,29 +167,32 @@ def _layout_problems(doc: Dict[str, Any], path: Path) -> List[str]:
     return problems
 
 
-def _revalidate(path: Path, rerun: bool, sample: int, work_root: Optional[Path], limits: Dict[str, Any]
-                ) -> Tuple[Optional[Dict[str, Any]], List[str]]:
-    """Validate one file as ``sanitycheck validate`` does (with a re-run of ``sample`` inputs drawn at random now,
-    unless ``rerun`` is off); return (document with the verdicts recomputed here, problems)."""
+def _revalidate(paths: List[Path], rerun: bool, sample: int, work_root: Optional[Path], limits: Dict[str, Any],
+                progress: bool = False) -> List[Tuple[Path, Optional[Dict[str, Any]], List[str]]]:
+    """Validate every file as ``sanitycheck validate`` does (with a re-run of ``sample`` inputs drawn at random now,
+    the files of one suite re-run together, unless ``rerun`` is off); return (path, document with the verdicts
+    recomputed here, problems) per file."""
     from ..suites import load_suite
     from ..validation import load_document, load_valid_documents, recomputed_verdicts
 
     if rerun:
-        from ..submissions import validate_file
+        from ..submissions import validate_files
 
-        problems = validate_file(path, rerun=True, sample=sample, work_root=work_root, **limits)
-        if problems:
-            return None, problems
-        doc, problems = load_document(path)
-        if doc is None:
-            return None, problems
-    else:
-        valid, bad = load_valid_documents([path], submission=True, provenance=True)
-        if bad:
-            return None, next(iter(bad.values()))
-        doc = valid[0]
-    doc["verdicts"] = recomputed_verdicts(doc, load_suite(doc["suite"]))  # the board shows what IT computed
-    return doc, []
+        found = validate_files(paths, sample=sample, work_root=work_root, progress=progress, **limits)
+    out = []
+    for path in paths:
+        if rerun:
+            problems = found[str(path)]
+            doc = None
+            if not problems:
+                doc, problems = load_document(path)
+        else:
+            valid, bad = load_valid_documents([path], submission=True, provenance=True)
+            doc, problems = (None, next(iter(bad.values()))) if bad else (valid[0], [])
+        if doc is not None:
+            doc["verdicts"] = recomputed_verdicts(doc, load_suite(doc["suite"]))  # the board shows what IT computed
+        out.append((path, doc, problems))
+    return out
 
 
 def collect(root: Path, *, rerun: bool = False, sample: int = 4, progress: bool = False,
@@ -202,15 +205,11 @@ def collect(root: Path, *, rerun: bool = False, sample: int = 4, progress: bool 
     tables: Dict[str, SuiteTable] = {}
     rejected: Dict[str, List[str]] = {}
     docs: Dict[Tuple[str, str], Dict[str, Any]] = {}
-    paths = submission_paths(root)
-    if progress:
-        from tqdm.auto import tqdm
-
-        paths = tqdm(paths, desc="re-validating" if rerun else "validating", unit="file")
+    paths = list(submission_paths(root))
     work = tempfile.TemporaryDirectory(prefix="sanitycheck-board-") if rerun else None
     try:
-        checked = [(path, *_revalidate(path, rerun, sample, Path(work.name) if work else None, dict(limits or {})))
-                   for path in paths]
+        checked = _revalidate(paths, rerun, sample, Path(work.name) if work else None, dict(limits or {}),
+                              progress=progress)
     finally:
         if work is not None:
             work.cleanup()
