@@ -304,12 +304,17 @@ def clean_json(obj: Any) -> Any:
 
 
 def encode_array(t: Any) -> Dict[str, Any]:
-    """A small tensor as ``{shape, dtype: float16, data: base64}`` (thumbnails travel inside result files)."""
+    """A small tensor as ``{shape, dtype: float16, data: base64}`` (thumbnails travel inside result files).
+    Values beyond float16's range are scaled down by a power of two (a thumbnail shows relative values)."""
     import base64
 
     import numpy as np
 
-    arr = np.ascontiguousarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype="<f2")
+    values = np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype=np.float64)
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    if peak > 32768.0:  # beyond float16's range (65504): scale by an exact power of two, so a picture stays a picture
+        values = np.ldexp(values, -int(np.ceil(np.log2(peak / 32768.0))))
+    arr = np.ascontiguousarray(values, dtype="<f2")
     return {"shape": list(arr.shape), "dtype": "float16", "data": base64.b64encode(arr.tobytes()).decode("ascii")}
 
 

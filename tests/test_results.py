@@ -74,3 +74,16 @@ def test_above_rule_passes_only_when_the_lower_bound_clears_the_threshold():
     assert v.passed and v.measured == pytest.approx(0.25) and "lower 95% CI bound" in v.reason
     v = decide(VerdictRule("entropy_increase", 0.27, "final_step", "above"), "g", "efficient_mprt", records)
     assert not v.passed and "not above 0.27" in v.reason
+
+
+def test_thumbnails_of_huge_maps_stay_finite_and_keep_their_ratios():
+    import numpy as np
+    import torch
+
+    from sanitycheck.results import decode_array, encode_array
+
+    small = torch.tensor([[0.25, -1.0], [0.5, 0.0]])
+    assert np.array_equal(decode_array(encode_array(small)), small.numpy())  # normal maps are untouched
+    huge = decode_array(encode_array(small.double() * 1e30))
+    assert np.isfinite(huge).all()
+    assert np.allclose(huge / np.abs(huge).max(), small.numpy())
