@@ -15,6 +15,18 @@ from typing import Any, Dict, Optional, Tuple
 from .errors import ConfigError, SanityCheckError
 
 
+def source_text(obj: Any) -> str:
+    """The source code of a function or class, the piece of every content-hash cache key of this package (a
+    change to the code that trains a model or builds its data retrains or rebuilds it); its qualified name
+    where no source is available (frozen builds)."""
+    import inspect
+
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):  # pragma: no cover - e.g. frozen builds
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
 class SubmissionError(SanityCheckError):
     """A submitted method failed to load, crashed, or exceeded its limits."""
 

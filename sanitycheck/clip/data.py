@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..seeding import derive_seed
+from ..provenance import source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "CAPTION_CLASSES",
@@ -330,11 +330,6 @@ def make_clip_scenes(spec: SceneSpec, images: Tensor, labels: Tensor, source_che
     return _from_parts(spec, parts, source_checksum, _checksum(parts))
 
 
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):  # pragma: no cover
-        return obj.__qualname__
 
 
 def scenes_key(spec: SceneSpec, source_checksum: str) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DataError, ModelError, UnknownNameError, WeightsUnavailableError
 from ..models.layers import Normalize
 from ..seeding import derive_seed, generator
+from ..provenance import source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "TINY_MODEL_NAME",
@@ -291,11 +291,6 @@ class TinyClipSpec:
 DEFAULT_TINY_SPEC = TinyClipSpec()
 
 
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):  # pragma: no cover
-        return obj.__qualname__
 
 
 def register_tiny_config(spec: TinyClipSpec = DEFAULT_TINY_SPEC, cache_dir: Optional[Union[str, Path]] = None) -> str:

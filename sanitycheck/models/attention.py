@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import sys
@@ -43,6 +42,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ConfigError, DataError
 from ..seeding import derive_seed, generator
+from ..provenance import source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "ENCODERS",
@@ -418,11 +418,6 @@ class TextTrainSpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):  # pragma: no cover - e.g. frozen builds
-        return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def tensor_checksum(*tensors: Optional[Tensor]) -> str:

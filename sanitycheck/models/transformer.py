@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError, ModelError, WeightsUnavailableError
 from ..seeding import derive_seed, generator
+from ..provenance import source_text as _source  # one source-hash helper for every cache key
 from .attention import (
     AttentionClassifier,
     TextData,
@@ -694,11 +694,6 @@ class TransformerTrainSpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):  # pragma: no cover - e.g. frozen builds
-        return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def build_transformer_model(spec: TransformerTrainSpec,

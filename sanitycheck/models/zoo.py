@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import sys
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..seeding import derive_seed, generator
+from ..provenance import source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "FashionCNN",
@@ -179,11 +179,6 @@ class TrainSpec:
         )
 
 
-def _source(obj: Any) -> str:
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):  # pragma: no cover - e.g. frozen builds
-        return f"{obj.__module__}.{obj.__qualname__}"
 
 
 # Measured on a 2-core CPU (torch 2.13; same times with and without the malloc env vars):
