@@ -1,7 +1,8 @@
 """Suites: versioned YAML data naming registered parts and their parameters — never code.
 
 A suite is found by path, or by name in (in order) ``$SANITYCHECK_SUITES``, ``./suites``
-and the ``suites/`` directory of this repository. Its structure is validated against
+and the built-in suites shipped inside this package (``sanitycheck/suites/*.yaml``, package data, so a
+``pip install`` has them; the repository's ``suites/`` links to that folder). Its structure is validated against
 ``SUITE_SCHEMA`` (JSON Schema) and every named part against its registry, so a typo
 fails before any model is trained, with the offending path in the message.
 
@@ -26,7 +27,7 @@ from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS, TOKEN_EXPLA
 from .results import DEFAULT_MIN_N, VERDICT_DIRECTIONS, VERDICT_RULES, VerdictRule
 
 DEFAULT_SUITE = "adebayo2018"
-REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
+SHIPPED_SUITES = Path(__file__).resolve().parent / "suites"  # package data: the built-in suites
 
 _PART = {"oneOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1,
                                          "additionalProperties": {"type": ["object", "null"]}}]}
@@ -99,7 +100,7 @@ class Suite:
 
 def suite_dirs() -> List[Path]:
     dirs = [Path(p) for p in os.environ.get("SANITYCHECK_SUITES", "").split(os.pathsep) if p]
-    return dirs + [Path.cwd() / "suites", REPO_SUITES]
+    return dirs + [Path.cwd() / "suites", SHIPPED_SUITES]
 
 
 def available_suites() -> Dict[str, Path]:
