@@ -463,8 +463,13 @@ class AuditRun:
                 out[name] = cached
             else:
                 bar.set_postfix_str(f"{step}: {name}")
-                maps = self.explain_unit(name, explainer, model, target, check, step)
                 ref = originals[name]
+                if not getattr(explainer, "requires_model", True) and target is self.target:
+                    # a model-independent explainer (a control) explains the same inputs and target the same way
+                    # in every state: its maps are the trained model's, computed once per run
+                    maps = ref
+                else:
+                    maps = self.explain_unit(name, explainer, model, target, check, step)
                 scores, reasons = {}, {}
                 for mname, metric in self.metrics.items():
                     s = self.compare(metric, ref, maps)

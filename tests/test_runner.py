@@ -106,3 +106,26 @@ def test_same_command_gives_the_same_numbers(tmp_path, dataset):
     a = run(tmp_path / "a", dataset)
     b = run(tmp_path / "b", dataset)
     assert a["records"] == b["records"] and a["verdicts"] == b["verdicts"]
+
+
+def test_model_independent_explainers_are_computed_once_not_once_per_state(tmp_path):
+    """The controls ignore the model: the runner reuses their trained-model maps in every randomized state
+    (same scores as recomputing them), and calls them again only where the target changes (random logit)."""
+    from sanitycheck.engine import audit_run_for
+    from sanitycheck.explainers.controls import SobelEdges
+    from sanitycheck.suites import load_suite
+
+    calls = []
+
+    class CountingSobel(SobelEdges):
+        def attribute(self, model, x, target):
+            calls.append(x.shape[0])
+            return super().attribute(model, x, target)
+
+    suite = load_suite("adebayo2018")
+    run = audit_run_for(suite, out_dir=tmp_path / "run", n=16, progress=False, figures=False,
+                        explainer_objects={"sobel": CountingSobel()}, checks=["cascading_randomization"])
+    res = run.execute()
+    assert sum(calls) == 16  # the original maps only, not once more per cascade step
+    scores = [r for r in res["records"] if r["metric"] == "spearman_abs" and r["step"] != "original"]
+    assert len(scores) == 4 and all(r["mean"] == 1.0 for r in scores)
