@@ -42,27 +42,3 @@ def digits_batch(n: int = 8, size: int = 16):
     x = torch.tensor(data.images[:n], dtype=torch.float32).unsqueeze(1) / 16.0
     x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     return x, torch.tensor(data.target[:n], dtype=torch.long)
-
-
-def record_weights_if_missing(monkeypatch) -> None:
-    """Until every results document records ``model.weights_sha256`` (the reference-weights part of issue 10),
-    add the sha256 of the audited model's state_dict where a run does not: validation requires the field."""
-    import hashlib
-
-    from sanitycheck.runner import AuditRun
-
-    original = AuditRun.results_dict
-
-    def results_dict(self, *args, **kwargs):
-        doc = original(self, *args, **kwargs)
-        model = doc.setdefault("model", {})
-        if not model.get("weights_sha256") and not (model.get("info") or {}).get("weights_sha256"):
-            h = hashlib.sha256()
-            net = getattr(self, "_model", None) or self.model
-            for name, t in sorted(net.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            model["weights_sha256"] = h.hexdigest()
-        return doc
-
-    monkeypatch.setattr(AuditRun, "results_dict", results_dict)

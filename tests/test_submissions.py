@@ -77,9 +77,7 @@ def project(tmp_path_factory):
     mp.setenv("SANITYCHECK_SUITES", str(root / "suites"))
     mp.setenv("SANITYCHECK_CACHE", str(root / "cache"))
     mp.chdir(root)
-    from helpers import record_weights_if_missing
 
-    record_weights_if_missing(mp)
     docs = {m: submit(f"methods.py:{m}", suites=["tinydigits"], root=root / "leaderboard",
                       work_root=root / "runs", progress=False, trust_code=TRUST)["tinydigits"] for m in ("gradient", "ignores_model")}
     yield root, docs

@@ -4,7 +4,6 @@ field by field, size limits before parsing, source and weights checked, a re-run
 Static attacks work on copies of a committed leaderboard file (no numbers of it are assumed); re-run attacks on a
 tiny digits suite (24 images)."""
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict
@@ -14,7 +13,7 @@ import pytest
 
 from sanitycheck.results import Record, VerdictRule, decide
 from sanitycheck.submissions import sample_indices, validate_file
-from sanitycheck.validation import load_document, static_problems, weights_problems
+from sanitycheck.validation import weights_problems
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "leaderboard" / "submissions" / "guided_backprop" / "adebayo2018.json"
@@ -190,7 +189,6 @@ checks:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from helpers import record_weights_if_missing
     from sanitycheck.engine import run_suite
     from sanitycheck.submissions import publish_run
 
@@ -200,7 +198,6 @@ def tiny(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("SANITYCHECK_SUITES", str(root / "suites"))
     mp.setenv("SANITYCHECK_CACHE", str(root / "cache"))
-    record_weights_if_missing(mp)
     results = run_suite("tinyval", out=root / "run", progress=False, figures=False)
     (path,) = publish_run(results, root=root / "board")
     yield root, path

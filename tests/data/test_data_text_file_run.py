@@ -6,10 +6,8 @@ import csv
 import json
 
 import pytest
-import torch
 
 from sanitycheck.cli import main
-from sanitycheck.data import load_dataset
 from sanitycheck.data.text import load_text_file
 from sanitycheck.errors import DataError
 from sanitycheck.models.text_zoo import MAX_TOKENS, TextEncoder, load_text_task
