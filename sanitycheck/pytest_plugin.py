@@ -188,13 +188,14 @@ def _resolve_suite(suite: Any):
 
 
 def _as_dataset(data: Any, model: Any):
-    """An ``ImageDataset`` from an ``ImageDataset``, ``(x, y)`` tensors, or ``x`` alone (labels: predictions)."""
+    """An ``ImageDataset`` from an ``ImageDataset``, ``(x, y)`` tensors, or ``x`` alone (labels: predictions); a
+    ``TextDataset`` (``sanitycheck.load_dataset`` of a text dataset) as it is."""
     import torch
 
     from .data import ImageDataset
     from .errors import DataError
 
-    if isinstance(data, ImageDataset):
+    if isinstance(data, ImageDataset) or hasattr(data, "texts"):  # an image or a text dataset, as loaded
         return data
     if isinstance(data, torch.Tensor):
         x = data
@@ -212,13 +213,27 @@ def _as_dataset(data: Any, model: Any):
     return ImageDataset("tensors", x, y.long(), [str(i) for i in range(n_classes)], "pytest (tensors)", digest)
 
 
-def _explainer_objects(explainer: Any, name: Optional[str]) -> Dict[str, Any]:
+def _explainer_objects(explainer: Any, name: Optional[str], input_kind: str = "image") -> Dict[str, Any]:
+    """``{name: explainer}``: names resolved in the registry of the suite's input kind (token explainers for
+    text suites; any callable ``(model, TextBatch, classes) -> (B, L)`` is one)."""
     from .explainers import as_explainer, get_explainer
+    from .provenance import _registry_for
+    from .registry import TOKEN_EXPLAINERS
+
+    if _registry_for(input_kind) is TOKEN_EXPLAINERS:
+        from .text_runner import get_token_explainer
+
+        def build(spec: Any, label: Optional[str]) -> Any:
+            return get_token_explainer(spec)
+    else:
+        def build(spec: Any, label: Optional[str]) -> Any:
+            return get_explainer(spec) if isinstance(spec, str) else as_explainer(spec, name=label)
 
     if isinstance(explainer, dict):
-        return {k: (get_explainer(v) if isinstance(v, str) else as_explainer(v, name=k)) for k, v in explainer.items()}
-    obj = get_explainer(explainer) if isinstance(explainer, str) else as_explainer(explainer, name=name)
-    return {name or obj.name: obj}
+        return {k: build(v, k) for k, v in explainer.items()}
+    obj = build(explainer, name)
+    label = name or getattr(obj, "name", None) or (explainer if isinstance(explainer, str) else type(obj).__name__)
+    return {label: obj}
 
 
 class SanityFixture:
@@ -260,15 +275,16 @@ class SanityFixture:
 
         ``explainer``: a callable ``(model, x, target) -> maps``, a captum Attribution class, an
         ``Explainer``, a registered name or import path, or ``{name: explainer}`` for several.
-        ``data``: an ``ImageDataset``, ``(x, y)`` tensors, or ``x`` alone. ``n``: images (default: the
+        ``data``: an ``ImageDataset``, ``(x, y)`` tensors, or ``x`` alone; for a text suite, a ``TextDataset``
+        (the run class follows the suite's input kind: ``sanitycheck.engine.audit_run_for``). ``n``: images (default: the
         suite's n, at most ``len(data)``). ``checks``: a subset of the suite's checks. ``random_label_model``:
         the model trained on permuted labels, for ``data_randomization`` on a model outside the zoo.
         Other keywords (``batch_size``, ``device``, ``cache_dir``, ``figures``) go to ``AuditRun``.
         """
-        from .runner import AuditRun
+        from .engine import audit_run_for
 
         suite_obj = _resolve_suite(suite if suite is not None else self.suite)
-        objects = _explainer_objects(explainer, name)
+        objects = _explainer_objects(explainer, name, suite_obj.input_kind)
         dataset = _as_dataset(data, model)
         if n is None:
             n = min(suite_obj.dataset.get("n") or len(dataset), len(dataset))
@@ -279,8 +295,8 @@ class SanityFixture:
         kwargs.setdefault("figures", saving)
         kwargs.setdefault("model_name", getattr(model, "sanitycheck_name", None) or type(model).__name__)
         context = {"random_label_model": random_label_model} if random_label_model is not None else None
-        results = AuditRun(suite_obj, out_dir=out_dir, model=model, dataset=dataset, explainer_objects=objects,
-                           n=n, seed=seed, checks=checks, context=context, **kwargs).execute()
+        results = audit_run_for(suite_obj, out_dir=out_dir, model=model, dataset=dataset, explainer_objects=objects,
+                                n=n, seed=seed, checks=checks, context=context, **kwargs).execute()
         report = SanityReport(results, out_dir, inconclusive=gate_inconclusive(self.config.option, _DEST))
         self.reports.append(report)
         return report

@@ -320,3 +320,25 @@ def test_bad_sanity_inconclusive_is_a_usage_error(project):
     result = project.runpytest("--sanity-inconclusive", "maybe", "--collect-only")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*--inconclusive must be one of fail, pass, ignore*"])
+
+
+def test_the_sanity_fixture_audits_a_text_suite(sanity, tmp_path):
+    """The plugin picks the run class by the suite's input kind: a text suite, a text model and a text dataset
+    are audited like an image suite, token explainers resolved by name."""
+    import sanitycheck as sc
+
+    tiny = {"encoder": "bilstm", "attention": "additive", "embed_dim": 16, "hidden": 8, "epochs": 2,
+            "dataset_params": {}}
+    model = sc.load_model("text_attention", dataset="synthetic_sentiment", cache_dir=str(tmp_path / "models"),
+                          progress=False, **tiny)
+    data = sc.load_dataset("synthetic_sentiment", split="test")
+    suite = {"name": "plugin_text", "version": "0.0.1", "description": "test", "input_kind": "text", "seed": 0,
+             "batch_size": 16, "dataset": {"name": "synthetic_sentiment", "split": "test", "n": 16},
+             "model": {"name": "text_attention", "params": tiny}, "explainers": ["gradient", "random_tokens"],
+             "metrics": ["token_kendall_abs"],
+             "checks": [{"name": "cascading_randomization", "verdict": {"metric": "token_kendall_abs", "threshold": 0.5}}]}
+    report = sanity.run({"gradient": "gradient", "random_tokens": "random_tokens"}, model, data, suite=suite, n=16)
+    assert report.results["input_kind"] == "text" and report.results["dataset"]["n"] == 16
+    assert sorted(report.explainers) == ["gradient", "random_tokens"]
+    report.assert_fails("cascading_randomization", "random_tokens")  # the control ignores the model
+    assert report.status("cascading_randomization", "gradient") in {"pass", "fail", "inconclusive"}
