@@ -1,0 +1,70 @@
+"""A new explainer, metric and check plug in through the public API alone (registries, base classes, a suite
+as data), and run through the same engine, records, CIs and verdicts as the built-ins."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import yaml
+
+import sanitycheck as sc
+
+
+class ScaledInput(sc.Explainer):
+    """A toy explainer: |x| times a constant (model-independent, so it must fail a randomization check)."""
+
+    name = "toy_scaled_input"
+    requires_model = False
+
+    def attribute(self, model, x, target):
+        return x.abs() * 2.0
+
+
+@sc.metric("toy_cosine", higher_is_better=True, category="similarity", description="cosine of the flattened maps")
+def toy_cosine(a, b):
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return torch.nn.functional.cosine_similarity(a, b, dim=1)
+
+
+class ZeroLastLayer(sc.Check):
+    """A toy check: one state, the last linear layer's weights set to zero (a copy; the model is untouched)."""
+
+    name = "toy_zero_last_layer"
+
+    def states(self, model, *, seed, example_input, context=None):
+        copied = copy.deepcopy(model)
+        last = [m for m in copied.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+        yield sc.ModelState("last_layer_zeroed", copied)
+
+
+def test_a_toy_explainer_metric_and_check_run_through_the_engine(tmp_path, monkeypatch):
+    for registry in (sc.EXPLAINERS, sc.METRICS, sc.CHECKS):  # the toy parts leave with the test (invariant tests
+        monkeypatch.setattr(registry, "_objects", dict(registry._objects))  # run over every registered part)
+        monkeypatch.setattr(registry, "_lazy", dict(registry._lazy))
+    sc.EXPLAINERS.register("toy_scaled_input", ScaledInput, overwrite=True)
+    sc.METRICS.register("toy_cosine", toy_cosine, overwrite=True)
+    sc.CHECKS.register("toy_zero_last_layer", ZeroLastLayer, overwrite=True)
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "toy.yaml").write_text(yaml.safe_dump({
+        "name": "toy", "version": "0.0.1", "description": "toy parts", "input_kind": "image", "seed": 0,
+        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 24}, "model": {"name": "digits_cnn"},
+        "explainers": ["toy_scaled_input", "gradient"], "metrics": ["toy_cosine", "spearman_abs"],
+        "checks": [{"name": "toy_zero_last_layer", "verdict": {"metric": "toy_cosine", "threshold": 0.5}}]}))
+    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
+    results = sc.run_suite("toy", out=tmp_path / "run", progress=False, figures=False)
+    verdicts = {(v["explainer"], v["check"]): v for v in results["verdicts"]}
+    toy = verdicts[("toy_scaled_input", "toy_zero_last_layer")]
+    assert toy["status"] == "fail" and toy["metric"] == "toy_cosine"  # model-independent maps stay identical
+    rec = next(r for r in results["records"] if r["explainer"] == "toy_scaled_input" and r["metric"] == "toy_cosine"
+               and r["step"] == "last_layer_zeroed")
+    assert rec["mean"] == 1.0 and rec["n"] == 24
+    # a zeroed last layer makes every logit constant: the gradient's maps are all zero, i.e. undefined
+    grad = next(r for r in results["records"] if r["explainer"] == "gradient" and r["metric"] == "spearman_abs"
+                and r["step"] == "last_layer_zeroed")
+    assert grad["n_undefined"] == 24 and grad["mean"] is None
+    assert results["metrics"]["toy_cosine"]["category"] == "similarity"
