@@ -295,15 +295,23 @@ class AuditRun:
         self.timing["load_seconds"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- cache
-    def fingerprint(self) -> Dict[str, Any]:
-        from .models.weights import state_dict_sha256
+    def weights_sha256(self) -> str:
+        """sha256 of the audited model's state_dict: the one its loader recorded (of the weights as loaded, before
+        a text run's float64 cast), else computed once here; the run cache's key and the results' record."""
+        if getattr(self, "_weights_sha256", None) is None:
+            from .models.weights import state_dict_sha256
 
+            info = getattr(self.model, "sanitycheck_info", {}) or {}
+            self._weights_sha256 = info.get("weights_sha256") or state_dict_sha256(self.model)
+        return self._weights_sha256
+
+    def fingerprint(self) -> Dict[str, Any]:
         return clean_json({
             "suite": self.suite.name, "suite_version": self.suite.version, "suite_sha256": self.suite.sha256,
             "seed": self.seed, "n": len(self.x), "indices": self.indices, "model": self.model_name,
             "dataset": self.dataset_name or self.suite.dataset["name"],
             # the weights themselves (state_dict sha256): other weights never resume this cache
-            "model_key": state_dict_sha256(self.model),
+            "model_key": self.weights_sha256(),
             "data_sha256": hashlib.sha256(self.x.numpy().tobytes()).hexdigest()[:16],
             "explainers": {k: [e.code_hash(), json.dumps(e.config(), sort_keys=True, default=str)]
                            for k, e in self.explainers.items()},
@@ -680,8 +688,6 @@ class AuditRun:
 
     def results_dict(self, records: List[Record], verdicts: List[Verdict], originals: Dict[str, Tensor],
                      scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
-        from .models.weights import state_dict_sha256
-
         model_info = dict(getattr(self.model, "sanitycheck_info", {}) or {})
         spec = getattr(self.model, "sanitycheck_spec", None)
         per_sample = self.per_sample(scored)
@@ -701,7 +707,7 @@ class AuditRun:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seed": self.seed,
             "model": {"name": self.model_name, "spec": asdict(spec) if spec is not None else None,
-                      "weights_sha256": model_info.get("weights_sha256") or state_dict_sha256(self.model),
+                      "weights_sha256": self.weights_sha256(),
                       "reference_weights": model_info.get("reference"),
                       "info": {k: str(v) if isinstance(v, Path) else v for k, v in model_info.items()},
                       "accuracy_on_audited_sample": self.accuracy_on_sample},
