@@ -37,7 +37,7 @@ _EXPORTS = {
     "ImageDataset": "sanitycheck.data", "load_dataset": "sanitycheck.data", "load_model": "sanitycheck.models",
     "TrainSpec": "sanitycheck.models.zoo", "train_or_load": "sanitycheck.models.zoo",
     "Suite": "sanitycheck.suites", "load_suite": "sanitycheck.suites",
-    "AuditRun": "sanitycheck.runner", "run_suite": "sanitycheck.engine",
+    "AuditRun": "sanitycheck.engine", "run_suite": "sanitycheck.engine",
     "Record": "sanitycheck.results", "Verdict": "sanitycheck.results", "VerdictRule": "sanitycheck.results",
     # registries and errors
     "DATASETS": "sanitycheck.registry", "MODELS": "sanitycheck.registry", "EXPLAINERS": "sanitycheck.registry",

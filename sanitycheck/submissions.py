@@ -270,7 +270,7 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
     The method runs under bubblewrap; where that is impossible, only with ``trust_code=True`` (audit hook
     only). ``method.sandbox`` in each document records which."""
     from .results import split_by_explainer
-    from .runner import AuditRun
+    from .engine import AuditRun
     from .suites import load_suite
     from .validation import static_problems
 
@@ -433,7 +433,7 @@ def _rerun(docs: List[Dict[str, Any]], suite: Any, indices: List[int], run_dir: 
     methods each in their own sandbox worker, registered token explainers in process."""
     import contextlib
 
-    from .runner import AuditRun
+    from .engine import AuditRun
 
     first = docs[0]
     common = dict(out_dir=run_dir, progress=progress, figures=False, n=first["dataset"]["n"], seed=first["seed"],
@@ -441,7 +441,7 @@ def _rerun(docs: List[Dict[str, Any]], suite: Any, indices: List[int], run_dir: 
     if first.get("input_kind", "image") == "text":
         # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
         # model and data the documents name (model parameters included), with only their checks
-        from .text_runner import TextAuditRun, get_token_explainer
+        from .text_runner import get_token_explainer
 
         explainers: Dict[str, Any] = {}
         checks: List[str] = []
@@ -451,7 +451,7 @@ def _rerun(docs: List[Dict[str, Any]], suite: Any, indices: List[int], run_dir: 
             for k, v in _text_rerun_explainers(suite, method["name"], explainer).items():
                 explainers.setdefault(k, v)
             checks += [c for c in doc["per_sample"].get(method["name"], {}) if c not in checks]
-        return TextAuditRun(suite, explainer_objects=explainers, checks=checks or None,
+        return AuditRun(suite, explainer_objects=explainers, checks=checks or None,
                             model_params=_model_params(first, suite), **common).execute()
     with contextlib.ExitStack() as stack:
         explainers = {}

@@ -130,15 +130,9 @@ def find_suite(name_or_path: str) -> Path:
 
 
 def _is_family(name: str) -> bool:
-    """A faithfulness family or a text check (scores of their own) rather than a model intervention."""
-    import inspect
-
-    from .metrics.base import FaithfulnessFamily
-
-    from .checks.attention_audits import TextCheck
-
-    obj = CHECKS.get(name)
-    return inspect.isclass(obj) and issubclass(obj, (FaithfulnessFamily, TextCheck))
+    """A check that produces scores of its own (an evaluation or an audit: its declared work unit is not a model
+    state) rather than a model intervention compared with the trained model's maps."""
+    return getattr(CHECKS.get(name), "unit", "state") != "state"
 
 
 def _parts(items: List[Any]) -> List[Tuple[str, Dict[str, Any]]]:

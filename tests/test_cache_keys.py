@@ -8,6 +8,7 @@ import os
 import pytest
 from helpers import digits_batch, make_tiny_cnn
 from sanitycheck import runner
+from sanitycheck.engine import run as engine_run
 from sanitycheck.data import ImageDataset
 from sanitycheck.explainers import get_explainer
 from sanitycheck.registry import file_module_name
@@ -102,8 +103,8 @@ def test_a_file_explainer_resumes_and_an_edited_one_is_recomputed(layout, datase
     first = run(out, f"{src / 'm.py'}:fn", dataset)
     (out / "results.json").unlink()
     calls = []
-    real = runner.explain_batched
-    monkeypatch.setattr(runner, "explain_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = engine_run.explain_maps
+    monkeypatch.setattr(engine_run, "explain_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run(out, "../src/m.py:fn", dataset)  # another spelling of the same file: resumes from the cache
     assert calls == []
     assert again["per_sample"]["../src/m.py:fn"] == first["per_sample"][f"{src / 'm.py'}:fn"]

@@ -117,10 +117,10 @@ def test_rerun_into_the_same_out_resumes_and_gives_the_same_numbers(tiny_run, mo
     first = json.loads((out / "results.json").read_text())
     (out / "results.json").unlink()
     calls = []
-    from sanitycheck import runner
+    from sanitycheck.engine import run as runner
 
-    real = runner.explain_batched
-    monkeypatch.setattr(runner, "explain_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = runner.explain_maps
+    monkeypatch.setattr(runner, "explain_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--no-figures"]) == 0
     assert calls == [], "a resumed run recomputed cached maps"
     again = json.loads((out / "results.json").read_text())

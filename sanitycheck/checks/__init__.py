@@ -1,5 +1,8 @@
-"""Checks: interventions on a model (randomizations, retraining) whose effect on the maps is measured."""
+"""Checks: interventions on a model (randomizations, retraining) and evaluations of its maps, under one contract
+(:mod:`sanitycheck.checks.base`)."""
 
-from .base import Check, ModelState, get_check
+from .base import (DATASET, MODEL_STATES, NEEDS, ORIGINAL_MAPS, TRAIN_SPLIT, TWIN_MODEL, AuditCheck, Check,
+                   CheckOutput, ModelState, StateCheck, get_check)
 
-__all__ = ["Check", "ModelState", "get_check"]
+__all__ = ["AuditCheck", "Check", "CheckOutput", "ModelState", "StateCheck", "get_check", "NEEDS", "ORIGINAL_MAPS",
+           "MODEL_STATES", "DATASET", "TRAIN_SPLIT", "TWIN_MODEL"]

@@ -1,6 +1,6 @@
 """Audits of attention as explanation, as suite checks: Jain & Wallace (2019) and Wiegreffe & Pinter (2019).
 
-These checks run inside a text audit (:class:`sanitycheck.text_runner.TextAuditRun`) on an attention model
+These checks are audits (:class:`~sanitycheck.checks.base.AuditCheck`) of a text suite on an attention model
 (``has_attention``; :class:`~sanitycheck.models.attention.AttentionClassifier` or the MiniLM classifier) in
 float64. Each returns per-instance scores per (step, explainer), which the runner turns into records with
 bootstrap CIs and, where the suite states a rule, verdicts — the same ``results.json`` as the image checks.
@@ -29,13 +29,13 @@ Attention-level checks (permutation, adversarial, the W&P checks) produce record
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, NotApplicableError
+from .base import ORIGINAL_MAPS, TRAIN_SPLIT, AuditCheck, CheckOutput
 
 __all__ = ["TextCheck", "TextCheckOutput", "ImportanceAgreement", "AttentionPermutation",
            "AdversarialAttentionCheck", "UniformAttentionCheck", "SeedVarianceCheck", "DiagnosticMLPCheck",
@@ -44,23 +44,15 @@ __all__ = ["TextCheck", "TextCheckOutput", "ImportanceAgreement", "AttentionPerm
 ATTENTION = "attention"
 
 
-@dataclass
-class TextCheckOutput:
-    """What a text check returns: ``scores[(step, explainer)][metric]`` (N,) float64 (NaN = undefined),
-    ``reasons[(step, explainer)][metric]`` why some are undefined, the ordered ``steps``, ``notes`` to
-    record, ``summaries`` (statistics that are not means of per-instance scores, e.g. F1, each with n and
-    a bootstrap CI) and ``figure`` data."""
-
-    steps: List[str]
-    scores: Dict[Tuple[str, str], Dict[str, Tensor]]
-    reasons: Dict[Tuple[str, str], Dict[str, Optional[str]]] = field(default_factory=dict)
-    notes: Dict[str, Any] = field(default_factory=dict)
-    summaries: List[Dict[str, Any]] = field(default_factory=list)
-    figure: Dict[str, Any] = field(default_factory=dict)
+#: what an attention audit returns (the common audit output)
+TextCheckOutput = CheckOutput
 
 
-class TextCheck:
-    """Base of text checks: ``evaluate(run, originals) -> TextCheckOutput``; stateless apart from parameters."""
+class TextCheck(AuditCheck):
+    """Base of the attention audits: ``evaluate(ctx) -> CheckOutput``; stateless apart from parameters.
+    ``ctx.originals`` holds every explainer's importances of the trained model."""
+
+    needs = frozenset({ORIGINAL_MAPS})
 
     name = "text_check"
     description = ""
@@ -70,17 +62,17 @@ class TextCheck:
     def config(self) -> Dict[str, Any]:
         return {}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:  # pragma: no cover
+    def evaluate(self, ctx: Any) -> TextCheckOutput:  # pragma: no cover
         raise NotImplementedError
 
     # helpers ---------------------------------------------------------------------------------------
     @staticmethod
-    def require_attention_explainer(run: Any, check: str) -> None:
-        if ATTENTION not in run.explainers:
+    def require_attention_explainer(ctx: Any, check: str) -> None:
+        if ATTENTION not in ctx.explainers:
             raise ConfigError(f"check {check!r} audits the model's attention: list the explainer {ATTENTION!r} "
-                              f"in the suite (it has {list(run.explainers)})")
-        if not getattr(run.model, "has_attention", False):
-            raise NotApplicableError(f"check {check!r}: {type(run.model).__name__} has no attention "
+                              f"in the suite (it has {list(ctx.explainers)})")
+        if not getattr(ctx.model, "has_attention", False):
+            raise NotApplicableError(f"check {check!r}: {type(ctx.model).__name__} has no attention "
                                      "(has_attention is not set)")
 
     @staticmethod
@@ -120,17 +112,18 @@ class ImportanceAgreement(TextCheck):
         return {"audited": self.audited, "references": self.references, "alpha": self.alpha,
                 "top_share": self.top_share}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from ..metrics.rank import kendall_tau, topk_overlap
 
         # a run of a subset of the suite's explainers (e.g. re-validating one) audits those present; the
         # references must be there for anything to be compared
-        missing = [n for n in (self.references or []) if n not in run.explainers]
+        missing = [n for n in (self.references or []) if n not in ctx.explainers]
         if missing:
             raise ConfigError(f"{self.name}: reference explainers {missing} are not in the run "
-                              f"(it has {list(run.explainers)})")
-        refs = self.references or [n for n in run.explainers if n not in self.audited]
-        lengths = run.batch.lengths
+                              f"(it has {list(ctx.explainers)})")
+        refs = self.references or [n for n in ctx.explainers if n not in self.audited]
+        lengths = ctx.inputs.batch.lengths
         out = TextCheckOutput(steps=[], scores={})
         for r in refs:
             if r not in originals:
@@ -166,14 +159,15 @@ class AttentionPermutation(TextCheck):
     def config(self) -> Dict[str, Any]:
         return {"n_permutations": self.n_permutations}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from .adversarial_attention import permutation_test
 
-        self.require_attention_explainer(run, self.name)
+        self.require_attention_explainer(ctx, self.name)
         med, sat = [], []
-        for sl in run.slices(self.batch_size):
-            b = run.batch_slice(sl)
-            res = permutation_test(run.model, *b, n_permutations=self.n_permutations, seed=run.seed)
+        for sl in ctx.slices(self.batch_size):
+            b = ctx.model_inputs(sl)
+            res = permutation_test(ctx.model, *b, n_permutations=self.n_permutations, seed=ctx.seed)
             med.append(_as_float(res.median_output_change))
             sat.append(res.saturated.to(torch.float64).cpu())
         scores = {"median_output_change": torch.cat(med), "saturated": torch.cat(sat)}
@@ -205,17 +199,18 @@ class AdversarialAttentionCheck(TextCheck):
         return {"k": self.k, "steps": self.steps, "lr": self.lr, "epsilon": self.epsilon,
                 "report_epsilon": self.report_epsilon}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from .adversarial_attention import LN2, adversarial_attention
 
-        self.require_attention_explainer(run, self.name)
+        self.require_attention_explainer(ctx, self.name)
         parts: Dict[str, List[Tensor]] = {"max_jsd": [], "found": [], "output_change": [], "saturated": []}
         figure: Dict[str, Any] = {"instances": []}
-        slices = list(run.slices(self.batch_size))
-        for sl in run.progress_bar(slices, desc="adversarial attention"):
-            b = run.batch_slice(sl)
-            res = adversarial_attention(run.model, *b, k=self.k, steps=self.steps, lr=self.lr, epsilon=self.epsilon,
-                                        report_epsilon=self.report_epsilon, seed=run.seed)
+        slices = list(ctx.slices(self.batch_size))
+        for sl in ctx.progress_bar(slices, desc="adversarial attention"):
+            b = ctx.model_inputs(sl)
+            res = adversarial_attention(ctx.model, *b, k=self.k, steps=self.steps, lr=self.lr, epsilon=self.epsilon,
+                                        report_epsilon=self.report_epsilon, seed=ctx.seed)
             parts["max_jsd"].append(_as_float(res.max_jsd))
             parts["found"].append(res.found.to(torch.float64).cpu())
             # the output change of the candidate reported (the most different one within report_epsilon)
@@ -228,12 +223,12 @@ class AdversarialAttentionCheck(TextCheck):
             for i in range(min(need, len(best))):
                 if not bool(res.found[i]):
                     continue
-                one = run.batch_slice(slice(sl.start + i, sl.start + i + 1))
+                one = ctx.model_inputs(slice(sl.start + i, sl.start + i + 1))
                 n = int(one[1][0])
                 cand = res.candidates[i, best[i], :n]
                 with torch.no_grad():
-                    adv_out = torch.softmax(run.model(*one, attention=cand[None].to(run.model_dtype)), dim=-1)[0]
-                pieces = getattr(run.batch, "pieces", None)
+                    adv_out = torch.softmax(ctx.model(*one, attention=cand[None].to(ctx.dtype)), dim=-1)[0]
+                pieces = getattr(ctx.inputs.batch, "pieces", None)
                 figure["instances"].append({
                     "index": sl.start + i, "tokens": list(pieces[sl.start + i]) if pieces else None,
                     "attention": res.attention[i, :n].tolist(), "adversarial": cand.tolist(),
@@ -254,17 +249,17 @@ class AdversarialAttentionCheck(TextCheck):
 # :mod:`sanitycheck.checks.wiegreffe_pinter`; these checks evaluate on the audited sample.
 
 
-def _audited_data(run: Any) -> Tuple[Tensor, ...]:
-    return (*run.batch, run.labels)
+def _audited_data(ctx: Any) -> Tuple[Tensor, ...]:
+    return (*ctx.inputs.batch, ctx.labels)
 
 
-def _train_spec(run: Any, check: str) -> Any:
+def _train_spec(ctx: Any, check: str) -> Any:
     from ..models.attention import TextTrainSpec
 
-    spec = getattr(run._model, "sanitycheck_spec", None)
+    spec = getattr(ctx.model, "sanitycheck_spec", None)
     if not isinstance(spec, TextTrainSpec):
         raise NotApplicableError(f"{check} retrains models of the audited architecture: it needs a Jain & Wallace "
-                                 f"attention classifier (text_attention), not {type(run._model).__name__}")
+                                 f"attention classifier (text_attention), not {type(ctx.model).__name__}")
     return spec
 
 
@@ -272,11 +267,11 @@ def _correct(pred: Tensor, labels: Tensor) -> Tensor:
     return (pred.cpu() == labels.cpu()).to(torch.float64)
 
 
-def _f1_summary(run: Any, label: str, pred: Tensor, check: str) -> Dict[str, Any]:
+def _f1_summary(ctx: Any, label: str, pred: Tensor, check: str) -> Dict[str, Any]:
     from .wiegreffe_pinter import bootstrap_f1
 
-    n_classes = len(run.dataset.classes)
-    s = bootstrap_f1(pred.cpu(), run.labels.cpu(), n_classes, seed_parts=(run.seed, "f1", check, label))
+    n_classes = len(ctx.classes)
+    s = bootstrap_f1(pred.cpu(), ctx.labels.cpu(), n_classes, seed_parts=(ctx.seed, "f1", check, label))
     return {"check": check, "step": label, "statistic": "f1_positive" if n_classes == 2 else "f1_macro",
             "value": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": len(pred),
             "n_undefined_resamples": s.n_undefined, "bootstrap": "percentile, 2000 resamples of instances"}
@@ -295,20 +290,21 @@ class UniformAttentionCheck(TextCheck):
     description = "accuracy with uniform attention imposed (Wiegreffe & Pinter 2019, baseline)"
     higher_is_better = {"accuracy_drop": True, "output_tvd": True, "correct": True, "correct_uniform": True}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from .adversarial_attention import tvd
         from .wiegreffe_pinter import model_outputs, uniform_outputs
 
-        self.require_attention_explainer(run, self.name)
-        data = _audited_data(run)
-        trained, uniform = model_outputs(run.model, data), uniform_outputs(run.model, data)
-        c, cu = _correct(trained.predictions, run.labels), _correct(uniform.predictions, run.labels)
+        self.require_attention_explainer(ctx, self.name)
+        data = _audited_data(ctx)
+        trained, uniform = model_outputs(ctx.model, data), uniform_outputs(ctx.model, data)
+        c, cu = _correct(trained.predictions, ctx.labels), _correct(uniform.predictions, ctx.labels)
         scores = {"correct": c, "correct_uniform": cu, "accuracy_drop": c - cu,
                   "output_tvd": _as_float(tvd(trained.probabilities, uniform.probabilities))}
         return TextCheckOutput(
             steps=["score"], scores={("score", ATTENTION): scores},
-            summaries=[_f1_summary(run, "trained attention", trained.predictions, self.name),
-                       _f1_summary(run, "uniform attention", uniform.predictions, self.name)],
+            summaries=[_f1_summary(ctx, "trained attention", trained.predictions, self.name),
+                       _f1_summary(ctx, "uniform attention", uniform.predictions, self.name)],
             notes={"uniform": "1/length on every real token, imposed through forward(attention=)"})
 
 
@@ -318,6 +314,8 @@ class SeedVarianceCheck(TextCheck):
     Steps are the seeds; per instance the JSD and TVD of the attention to the audited model's and the TVD of
     the outputs. Large attention divergence with equal outputs means attention is one of many equally good.
     """
+
+    needs = frozenset({ORIGINAL_MAPS, TRAIN_SPLIT})
 
     name = "seed_variance"
     description = "attention of the same architecture retrained with other seeds (Wiegreffe & Pinter 2019)"
@@ -331,21 +329,22 @@ class SeedVarianceCheck(TextCheck):
     def config(self) -> Dict[str, Any]:
         return {"seeds": self.seeds}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from .wiegreffe_pinter import attention_divergence, train_seed_variants
 
-        self.require_attention_explainer(run, self.name)
-        spec = _train_spec(run, self.name)
+        self.require_attention_explainer(ctx, self.name)
+        spec = _train_spec(ctx, self.name)
         if spec.seed in self.seeds:
             raise ConfigError(f"seed_variance: seed {spec.seed} is the audited model's own seed")
-        train, test = run.train_data()
-        models = train_seed_variants(spec, train, test, self.seeds, cache_dir=run.cache_dir, progress=run.progress)
-        data = _audited_data(run)
+        train, test = ctx.train_split()
+        models = train_seed_variants(spec, train, test, self.seeds, cache_dir=ctx.cache_dir, progress=ctx.progress)
+        data = _audited_data(ctx)
         out = TextCheckOutput(steps=[], scores={})
         accuracies = {}
         for seed, model in zip(self.seeds, models):
             step = f"seed={seed}"
-            div = attention_divergence(run.model, model, data)
+            div = attention_divergence(ctx.model, model, data)
             out.steps.append(step)
             out.scores[(step, ATTENTION)] = {k: _as_float(v) for k, v in div.items()}
             accuracies[step] = model.sanitycheck_info.get("test_accuracy")
@@ -364,6 +363,8 @@ class DiagnosticMLPCheck(TextCheck):
     model carries information usable by another model. A task that uniform attention solves cannot show it.
     """
 
+    needs = frozenset({ORIGINAL_MAPS, TRAIN_SPLIT})
+
     name = "diagnostic_mlp"
     description = "a context-free MLP guided by frozen attention weights (Wiegreffe & Pinter 2019, Table 3)"
     higher_is_better = {"correct": True, "gain_over_uniform": True}
@@ -376,26 +377,27 @@ class DiagnosticMLPCheck(TextCheck):
     def config(self) -> Dict[str, Any]:
         return {"adversary_lambda": self.adversary_lambda}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from .wiegreffe_pinter import train_adversary, train_diagnostic
 
-        self.require_attention_explainer(run, self.name)
-        spec = _train_spec(run, self.name)
-        train, test = run.train_data()
-        common = {"cache_dir": run.cache_dir, "progress": run.progress}
-        adversary = train_adversary(run._model, spec, train, test, self.adversary_lambda, **common)
+        self.require_attention_explainer(ctx, self.name)
+        spec = _train_spec(ctx, self.name)
+        train, test = ctx.train_split()
+        common = {"cache_dir": ctx.cache_dir, "progress": ctx.progress}
+        adversary = train_adversary(ctx.model, spec, train, test, self.adversary_lambda, **common)
         guides = [("uniform", "uniform", None), ("trained_mlp", "trained", None),
-                  ("adversary", "imposed", adversary), ("base", "imposed", run._model)]
-        data = _audited_data(run)
+                  ("adversary", "imposed", adversary), ("base", "imposed", ctx.model)]
+        data = _audited_data(ctx)
         out = TextCheckOutput(steps=[], scores={})
         correct: Dict[str, Tensor] = {}
         info = {}
         for step, guide, guide_model in guides:
             res = train_diagnostic(guide, spec, train, test, guide_model=guide_model, **common)
             pred = res.predict(data).predictions
-            correct[step] = _correct(pred, run.labels)
+            correct[step] = _correct(pred, ctx.labels)
             out.steps.append(step)
-            out.summaries.append(_f1_summary(run, step, pred, self.name))
+            out.summaries.append(_f1_summary(ctx, step, pred, self.name))
             info[step] = {"test_accuracy": res.accuracy, "test_f1": res.f1}
         for step in out.steps:
             out.scores[(step, ATTENTION)] = {"correct": correct[step],
@@ -415,6 +417,8 @@ class AdversarialTrainingCheck(TextCheck):
     (with bootstrap CIs): attention that is easy to change without changing outputs sits low and right.
     """
 
+    needs = frozenset({ORIGINAL_MAPS, TRAIN_SPLIT})
+
     name = "adversarial_training"
     description = "model-consistent adversarial attention training, lambda swept (Wiegreffe & Pinter 2019)"
     higher_is_better = {"output_tvd": True, "attention_jsd": False, "correct": True}
@@ -427,16 +431,17 @@ class AdversarialTrainingCheck(TextCheck):
     def config(self) -> Dict[str, Any]:
         return {"lambdas": self.lambdas}
 
-    def evaluate(self, run: Any, originals: Dict[str, Tensor]) -> TextCheckOutput:
+    def evaluate(self, ctx: Any) -> TextCheckOutput:
+        originals = ctx.originals
         from ..stats import bootstrap_ci
         from .wiegreffe_pinter import lambda_sweep, model_outputs
 
-        self.require_attention_explainer(run, self.name)
-        spec = _train_spec(run, self.name)
-        train, test = run.train_data()
-        data = _audited_data(run)
-        sweep = lambda_sweep(run._model, spec, train, data, self.lambdas, cache_dir=run.cache_dir,
-                             progress=run.progress)
+        self.require_attention_explainer(ctx, self.name)
+        spec = _train_spec(ctx, self.name)
+        train, test = ctx.train_split()
+        data = _audited_data(ctx)
+        sweep = lambda_sweep(ctx.model, spec, train, data, self.lambdas, cache_dir=ctx.cache_dir,
+                             progress=ctx.progress)
         out = TextCheckOutput(steps=[], scores={}, figure={"tradeoff": []})
         for k, lam in enumerate(self.lambdas):
             step = f"lambda={lam:g}"
@@ -444,9 +449,9 @@ class AdversarialTrainingCheck(TextCheck):
             tv, js = _as_float(sweep.output_tvd[k]), _as_float(sweep.attention_jsd[k])
             out.steps.append(step)
             out.scores[(step, ATTENTION)] = {"output_tvd": tv, "attention_jsd": js,
-                                             "correct": _correct(pred, run.labels)}
-            st = bootstrap_ci(tv, seed_parts=(run.seed, "bootstrap", self.name, step, "output_tvd"))
-            sj = bootstrap_ci(js, seed_parts=(run.seed, "bootstrap", self.name, step, "attention_jsd"))
+                                             "correct": _correct(pred, ctx.labels)}
+            st = bootstrap_ci(tv, seed_parts=(ctx.seed, "bootstrap", self.name, step, "output_tvd"))
+            sj = bootstrap_ci(js, seed_parts=(ctx.seed, "bootstrap", self.name, step, "attention_jsd"))
             out.figure["tradeoff"].append({"label": f"λ={lam:g}", "tvd": st.mean, "tvd_low": st.ci_low,
                                            "tvd_high": st.ci_high, "jsd": sj.mean, "jsd_low": sj.ci_low,
                                            "jsd_high": sj.ci_high})

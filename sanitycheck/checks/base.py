@@ -1,14 +1,43 @@
-"""Checks yield model states; the runner explains each state once and compares to the original."""
+"""The one Check contract: a check declares what it needs and works through a :class:`CheckContext`.
+
+Three kinds of checks share it; the engine reads :attr:`Check.unit` (data, not inspection) to plan work:
+
+* **state checks** (``unit = "state"``, need :data:`MODEL_STATES`): yield model states — parameter
+  randomizations (Adebayo et al. 2018), random logit (Sixt et al. 2020), smooth/efficient MPRT (Hedström et
+  al. 2023), a model trained on random labels. The engine explains each state once and compares every
+  explainer's maps with the trained model's.
+* **evaluation checks** (``unit = "explainer"``, need :data:`ORIGINAL_MAPS`): score each explainer's maps of
+  the trained model — deletion/insertion (Petsiuk et al. 2018), faithfulness correlation, ROAD, infidelity,
+  the pointing game (:mod:`sanitycheck.checks.evaluation`).
+* **audits** (``unit = "check"``): compare an explanation with an intervention over all explainers at once —
+  the attention audits of Jain & Wallace (2019) and Wiegreffe & Pinter (2019).
+
+A check never reaches into the engine: everything it may use is on the context, and the context refuses
+what the check did not declare in :attr:`Check.needs`.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Iterator, NamedTuple, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import CHECKS
+
+#: the trained model's maps of every explainer (``ctx.originals``)
+ORIGINAL_MAPS = "original_maps"
+#: the engine explains model states the check yields
+MODEL_STATES = "model_states"
+#: the audited dataset object itself (ground truth beyond the labels: boxes, captions, rationales)
+DATASET = "dataset"
+#: the model's training split, encoded (checks that retrain models)
+TRAIN_SPLIT = "train_split"
+#: a second trained model (e.g. the same architecture trained on random labels)
+TWIN_MODEL = "twin_model"
+NEEDS: FrozenSet[str] = frozenset({ORIGINAL_MAPS, MODEL_STATES, DATASET, TRAIN_SPLIT, TWIN_MODEL})
 
 
 class ModelState(NamedTuple):
@@ -20,27 +49,83 @@ class ModelState(NamedTuple):
     info: Optional[Dict[str, Any]] = None
 
 
+@dataclass
+class CheckOutput:
+    """What an audit returns: ``scores[(step, explainer)][metric]`` (N,) float64 (NaN = undefined),
+    ``reasons[(step, explainer)][metric]`` why some are undefined, the ordered ``steps``, ``notes`` to
+    record, ``summaries`` (statistics that are not means of per-instance scores, e.g. F1, each with n and
+    a bootstrap CI) and ``figure`` data."""
+
+    steps: List[str]
+    scores: Dict[Tuple[str, str], Dict[str, Tensor]]
+    reasons: Dict[Tuple[str, str], Dict[str, Optional[str]]] = field(default_factory=dict)
+    notes: Dict[str, Any] = field(default_factory=dict)
+    summaries: List[Dict[str, Any]] = field(default_factory=list)
+    figure: Dict[str, Any] = field(default_factory=dict)
+
+
 class Check:
-    """Base class. ``states`` yields :class:`ModelState`s and never mutates ``model``."""
+    """Base of every check. Subclass :class:`StateCheck`, :class:`~sanitycheck.checks.evaluation.EvaluationCheck`
+    or :class:`AuditCheck`."""
 
     name: str = "check"
-    #: the step at which the check's intervention is complete (used by verdict rules and figures)
     description: str = ""
-
-    def states(self, model: nn.Module, *, seed: int, example_input: Tensor,
-               context: Optional[Dict[str, Any]] = None) -> Iterator[ModelState]:  # pragma: no cover
-        raise NotImplementedError
+    #: what the engine must provide (names from :data:`NEEDS`)
+    needs: FrozenSet[str] = frozenset()
+    #: the work unit: "state" (state x explainer), "explainer" (one explainer's maps) or "check" (all at once)
+    unit: str = "state"
+    #: per score name, True when higher is better (evaluation checks and audits)
+    higher_is_better: Dict[str, bool] = {}
 
     def config(self) -> Dict[str, Any]:
         return {}
 
+
+class StateCheck(Check):
+    """Yields model states (:meth:`model_states`); never mutates the trained model.
+
+    Subclasses implement ``states(model, *, seed, example_input, context=None)`` — a plain generator that is
+    also usable outside the engine — and ``steps(model, example_input)``, the step names in order. The engine
+    calls the context forms below."""
+
+    needs = frozenset({MODEL_STATES})
+    unit = "state"
+    #: True when the check compares transformed explainers (e.g. smoothed for smooth MPRT)
+    transforms_explainers: bool = False
+
+    def states(self, model: nn.Module, *, seed: int, example_input: Any,
+               context: Optional[Dict[str, Any]] = None) -> Iterator[ModelState]:  # pragma: no cover
+        raise NotImplementedError
+
+    def steps(self, model: nn.Module, example_input: Any) -> Optional[List[str]]:
+        """The step names in the order :meth:`states` yields them (None: not known before running)."""
+        return None
+
+    # ---------------------------------------------------------------- the engine's entry points
+    def model_states(self, ctx: "Any") -> Iterator[ModelState]:
+        return self.states(ctx.model, seed=ctx.seed, example_input=ctx.example_input)
+
+    def planned_steps(self, ctx: "Any") -> Optional[List[str]]:
+        return self.steps(ctx.model, ctx.example_input)
+
     def transform_explainer(self, explainer: Any) -> Any:
-        """The explainer this check compares (for the original and every state); e.g. smoothed for smooth MPRT."""
+        """The explainer this check compares (for the original and every state)."""
         return explainer
 
-    def transform_target(self, target: Any, logits: Tensor, *, seed: int, x: Optional[Tensor] = None) -> Any:
-        """The target explained in the check's states (the original maps keep the original target)."""
-        return target
+    def state_target(self, ctx: "Any") -> Any:
+        """The target explained in the check's states (the original maps keep the trained model's target)."""
+        return ctx.target
+
+
+class AuditCheck(Check):
+    """Evaluates all explainers at once (``evaluate(ctx) -> CheckOutput``): interventions on the model such as
+    attention permutation or adversarial attention, compared with the explanations."""
+
+    needs = frozenset({ORIGINAL_MAPS})
+    unit = "check"
+
+    def evaluate(self, ctx: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
 
 
 def get_check(name: str, **params: Any) -> Check:
@@ -51,4 +136,10 @@ def get_check(name: str, **params: Any) -> Check:
         raise ConfigError(f"bad parameters {params} for check {name!r}: {err}") from err
     if ":" not in name:
         check.name = name
+    unknown = set(getattr(check, "needs", ())) - NEEDS
+    if unknown or getattr(check, "unit", None) not in ("state", "explainer", "check"):
+        raise ConfigError(f"check {name!r} ({type(check).__name__}) does not follow the Check contract: needs "
+                          f"{sorted(unknown) or sorted(getattr(check, 'needs', ()))} (known: {sorted(NEEDS)}), unit "
+                          f"{getattr(check, 'unit', None)!r} (one of 'state', 'explainer', 'check'); subclass "
+                          "sanitycheck.checks.StateCheck, EvaluationCheck or AuditCheck")
     return check

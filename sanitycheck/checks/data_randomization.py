@@ -17,10 +17,10 @@ from typing import Any, Dict, Iterator, Optional
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from .base import Check, ModelState
+from .base import MODEL_STATES, TWIN_MODEL, ModelState, StateCheck
 
 
-class DataRandomization(Check):
+class DataRandomization(StateCheck):
     name = "data_randomization"
     description = ("Compare maps of the trained model with those of the same architecture trained on "
                    "permuted labels (Adebayo et al. 2018): a model-faithful map must differ.")
@@ -33,6 +33,14 @@ class DataRandomization(Check):
     def config(self) -> Dict[str, Any]:
         return {"train_subset": self.train_subset, "epochs": self.epochs, "lr": self.lr,
                 "min_train_accuracy": self.min_train_accuracy}
+
+    needs = frozenset({MODEL_STATES, TWIN_MODEL})
+
+    def model_states(self, ctx: Any) -> Iterator[ModelState]:
+        context = {"cache_dir": ctx.cache_dir, "device": ctx.device, "progress": ctx.progress}
+        if ctx.twin_model is not None:
+            context["random_label_model"] = ctx.twin_model
+        return self.states(ctx.model, seed=ctx.seed, example_input=ctx.example_input, context=context)
 
     def random_label_model(self, model: nn.Module, *, context: Dict[str, Any]) -> nn.Module:
         given = context.get("random_label_model")

@@ -40,7 +40,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import ConfigError, ModelError
 from ..seeding import generator
-from .base import Check, ModelState
+from .base import StateCheck, ModelState
 
 
 class _FirstUse(TorchFunctionMode):
@@ -120,7 +120,7 @@ def _resolve_layers(model: nn.Module, example_input: Tensor, layers: Optional[Li
     return [l for l in order if l in layers]
 
 
-class _LayerwiseRandomization(Check):
+class _LayerwiseRandomization(StateCheck):
     """Shared parts of the two parameter randomizations: the layers, in the order the steps take them.
 
     ``layers``: randomize only these (default: every parameterized layer). ``group_depth``: one step per

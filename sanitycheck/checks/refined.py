@@ -31,7 +31,7 @@ from ..errors import ConfigError, ModelError
 from ..explainers.base import Explainer
 from ..seeding import generator, sample_keys
 from ..targets import ClassTarget, Target
-from .base import Check, ModelState
+from .base import StateCheck, ModelState
 from .randomization import CascadingRandomization, _LayerwiseRandomization, layer_module, randomize_layer_
 
 __all__ = ["RandomLogit", "SmoothMPRT", "EfficientMPRT", "random_other_classes"]
@@ -65,7 +65,7 @@ def random_other_classes(classes: Tensor, n_classes: int, keys: List[str], *, se
     return (r + (r >= c).long()).to(classes.device)
 
 
-class RandomLogit(Check):
+class RandomLogit(StateCheck):
     """Random-logit test (Sixt et al. 2020): explain a random *other* class with the same model.
 
     One state, ``"random_logit"``: the trained model itself (a deep copy, so that nothing the
@@ -106,6 +106,9 @@ class RandomLogit(Check):
                context: Optional[Dict[str, Any]] = None) -> Iterator[ModelState]:
         yield ModelState("random_logit", copy.deepcopy(model),
                          {"target": "a uniformly random class other than the explained one"})
+
+    def state_target(self, ctx: Any) -> Target:
+        return self.transform_target(ctx.target, ctx.logits, seed=ctx.seed, x=ctx.x)
 
     def transform_target(self, target: Target, logits: Tensor, *, seed: int,
                          x: Optional[Tensor] = None) -> Target:
@@ -164,6 +167,8 @@ class SmoothMPRT(CascadingRandomization):
 
     def config(self) -> Dict[str, Any]:
         return {"layers": self.layers, "n_samples": self.n_samples, "noise_level": self.noise_level}
+
+    transforms_explainers = True
 
     def transform_explainer(self, explainer: Explainer) -> Explainer:
         from ..explainers.noise_tunnel import NoiseTunnel

@@ -907,3 +907,15 @@ def load_rotten_tomatoes(split: str = "train", n: Optional[int] = None) -> TextD
 def load_imdb(split: str = "train", n: Optional[int] = None, max_tokens: Optional[int] = 400) -> TextDataset:
     """Maas et al.'s IMDB reviews (real text), truncated to ``max_tokens``; see :func:`load_movie_reviews`."""
     return load_movie_reviews("imdb", split, n, max_tokens)
+
+
+def text_subset(dataset: Any, indices: Sequence[int]) -> Any:
+    """The texts ``indices`` of a TextDataset (same name, classes and source)."""
+    idx = list(indices)
+    if idx and (min(idx) < 0 or max(idx) >= len(dataset)):
+        raise DataError(f"indices must lie in [0, {len(dataset)}), got [{min(idx)}, {max(idx)}]")
+    pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+    return TextDataset(name=dataset.name, texts=pick(dataset.texts), labels=dataset.labels[idx],
+                       classes=list(dataset.classes), queries=pick(dataset.queries),
+                       rationales=pick(dataset.rationales), source=dataset.source,
+                       meta={**dataset.meta, "indices": idx})

@@ -11,7 +11,8 @@ import torch
 from sanitycheck.errors import ConfigError, DataError
 from sanitycheck.engine import audit_run_for
 from sanitycheck.suites import parse_suite
-from sanitycheck.text_runner import TextAuditRun, text_subset
+from sanitycheck.data.text import text_subset
+from sanitycheck.engine import AuditRun
 
 TINY = {"encoder": "bilstm", "attention": "additive", "embed_dim": 16, "hidden": 8, "epochs": 2,
         "dataset_params": {}}
@@ -79,7 +80,7 @@ def _record(res, explainer, check, step, metric):
                 (explainer, check, step, metric))
 
 
-def test_a_text_suite_runs_the_text_runner_and_writes_the_common_schema(results):
+def test_a_text_suite_runs_through_the_engine_and_writes_the_common_schema(results):
     from sanitycheck.validation import static_problems
 
     out, res = results
@@ -103,13 +104,13 @@ def test_agreement_records_pair_the_audited_method_with_each_reference(results):
 def test_agreement_scores_are_scipy_kendall_tau_of_magnitudes(tmp_path, cache):
     from scipy.stats import kendalltau
 
-    run = TextAuditRun(suite(checks=[{"name": "importance_agreement", "params": {"references": ["gradient"]}}]),
+    run = AuditRun(suite(checks=[{"name": "importance_agreement", "params": {"references": ["gradient"]}}]),
                        out_dir=tmp_path, cache_dir=cache, progress=False, figures=False)
     res = run.execute()
     originals = run.original_maps()
     taus = res["per_sample"]["attention"]["importance_agreement"]["gradient"]["kendall_tau"]
     for i in (0, 5, 11):
-        n = int(run.batch.lengths[i])
+        n = int(run.inputs.batch.lengths[i])
         a, g = originals["attention"][i, :n].abs().numpy(), originals["gradient"][i, :n].abs().numpy()
         assert taus[i] == pytest.approx(kendalltau(a, g).statistic, abs=1e-6)
 
@@ -166,7 +167,7 @@ def test_a_model_without_attention_is_not_applicable_and_recorded(tmp_path, cach
                            **{k: v for k, v in TINY.items() if k != "dataset_params"})
     model.has_attention = False
     s = suite(explainers=["attention", "gradient"], checks=[{"name": "attention_permutation"}])
-    res = TextAuditRun(s, out_dir=tmp_path, model=model, progress=False, figures=False).execute()
+    res = AuditRun(s, out_dir=tmp_path, model=model, progress=False, figures=False).execute()
     assert "has no attention" in res["not_applicable"]["attention_permutation"]
     assert not [r for r in res["records"] if r["check"] == "attention_permutation"]
 
@@ -175,7 +176,7 @@ def test_labels_unseen_in_training_are_refused(tmp_path, cache):
     from sanitycheck.data.text import load_babi1
 
     with pytest.raises(DataError, match="unseen in training"):
-        TextAuditRun(suite(checks=[{"name": "attention_permutation"}]), out_dir=tmp_path, cache_dir=cache,
+        AuditRun(suite(checks=[{"name": "attention_permutation"}]), out_dir=tmp_path, cache_dir=cache,
                      dataset=load_babi1("test", n=30), progress=False, figures=False).execute()
 
 
@@ -280,7 +281,7 @@ def test_checks_that_retrain_need_a_jain_wallace_model(tmp_path, cache):
                            **{k: v for k, v in TINY.items() if k != "dataset_params"})
     model.sanitycheck_spec = None  # as for the MiniLM classifier
     s = suite(checks=[{"name": "seed_variance"}], explainers=["attention"])
-    res = TextAuditRun(s, out_dir=tmp_path, model=model, progress=False, figures=False).execute()
+    res = AuditRun(s, out_dir=tmp_path, model=model, progress=False, figures=False).execute()
     assert "text_attention" in res["not_applicable"]["seed_variance"]
 
 

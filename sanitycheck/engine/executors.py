@@ -1,0 +1,49 @@
+"""Executors run work units. ``local`` runs them in this process, in plan order; a distributed executor
+(issue 12: Ray) runs the same units elsewhere and must return bit-identical results.
+
+An executor sees two shapes of work:
+
+* independent units (trained-model maps, evaluations, audits): ``map(fn, units)``;
+* units that share a model state: ``run_states(states, units_by_step, fn)`` — a state check's states are
+  produced in order by one iterator (cascading randomization builds on the previous state), and each state's
+  units run while that state is current. States whose units are all cached are still iterated (they are
+  cheap to build) but explain nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from ..errors import ConfigError
+from .units import WorkUnit
+
+
+class LocalExecutor:
+    """Runs units one after another in this process."""
+
+    name = "local"
+
+    def map(self, fn: Callable[[WorkUnit], Any], units: Sequence[WorkUnit]) -> Dict[WorkUnit, Any]:
+        return {u: fn(u) for u in units}
+
+    def run_states(self, states: Iterable[Any], units_by_step: Dict[str, List[WorkUnit]],
+                   fn: Callable[[WorkUnit, Any], Any], on_state: Optional[Callable[[Any], None]] = None
+                   ) -> Dict[WorkUnit, Any]:
+        """``fn(unit, state)`` for every unit of every state ``states`` yields (``on_state(state)`` first)."""
+        out: Dict[WorkUnit, Any] = {}
+        for state in states:
+            if on_state is not None:
+                on_state(state)
+            for unit in units_by_step.get(state.step, []):
+                out[unit] = fn(unit, state)
+        return out
+
+
+EXECUTORS = {"local": LocalExecutor}
+
+
+def get_executor(name: str = "local") -> Any:
+    try:
+        return EXECUTORS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown executor {name!r}; known: {', '.join(sorted(EXECUTORS))}") from None
