@@ -341,7 +341,7 @@ def sample_indices(n: int, k: Optional[int], seed: Optional[int] = None) -> Tupl
 
 def _text_rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, Any]:
     """The re-run explainers: the one validated, plus the references its agreement scores compare with."""
-    from .text_runner import get_token_explainer
+    from .explainers import get_explainer
 
     params = dict(suite.explainers)
     out = {name: explainer}
@@ -349,7 +349,7 @@ def _text_rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, A
         if spec.name == "importance_agreement":
             for ref in spec.params.get("references") or []:
                 if ref not in out:
-                    out[ref] = get_token_explainer(ref, **params.get(ref, {}))
+                    out[ref] = get_explainer(ref, modality=suite.input_kind, **params.get(ref, {}))
     return out
 
 
@@ -441,13 +441,14 @@ def _rerun(docs: List[Dict[str, Any]], suite: Any, indices: List[int], run_dir: 
     if first.get("input_kind", "image") == "text":
         # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
         # model and data the documents name (model parameters included), with only their checks
-        from .text_runner import TextAuditRun, get_token_explainer
+        from .explainers import get_explainer
+        from .text_runner import TextAuditRun
 
         explainers: Dict[str, Any] = {}
         checks: List[str] = []
         for doc in docs:
             method = doc["method"]
-            explainer = get_token_explainer(method["source"], **(method.get("params") or {}))
+            explainer = get_explainer(method["source"], modality=suite.input_kind, **(method.get("params") or {}))
             for k, v in _text_rerun_explainers(suite, method["name"], explainer).items():
                 explainers.setdefault(k, v)
             checks += [c for c in doc["per_sample"].get(method["name"], {}) if c not in checks]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import time
+from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,30 +27,20 @@ from torch import Tensor, nn
 
 from .checks.attention_audits import TextCheck, TextCheckOutput
 from .errors import ConfigError, DataError, NotApplicableError
-from .explainers import check_eval_mode
+from .explainers import check_eval_mode, get_explainer
 from .explainers.attention import TextBatch
 from .explainers.base import ModelWatch, call_explainer
 from .io import save_checked
-from .registry import TOKEN_EXPLAINERS
+from .metrics.base import token_mask
+from .registry import modalities_of
 from .results import clean_json, encode_array
 from .runner import AuditRun, _progress, _undefined_reason
 
 __all__ = ["TextAuditRun", "get_token_explainer", "text_subset"]
 
 
-def get_token_explainer(spec: Any, **params: Any) -> Any:
-    """A token explainer by registry name or import path (``package.module:Class``), or any object."""
-    obj = TOKEN_EXPLAINERS.get(spec) if isinstance(spec, str) else spec
-    if inspect.isclass(obj):
-        try:
-            obj = obj(**params)
-        except TypeError as err:
-            raise ConfigError(f"bad parameters {params} for token explainer {spec!r}: {err}") from err
-    elif params:
-        raise ConfigError(f"token explainer {spec!r} is an instance: it takes no parameters ({params})")
-    if not callable(obj):
-        raise ConfigError(f"token explainer {spec!r} is not callable as (model, TextBatch, classes) -> (B, L)")
-    return obj
+#: a token explainer by registry name or import path (``package.module:Class``), or any object
+get_token_explainer = partial(get_explainer, modality="text")
 
 
 def text_subset(dataset: Any, indices: Sequence[int]) -> Any:
@@ -187,10 +178,11 @@ class TextAuditRun(AuditRun):
         return (ids, lengths) if q is None else (ids, lengths, q, ql)
 
     def compare(self, metric: Any, reference: Tensor, other: Tensor) -> Tensor:
-        if getattr(metric, "input_kind", "image") != "text":
+        if "text" not in modalities_of(metric):
             raise ConfigError(f"metric {metric.name!r} compares images; a text suite needs token metrics "
                               "(token_kendall_abs, token_kendall, token_topk_overlap)")
-        return metric(reference, other, self.batch.lengths).to(torch.float64).cpu()
+        mask = token_mask(self.batch.lengths, reference.shape[1])  # True at the real tokens, False at padding
+        return metric(reference, other, mask=mask).to(torch.float64).cpu()
 
     def undefined_reason(self, ref: Tensor, other: Tensor, scores: Tensor) -> Optional[str]:
         # padding holds 0: fill it with each row's first value so "constant over the real tokens" is seen

@@ -176,6 +176,11 @@ class TokenExplainer:
         return f"{type(self).__name__}({cfg})"
 
 
+#: token explainers explain text models only. Set outside the class body, so that the class's source, and with
+#: it every token explainer's published ``code_hash``, stays as it was.
+TokenExplainer.modalities = ("text",)  # type: ignore[attr-defined]
+
+
 class AttentionWeights(TokenExplainer):
     """The model's attention distribution over the tokens (``return_attention=True``)."""
 
