@@ -369,7 +369,7 @@ class RandomTokens(TokenExplainer):
         return out.to(ids.device)
 
 
-#: name -> class (the registry is ``sanitycheck.registry.TOKEN_EXPLAINERS``)
+#: name -> class (registered in ``sanitycheck.registry.EXPLAINERS`` with modality "text")
 TOKEN_EXPLAINERS = {cls.name: cls for cls in (AttentionWeights, EmbeddingGradient, EmbeddingGradientXInput,
                                                LeaveOneOut, IntegratedGradientsEmbedding, AttentionTimesGradient,
                                                RandomTokens)}
