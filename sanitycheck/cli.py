@@ -41,7 +41,9 @@ def _print_summary(results: dict, out_dir: Path) -> None:
         print("(value: the CI bound that decided the verdict; INCONCL: the 95% CI straddles the threshold, "
               "UNDEF: the trained model's maps carry no ranking, LOW-N: fewer samples than the rule's min_n; "
               "only PASS passes; see results.json for the reasons)")
-    if results.get("input_kind") == "text":  # steps of text checks differ per check: one line per record
+    from .modalities import modality_for
+
+    if modality_for(results.get("input_kind", "image")).scores_per_record:  # steps differ per check
         rows = [r for r in results["records"] if results["checks"][r["check"]].get("kind") == "evaluation"]
         if rows:
             print("\nscores (mean [95% CI], n):")
@@ -178,18 +180,27 @@ def cmd_clip_saliency(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS, TOKEN_EXPLAINERS
+    from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
     from .suites import available_suites
 
-    sections = {"suites": list(available_suites()), "explainers": EXPLAINERS.names(),
-                "token_explainers": TOKEN_EXPLAINERS.names(), "models": MODELS.names(),
+    # explainers and metrics: a second column names the input kinds (suite input_kind) each supports
+    modal = {"explainers": EXPLAINERS, "metrics": METRICS, "token_explainers": EXPLAINERS}
+    sections = {"suites": list(available_suites()), "explainers": EXPLAINERS.names(), "models": MODELS.names(),
                 "datasets": DATASETS.names(), "checks": CHECKS.names(), "metrics": METRICS.names()}
+    if args.what == "token_explainers":  # before the registries were one: the text explainers
+        sections["token_explainers"] = EXPLAINERS.names("text")
     wanted = [args.what] if args.what else list(sections)
     for key in wanted:
-        print(f"{key}:")
+        print(f"{key}:" + (f"{'':<{_LS_WIDTH - len(key) - 1}}   modalities" if key in modal else ""))
         for name in sections[key]:
-            print(f"  {name}")
+            if key in modal:
+                print(f"  {name:<{_LS_WIDTH}} {', '.join(modal[key].modalities(name))}")
+            else:
+                print(f"  {name}")
     return 0
+
+
+_LS_WIDTH = 24
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -50,21 +50,19 @@ def _module_file(module: str) -> Optional[Path]:
 
 
 def _registry_for(input_kind: str):
-    from .registry import EXPLAINERS, TOKEN_EXPLAINERS
+    """The explainers of ``input_kind``: one view of the one explainer registry (``name in``, ``get``)."""
+    from .registry import EXPLAINERS
 
-    return TOKEN_EXPLAINERS if input_kind == "text" else EXPLAINERS
+    return EXPLAINERS.view(input_kind)
 
 
 def resolve_source(spec: str, input_kind: str = "image") -> Tuple[str, Path]:
     """(import path, source file) of a method given by registry name, import path or file path.
 
-    A registry name is looked up among the explainers of ``input_kind`` (token explainers for text)."""
+    A registry name is looked up among the explainers of ``input_kind`` (its implementation for that kind)."""
     target = spec
     if ":" not in spec:
-        registry = _registry_for(input_kind)
-        if spec not in registry:
-            registry.get(spec)  # raises the "did you mean" error
-        target = registry._lazy.get(spec) or "{0.__module__}:{0.__qualname__}".format(registry.get(spec))
+        target = _registry_for(input_kind).import_path(spec)  # unknown names: the "did you mean" error
     module, _, attr = target.rpartition(":")
     if module.endswith(".py"):
         path = Path(module)

@@ -214,20 +214,14 @@ def _as_dataset(data: Any, model: Any):
 
 
 def _explainer_objects(explainer: Any, name: Optional[str], input_kind: str = "image") -> Dict[str, Any]:
-    """``{name: explainer}``: names resolved in the registry of the suite's input kind (token explainers for
-    text suites; any callable ``(model, TextBatch, classes) -> (B, L)`` is one)."""
-    from .explainers import as_explainer, get_explainer
-    from .provenance import _registry_for
-    from .registry import TOKEN_EXPLAINERS
+    """``{name: explainer}``: names resolved among the explainers of the suite's input kind (token explainers
+    for text suites; any callable ``(model, TextBatch, classes) -> (B, L)`` is one)."""
+    from .explainers import explainer_from, get_explainer
 
-    if _registry_for(input_kind) is TOKEN_EXPLAINERS:
-        from .text_runner import get_token_explainer
-
-        def build(spec: Any, label: Optional[str]) -> Any:
-            return get_token_explainer(spec)
-    else:
-        def build(spec: Any, label: Optional[str]) -> Any:
-            return get_explainer(spec) if isinstance(spec, str) else as_explainer(spec, name=label)
+    def build(spec: Any, label: Optional[str]) -> Any:
+        if isinstance(spec, str):
+            return get_explainer(spec, modality=input_kind)
+        return explainer_from(spec, input_kind, name=label)
 
     if isinstance(explainer, dict):
         return {k: build(v, k) for k, v in explainer.items()}

@@ -18,9 +18,9 @@ import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Dict, Generic, Iterator, List, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar, Union
 
-from .errors import UnknownNameError
+from .errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -76,28 +76,119 @@ def load_object(path: str) -> Any:
     return obj
 
 
-class Registry(Generic[T]):
-    """Name -> object, resolved lazily from import paths and entry points."""
+#: the input kinds a suite may declare (``input_kind``); a part supports one or more of them
+MODALITIES = ("image", "text", "image_text")
+#: what a part that declares only today's ``input_kind`` (or nothing) supports: image parts also serve the
+#: image side of image-text suites (the CLIP suite runs the image explainers and metrics)
+_KIND_MODALITIES = {"image": ("image", "image_text"), "text": ("text",), "image_text": ("image_text",)}
 
-    def __init__(self, kind: str, group: str):
+
+def modalities_for_kind(input_kind: str) -> Tuple[str, ...]:
+    """The modalities a part declaring only ``input_kind`` supports (``"image"`` -> image and image_text)."""
+    return _KIND_MODALITIES.get(input_kind, (input_kind,))
+
+
+def modalities_of(obj: Any) -> Tuple[str, ...]:
+    """The modalities ``obj`` declares: its ``modalities`` attribute, else those of its ``input_kind``, else image.
+
+    A plain function or a class from another package that declares nothing is an image part (as before
+    modalities existed)."""
+    # the nearest declaration wins: a subclass that sets only ``input_kind`` (the CLIP explainers' "image_text")
+    # is not given its base's ``modalities``
+    scopes = list(obj.__mro__) if isinstance(obj, type) else [obj, *type(obj).__mro__]
+    for scope in scopes:
+        own = getattr(scope, "__dict__", {})
+        if own.get("modalities"):
+            return tuple(own["modalities"])
+        if own.get("input_kind"):
+            return modalities_for_kind(str(own["input_kind"]))
+    return modalities_for_kind("image")
+
+
+def _check_modalities(kind: str, name: str, modalities: Any) -> Tuple[str, ...]:
+    if isinstance(modalities, str):
+        modalities = (modalities,)
+    out = tuple(modalities)
+    bad = [m for m in out if m not in MODALITIES]
+    if not out or bad:
+        raise ConfigError(f"{kind} {name!r}: modalities must be a non-empty tuple of {', '.join(MODALITIES)}; "
+                          f"got {modalities!r}")
+    return out
+
+
+class Registry(Generic[T]):
+    """Name -> object, resolved lazily from import paths and entry points.
+
+    A name may have one implementation per modality (input kind): ``EXPLAINERS`` holds the image
+    ``gradient`` and the token ``gradient`` of text models, told apart by ``get(name, modality=...)``.
+    Each implementation declares the modalities it supports, at registration (``modalities=``, so that
+    listing and suite validation import nothing) and as its ``modalities`` class attribute.
+    """
+
+    def __init__(self, kind: str, group: str, *, default_modality: Optional[str] = None,
+                 modal_groups: Optional[Dict[str, Tuple[str, ...]]] = None):
         self.kind = kind
         self.group = group
+        #: the implementation ``get(name)`` returns, without a modality, when a name has several
+        self.default_modality = default_modality
+        #: more entry-point groups whose parts support only the given modalities (``sanitycheck.token_explainers``)
+        self.modal_groups = dict(modal_groups or {})
+        # keyed by entry: the name for a name's first implementation, "name@modalities" for further ones
         self._objects: Dict[str, T] = {}
         self._lazy: Dict[str, str] = {}
+        self._declared: Dict[str, Tuple[str, ...]] = {}
         self._entry_points_loaded = False
 
-    def register(self, name: str, obj: Union[T, str, None] = None, *, overwrite: bool = False):
-        """Register ``obj`` (or an import path to it) under ``name``; usable as a decorator."""
+    # ------------------------------------------------------------------ entries
+    def _keys(self, name: str) -> List[str]:
+        keys = [k for k in (*self._objects, *self._lazy) if k == name or k.startswith(name + "@")]
+        return sorted(keys, key=lambda k: (k != name, k))
+
+    def _load(self, key: str) -> T:
+        if key in self._objects:
+            return self._objects[key]
+        obj = load_object(self._lazy[key])
+        self._objects[key] = obj
+        del self._lazy[key]
+        return obj
+
+    def _modalities_of_key(self, key: str) -> Tuple[str, ...]:
+        if key in self._declared:
+            return self._declared[key]
+        return modalities_of(self._load(key))
+
+    def register(self, name: str, obj: Union[T, str, None] = None, *, modalities: Any = None,
+                 overwrite: bool = False):
+        """Register ``obj`` (or an import path to it) under ``name``; usable as a decorator.
+
+        ``modalities``: the input kinds this implementation supports (default: what the object declares).
+        A name takes one implementation per modality; registering one whose modalities overlap another's
+        of the same name needs ``overwrite=True`` (which replaces it)."""
+        declared = _check_modalities(self.kind, name, modalities) if modalities is not None else None
 
         def _add(o):
-            if not overwrite and (name in self._objects or name in self._lazy):
-                raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
-            self._objects.pop(name, None)
-            self._lazy.pop(name, None)
-            if isinstance(o, str):
-                self._lazy[name] = o
+            existing = self._keys(name)
+            if existing:
+                mine = declared or (modalities_of(o) if not isinstance(o, str) else modalities_of(load_object(o)))
+                clash = [k for k in existing if set(self._modalities_of_key(k)) & set(mine)]
+                if clash and not overwrite:
+                    raise ValueError(f"{self.kind} {name!r} is already registered for "
+                                     f"{', '.join(self._modalities_of_key(clash[0]))}; pass overwrite=True to "
+                                     "replace it, or modalities= naming other input kinds")
+                for k in clash:
+                    self._objects.pop(k, None)
+                    self._lazy.pop(k, None)
+                    self._declared.pop(k, None)
+                remaining = self._keys(name)
+                key = name if name not in remaining else f"{name}@{'+'.join(mine)}"
             else:
-                self._objects[name] = o
+                key = name
+            if isinstance(o, str):
+                self._lazy[key] = o
+            else:
+                self._objects[key] = o
+            if declared is not None:
+                self._declared[key] = declared
             return o
 
         return _add if obj is None else _add(obj)
@@ -107,48 +198,146 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.group):
-            if ep.name not in self._objects and ep.name not in self._lazy:
+            if not self._keys(ep.name):
                 self._lazy[ep.name] = ep.value
+        for group, modalities in self.modal_groups.items():
+            for ep in entry_points(group=group):
+                if any(set(self._declared.get(k, ())) & set(modalities) for k in self._keys(ep.name)):
+                    continue  # a built-in of that name and modality wins, as in the main group
+                try:
+                    self.register(ep.name, ep.value, modalities=modalities)
+                except (ValueError, UnknownNameError):  # pragma: no cover - clashes with an undeclared part
+                    continue
 
-    def names(self) -> List[str]:
+    # ------------------------------------------------------------------ queries
+    def names(self, modality: Optional[str] = None) -> List[str]:
+        """The registered names (those with an implementation for ``modality`` when given)."""
         self._load_entry_points()
-        return sorted(set(self._objects) | set(self._lazy))
+        names = sorted({k.partition("@")[0] for k in (*self._objects, *self._lazy)})
+        if modality is None:
+            return names
+        return [n for n in names if self.supports(n, modality)]
+
+    def modalities(self, name: str) -> Tuple[str, ...]:
+        """Every modality some implementation of ``name`` supports (in the order of :data:`MODALITIES`)."""
+        self._load_entry_points()
+        found = {m for k in self._keys(name) for m in self._modalities_of_key(k)}
+        return tuple([m for m in MODALITIES if m in found] + sorted(found - set(MODALITIES)))
+
+    def supports(self, name: str, modality: str) -> bool:
+        return modality in self.modalities(name)
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
-        return name in self._objects or name in self._lazy
+        return bool(self._keys(name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def get(self, name: str) -> T:
-        """Return the object for ``name``; unknown names get a "did you mean" error."""
+    def _key_for(self, name: str, modality: Optional[str]) -> Optional[str]:
+        keys = self._keys(name)
+        if not keys:
+            return None
+        wanted = modality or self.default_modality
+        for k in keys:
+            if wanted is not None and wanted in self._modalities_of_key(k):
+                return k
+        if modality is None:  # no default or none for it: the name's first implementation
+            return keys[0]
+        raise UnknownNameError(
+            f"{self.kind} {name!r} has no implementation for {modality} inputs: it supports "
+            f"{', '.join(self.modalities(name))}. {self._known(modality)}")
+
+    def _known(self, modality: Optional[str]) -> str:
+        names = self.names(modality)
+        what = f"{modality} {self.kind}s" if modality else f"{self.kind}s"
+        listed = ", ".join(f"{n} ({', '.join(self.modalities(n))})" for n in names) or "(none)"
+        return f"Known {what}: {listed}."
+
+    def get(self, name: str, modality: Optional[str] = None) -> T:
+        """Return the object for ``name`` (its implementation for ``modality`` when given); unknown names and
+        names without that modality get a "did you mean" error that says which modalities each name supports."""
         self._load_entry_points()
-        if name in self._objects:
-            return self._objects[name]
-        if name in self._lazy:
-            obj = load_object(self._lazy[name])
-            self._objects[name] = obj
-            del self._lazy[name]
-            return obj
+        key = self._key_for(name, modality)
+        if key is not None:
+            return self._load(key)
         if ":" in name:
             return load_object(name)
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, self.names(modality), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names()) or '(none)'}. "
-            f"Other packages add {self.kind}s through the {self.group!r} entry point; "
+            f"unknown {self.kind} {name!r}" + (f" for {modality} inputs" if modality else "") + f".{hint} "
+            f"{self._known(modality)} Other packages add {self.kind}s through the {self.group!r} entry point; "
             f"an import path 'package.module:attr' also works."
         )
+
+    def import_path(self, name: str, modality: Optional[str] = None) -> str:
+        """``package.module:attr`` of ``name``'s implementation for ``modality``, importing nothing for a lazy one."""
+        self._load_entry_points()
+        key = self._key_for(name, modality)
+        if key is None:
+            self.get(name, modality)  # raises the "did you mean" error (or returns an import path's object)
+            return name
+        if key in self._lazy:
+            return self._lazy[key]
+        obj = self._objects[key]
+        return "{0.__module__}:{0.__qualname__}".format(obj)
+
+    def view(self, modality: str) -> "RegistryView[T]":
+        """This registry seen from one modality: ``names()``, ``in``, ``get(name)`` of that input kind only."""
+        return RegistryView(self, modality)
+
+
+class RegistryView(Generic[T]):
+    """The parts of a :class:`Registry` that support one modality (``EXPLAINERS.view("text")``)."""
+
+    def __init__(self, registry: Registry[T], modality: str):
+        self.registry, self.modality = registry, modality
+        self.kind = f"{modality} {registry.kind}"
+        self.group = registry.group
+
+    def names(self) -> List[str]:
+        return self.registry.names(self.modality)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.registry and self.registry.supports(name, self.modality)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __eq__(self, other: Any) -> bool:
+        return (isinstance(other, RegistryView) and other.registry is self.registry
+                and other.modality == self.modality)
+
+    def __hash__(self) -> int:
+        return hash((id(self.registry), self.modality))
+
+    def get(self, name: str) -> T:
+        return self.registry.get(name, modality=self.modality)
+
+    def import_path(self, name: str) -> str:
+        return self.registry.import_path(name, modality=self.modality)
+
+    def register(self, name: str, obj: Union[T, str, None] = None, *, overwrite: bool = False):
+        return self.registry.register(name, obj, modalities=(self.modality,), overwrite=overwrite)
 
 
 DATASETS: Registry[Callable[..., Any]] = Registry("dataset", "sanitycheck.datasets")
 MODELS: Registry[Callable[..., Any]] = Registry("model", "sanitycheck.models")
-EXPLAINERS: Registry[Any] = Registry("explainer", "sanitycheck.explainers")
+#: every explainer: images (model, x, target) -> maps, and text models (model, TextBatch, target classes) ->
+#: token importances (B, L); a name has one implementation per modality (``get("gradient", modality="text")``).
+#: Token explainers of other packages may still use the ``sanitycheck.token_explainers`` entry point.
+EXPLAINERS: Registry[Any] = Registry("explainer", "sanitycheck.explainers", default_modality="image",
+                                     modal_groups={"sanitycheck.token_explainers": ("text",)})
 CHECKS: Registry[Any] = Registry("check", "sanitycheck.checks")
-#: explainers of text models: (model, TextBatch, target classes) -> token importances (B, L)
-TOKEN_EXPLAINERS: Registry[Any] = Registry("token explainer", "sanitycheck.token_explainers")
+#: the text explainers of :data:`EXPLAINERS` (a view, kept for code written before the registries were one)
+TOKEN_EXPLAINERS: RegistryView[Any] = EXPLAINERS.view("text")
+#: every metric ``(reference, other, mask=None) -> (N,)``; each declares the modalities it compares
 METRICS: Registry[Any] = Registry("metric", "sanitycheck.metrics")
+
+#: the modalities of the built-in image parts (image suites and the image side of CLIP suites)
+_IMAGE = ("image", "image_text")
+_TEXT = ("text",)
 
 # Built-ins, registered by import path so that nothing is imported until used.
 for _name, _path in {
@@ -193,8 +382,10 @@ for _name, _path in {
     "sobel": "sanitycheck.explainers.controls:SobelEdges",
     "noise": "sanitycheck.explainers.controls:UniformNoise",
 }.items():
-    EXPLAINERS.register(_name, _path)
+    EXPLAINERS.register(_name, _path, modalities=_IMAGE)
 
+# explainers of text models (modality "text"); "gradient", "gradient_x_input" and "integrated_gradients"
+# name the image method and its token counterpart
 for _name, _path in {
     "attention": "sanitycheck.explainers.attention:AttentionWeights",
     "gradient": "sanitycheck.explainers.attention:EmbeddingGradient",
@@ -208,7 +399,7 @@ for _name, _path in {
     "attention_rollout": "sanitycheck.explainers.transformer:AttentionRollout",
     "chefer_relevance": "sanitycheck.explainers.transformer:GradientWeightedAttention",
 }.items():
-    TOKEN_EXPLAINERS.register(_name, _path)
+    EXPLAINERS.register(_name, _path, modalities=_TEXT)
 
 for _name, _path in {
     "cascading_randomization": "sanitycheck.checks.randomization:CascadingRandomization",
@@ -245,12 +436,16 @@ for _name, _path in {
     "ssim": "sanitycheck.metrics.similarity:ssim",
     "hog": "sanitycheck.metrics.similarity:hog",
     "entropy_increase": "sanitycheck.metrics.similarity:entropy_increase",
+}.items():
+    METRICS.register(_name, _path, modalities=_IMAGE)
+
+for _name, _path in {
     # token importances of text models (Kendall tau over the real tokens; Jain & Wallace 2019)
     "token_kendall_abs": "sanitycheck.metrics.rank:token_kendall_abs",
     "token_kendall": "sanitycheck.metrics.rank:token_kendall",
     "token_topk_overlap": "sanitycheck.metrics.rank:token_topk_overlap",
 }.items():
-    METRICS.register(_name, _path)
+    METRICS.register(_name, _path, modalities=_TEXT)
 
 # CLIP text-to-image saliency (sanitycheck.clip): import paths only, nothing imported until used
 from .clip import REGISTRY_ENTRIES as _CLIP_ENTRIES  # noqa: E402 - imports neither torch nor open_clip

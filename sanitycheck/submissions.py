@@ -339,18 +339,26 @@ def sample_indices(n: int, k: Optional[int], seed: Optional[int] = None) -> Tupl
     return seed, sorted(torch.randperm(n, generator=g)[:k].tolist())
 
 
-def _text_rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, Any]:
-    """The re-run explainers: the one validated, plus the references its agreement scores compare with."""
-    from .text_runner import get_token_explainer
+def _rerun_explainers(suite: Any, name: str, explainer: Any) -> Dict[str, Any]:
+    """The re-run explainers: the one validated, plus the references a check compares it with (a check's
+    ``references`` parameter, e.g. importance_agreement's)."""
+    from .explainers import get_explainer
 
     params = dict(suite.explainers)
     out = {name: explainer}
     for spec in suite.checks:
-        if spec.name == "importance_agreement":
+        if spec.params.get("references"):
             for ref in spec.params.get("references") or []:
                 if ref not in out:
-                    out[ref] = get_token_explainer(ref, **params.get(ref, {}))
+                    out[ref] = get_explainer(ref, modality=suite.input_kind, **params.get(ref, {}))
     return out
+
+
+def _rerunnable(doc: Dict[str, Any]) -> bool:
+    """Whether the document's method can be re-run here: registered, or of a modality whose methods run sandboxed."""
+    from .modalities import modality_for
+
+    return ":" not in doc["method"]["source"] or modality_for(doc.get("input_kind", "image")).sandboxed_methods
 
 
 def _keys(tree: Dict[str, Any]) -> set:
@@ -438,34 +446,30 @@ def _rerun(docs: List[Dict[str, Any]], suite: Any, indices: List[int], run_dir: 
     first = docs[0]
     common = dict(out_dir=run_dir, progress=progress, figures=False, n=first["dataset"]["n"], seed=first["seed"],
                   indices=indices, cache_dir=cache_dir)
-    if first.get("input_kind", "image") == "text":
-        # token explainers on the board are registered built-ins (publish_run): re-run in process, on the
-        # model and data the documents name (model parameters included), with only their checks
-        from .text_runner import get_token_explainer
+    from .explainers import get_explainer
+    from .modalities import modality_for
 
+    modality = modality_for(suite.input_kind)
+    with contextlib.ExitStack() as stack:
         explainers: Dict[str, Any] = {}
         checks: List[str] = []
         for doc in docs:
             method = doc["method"]
-            explainer = get_token_explainer(method["source"], **(method.get("params") or {}))
-            for k, v in _text_rerun_explainers(suite, method["name"], explainer).items():
-                explainers.setdefault(k, v)
-            checks += [c for c in doc["per_sample"].get(method["name"], {}) if c not in checks]
-        return AuditRun(suite, explainer_objects=explainers, checks=checks or None,
-                            model_params=_model_params(first, suite), **common).execute()
-    with contextlib.ExitStack() as stack:
-        explainers = {}
-        for doc in docs:
-            method = doc["method"]
-            if _is_builtin(method["source"]):  # this package's own code, hash-checked: no sandbox needed
-                from .explainers import get_explainer
-
-                explainers[method["name"]] = get_explainer(method["source"], **(method.get("params") or {}))
+            params = method.get("params") or {}
+            if _is_builtin(method["source"]) or not modality.sandboxed_methods:
+                # this package's own code, hash-checked (token explainers on the board are registered built-ins):
+                # no sandbox needed
+                explainer = get_explainer(method["source"], modality=modality.name, **params)
             else:
-                explainers[method["name"]] = stack.enter_context(RemoteExplainer(
+                explainer = stack.enter_context(RemoteExplainer(
                     method["source"], work_dir=work / method["name"], params=method.get("params"),
                     timeout_s=timeout_s, memory_mb=memory_mb))
-        return AuditRun(suite, explainer_objects=explainers, **common).execute()
+            for k, v in _rerun_explainers(suite, method["name"], explainer).items():
+                explainers.setdefault(k, v)
+            checks += [c for c in doc["per_sample"].get(method["name"], {}) if c not in checks]
+        # on the model and data the documents name (model parameters included), with only their checks
+        return AuditRun(suite, explainer_objects=explainers, checks=checks or None,
+                        model_params=_model_params(first, suite), **common).execute()
 
 
 def _is_builtin(source: str) -> bool:
@@ -498,7 +502,7 @@ def validate_file(path: Path, *, rerun: bool = True, sample: Optional[int] = 16,
     if doc is None or not rerun:
         return problems
     method = doc["method"]
-    if doc.get("input_kind", "image") == "text" and ":" in method["source"]:
+    if not _rerunnable(doc):
         return ["cannot re-run: text methods are re-run only when registered (sandboxed token explainers "
                 "are not supported yet)"]
     sample_seed, indices = sample_indices(doc["dataset"]["n"], None if full else sample, seed)
@@ -526,7 +530,7 @@ def validate_files(paths: Sequence[Path], *, sample: Optional[int] = 16, toleran
         if doc is None:
             out[str(path)] = problems
             continue
-        if doc.get("input_kind", "image") == "text" and ":" in doc["method"]["source"]:
+        if not _rerunnable(doc):
             out[str(path)] = ["cannot re-run: text methods are re-run only when registered (sandboxed token "
                               "explainers are not supported yet)"]
             continue

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .errors import ConfigError, UnknownNameError
-from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS, TOKEN_EXPLAINERS
+from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
 from .results import DEFAULT_MIN_N, VERDICT_DIRECTIONS, VERDICT_RULES, VerdictRule
 
 DEFAULT_SUITE = "adebayo2018"
@@ -156,8 +156,8 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
         loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"malformed suite {where}: at {loc}: {err.message}") from None
     explainers = _parts(data["explainers"])
-    explainer_registry = TOKEN_EXPLAINERS if data.get("input_kind") == "text" else EXPLAINERS
-    for registry, names in ((explainer_registry, [n for n, _ in explainers]), (METRICS, data["metrics"]),
+    kind = data.get("input_kind", "image")
+    for registry, names in ((EXPLAINERS.view(kind), [n for n, _ in explainers]), (METRICS, data["metrics"]),
                             (CHECKS, [c["name"] for c in data["checks"]]), (DATASETS, [data["dataset"]["name"]]),
                             (MODELS, [data["model"]["name"]])):
         for name in names:
@@ -166,10 +166,10 @@ def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> S
                     registry.get(name)
                 except UnknownNameError as err:
                     raise ConfigError(f"suite {where}: {err}") from None
-    kind = data.get("input_kind", "image")
     for name in data["metrics"]:
-        metric_kind = getattr(METRICS.get(name), "input_kind", "image") if ":" not in name else None
-        if metric_kind is not None and (metric_kind == "text") != (kind == "text"):
+        supported = METRICS.modalities(name) if ":" not in name else None
+        if supported is not None and kind not in supported:
+            metric_kind = supported[0]
             raise ConfigError(f"suite {where}: metric {name!r} compares {metric_kind} maps, but the suite's input_kind "
                               f"is {kind!r}" + ("; text suites take token metrics (token_kendall_abs, "
                                                 "token_kendall, token_topk_overlap)" if kind == "text" else ""))

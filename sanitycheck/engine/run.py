@@ -150,9 +150,8 @@ class AuditRun:
             # names outside the suite (registered, or import paths) run with their default parameters
             wanted = list(explainers) if explainers else suite.explainer_names
             params = dict(suite.explainers)
-            if self.modality.name == "text":  # TEMPORARY until the registry merge
-                from ..text_runner import get_token_explainer as get_explainer  # noqa
-            self.explainers = {name: get_explainer(name, **params.get(name, {})) for name in wanted}
+            self.explainers = {name: get_explainer(name, modality=self.modality.name, **params.get(name, {}))
+                               for name in wanted}
         self.check_specs = [c for c in suite.checks if not checks or c.name in checks]
         if checks:
             missing = set(checks) - {c.name for c in suite.checks}

@@ -4,7 +4,7 @@ a captum ``Attribution`` class or a plain callable into an :class:`Explainer`.""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from ..errors import ConfigError
 from ..registry import EXPLAINERS
@@ -43,13 +43,48 @@ def as_explainer(obj: Any, name: Optional[str] = None, **params: Any) -> Explain
                       "or a callable (model, x, target) -> maps")
 
 
-def get_explainer(spec: Union[str, Any], **params: Any) -> Explainer:
-    """By registry name or import path (``package.module:attr``, ``file.py:attr``), or any object."""
+def as_token_explainer(obj: Any, spec: Any = None, **params: Any) -> Any:
+    """A token explainer ``(model, TextBatch, target classes) -> (B, L)``: a class is built with ``params``, a
+    callable instance is used as it is."""
+    spec = obj if spec is None else spec
+    if inspect.isclass(obj):
+        try:
+            obj = obj(**params)
+        except TypeError as err:
+            raise ConfigError(f"bad parameters {params} for token explainer {spec!r}: {err}") from err
+    elif params:
+        raise ConfigError(f"token explainer {spec!r} is an instance: it takes no parameters ({params})")
+    if not callable(obj):
+        raise ConfigError(f"token explainer {spec!r} is not callable as (model, TextBatch, classes) -> (B, L)")
+    return obj
+
+
+def _as_image_explainer(obj: Any, name: Optional[str], spec: Any, params: Dict[str, Any]) -> Any:
+    return as_explainer(obj, name=name, **params)
+
+
+#: how a resolved object becomes an explainer, per modality (default, image and image-text: :func:`as_explainer`)
+_BUILDERS = {"text": lambda obj, name, spec, params: as_token_explainer(obj, spec, **params)}
+
+
+def explainer_from(obj: Any, modality: Optional[str] = None, name: Optional[str] = None, spec: Any = None,
+                   **params: Any) -> Any:
+    """``obj`` (a class, instance or callable, already resolved) as an explainer of ``modality``'s inputs."""
+    build = _BUILDERS.get(modality, _as_image_explainer) if modality else _as_image_explainer
+    return build(obj, name, obj if spec is None else spec, params)
+
+
+def get_explainer(spec: Union[str, Any], modality: Optional[str] = None, **params: Any) -> Any:
+    """By registry name or import path (``package.module:attr``, ``file.py:attr``), or any object.
+
+    ``modality`` picks the implementation of a name that has several (``"text"``: the token explainer of
+    text models, e.g. the embedding ``gradient``); without it, the image one. An image explainer is an
+    :class:`Explainer`; a text one is any callable ``(model, TextBatch, target classes) -> (B, L)``."""
     if isinstance(spec, str):
-        obj = EXPLAINERS.get(spec)
+        obj = EXPLAINERS.get(spec, modality=modality)
         name = spec if ":" not in spec else spec.rpartition(":")[2]
-        return as_explainer(obj, name=name, **params)
-    return as_explainer(spec, **params)
+        return explainer_from(obj, modality, name, spec, **params)
+    return explainer_from(spec, modality, None, spec, **params)
 
 
 # Built-in explainer classes, imported on first access (``from sanitycheck.explainers import Gradient``)
@@ -70,6 +105,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Explainer", "CaptumExplainer", "FunctionExplainer", "as_explainer", "get_explainer", "ExplainerError",
+__all__ = ["Explainer", "CaptumExplainer", "FunctionExplainer", "as_explainer", "as_token_explainer",
+           "explainer_from", "get_explainer", "ExplainerError",
            "ModelWatch", "call_explainer", "check_maps_tensor", "state_checksum",
            "check_eval_mode", "reduce_channels", "target_forward", *_LAZY]

@@ -176,6 +176,11 @@ class TokenExplainer:
         return f"{type(self).__name__}({cfg})"
 
 
+#: token explainers explain text models only. Set outside the class body, so that the class's source, and with
+#: it every token explainer's published ``code_hash``, stays as it was.
+TokenExplainer.modalities = ("text",)  # type: ignore[attr-defined]
+
+
 class AttentionWeights(TokenExplainer):
     """The model's attention distribution over the tokens (``return_attention=True``)."""
 
@@ -364,7 +369,7 @@ class RandomTokens(TokenExplainer):
         return out.to(ids.device)
 
 
-#: name -> class (the registry is ``sanitycheck.registry.TOKEN_EXPLAINERS``)
+#: name -> class (registered in ``sanitycheck.registry.EXPLAINERS`` with modality "text")
 TOKEN_EXPLAINERS = {cls.name: cls for cls in (AttentionWeights, EmbeddingGradient, EmbeddingGradientXInput,
                                                LeaveOneOut, IntegratedGradientsEmbedding, AttentionTimesGradient,
                                                RandomTokens)}

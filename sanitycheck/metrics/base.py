@@ -9,8 +9,9 @@ counts with reasons (see :mod:`sanitycheck.results`), never into silent numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 
@@ -25,22 +26,73 @@ class MetricInfo:
     identity: float = 1.0
 
 
+def token_mask(lengths: Tensor, width: int) -> Tensor:
+    """``(N, width)`` bool: True at each row's first ``lengths[i]`` positions (the real tokens), False at padding."""
+    lengths = torch.as_tensor(lengths)
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _check_mask(name: str, mask: Any, reference: Tensor) -> Tensor:
+    from ..errors import DataError
+
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise DataError(f"{name}: mask must be a bool tensor (True at the valid entries), got dtype {mask.dtype}; "
+                        "build one from text lengths with sanitycheck.metrics.base.token_mask(lengths, width)")
+    if tuple(mask.shape) != tuple(reference.shape):
+        raise DataError(f"{name}: mask has shape {tuple(mask.shape)}, expected the maps' shape "
+                        f"{tuple(reference.shape)}")
+    return mask.to(reference.device)
+
+
 class Metric:
-    """A named, stateless metric with metadata; call it like the function it wraps."""
+    """A named, stateless metric with metadata; call it like the function it wraps.
 
-    input_kind = "image"
+    ``metric(reference, other, mask=None) -> (N,)``: ``mask`` (bool, the maps' shape) marks the valid entries,
+    e.g. the real tokens of variable-length texts (padding False). A metric that compares whole maps
+    (``uses_mask`` False: the image similarities) refuses a mask that hides anything; one that reads it
+    (``uses_mask`` True: the token rank statistics) needs it. ``modalities``: the input kinds whose maps it
+    compares (the suite parser refuses it elsewhere)."""
 
-    def __init__(self, fn: Callable[..., Tensor], info: MetricInfo):
+    modalities: Tuple[str, ...] = ("image", "image_text")
+    #: True when ``fn`` takes ``mask=`` and compares only the valid entries
+    uses_mask: bool = False
+
+    def __init__(self, fn: Callable[..., Tensor], info: MetricInfo, *, modalities: Optional[Sequence[str]] = None,
+                 uses_mask: Optional[bool] = None):
         self.fn, self.info = fn, info
         self.name = info.name
         self.__doc__ = fn.__doc__
+        if modalities is not None:
+            self.modalities = tuple(modalities)
+        if uses_mask is not None:
+            self.uses_mask = bool(uses_mask)
 
-    def __call__(self, reference: Tensor, other: Tensor) -> Tensor:
+    @property
+    def input_kind(self) -> str:
+        """The first modality (what code written before modalities read)."""
+        return self.modalities[0]
+
+    def __call__(self, reference: Tensor, other: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         if reference.shape != other.shape:
             from ..errors import AttributionError
 
             raise AttributionError(
                 f"{self.name}: cannot compare maps of shapes {tuple(reference.shape)} and {tuple(other.shape)}")
+        if mask is not None:
+            mask = _check_mask(self.name, mask, reference)
+        if self.uses_mask:
+            if mask is None:
+                from ..errors import DataError
+
+                raise DataError(f"{self.name} compares only the valid entries of the maps: pass mask= (True at "
+                                "the real tokens; token_mask(lengths, width) builds it from the texts' lengths)")
+            return self.fn(reference, other, mask=mask)
+        if mask is not None and not bool(mask.all()):
+            from ..errors import AttributionError
+
+            raise AttributionError(f"{self.name} compares whole maps and cannot leave out masked entries "
+                                   f"({int((~mask).sum())} masked); use a metric of the suite's input kind")
         return self.fn(reference, other)
 
     def __repr__(self) -> str:
@@ -48,29 +100,34 @@ class Metric:
 
 
 class TokenMetric(Metric):
-    """A metric of two token-importance batches (B, L) that reads only each row's first ``lengths`` tokens."""
+    """A metric of two token-importance batches (B, L) that reads only each row's real tokens (``mask``).
 
-    input_kind = "text"
+    Kept for code written before one metric contract: the third argument may still be the texts' ``lengths``
+    (an integer tensor (B,)), turned into the mask ``arange(L) < lengths[:, None]``."""
 
-    def __call__(self, reference: Tensor, other: Tensor, lengths: Tensor = None) -> Tensor:  # type: ignore[override]
-        if reference.shape != other.shape:
-            from ..errors import AttributionError
+    modalities = ("text",)
+    uses_mask = True
 
-            raise AttributionError(
-                f"{self.name}: cannot compare importances of shapes {tuple(reference.shape)} and {tuple(other.shape)}")
-        if lengths is None:
-            from ..errors import DataError
-
-            raise DataError(f"{self.name} compares token importances: pass the lengths of the texts")
-        return self.fn(reference, other, lengths)
+    def __call__(self, reference: Tensor, other: Tensor, mask: Optional[Tensor] = None, *,  # type: ignore[override]
+                 lengths: Optional[Tensor] = None) -> Tensor:
+        if mask is not None and not isinstance(mask, bool) and torch.as_tensor(mask).dtype != torch.bool \
+                and torch.as_tensor(mask).dim() == 1:  # the lengths, as before the mask
+            mask, lengths = None, mask
+        if lengths is not None and mask is None and reference.dim() == 2:
+            mask = token_mask(torch.as_tensor(lengths).to(reference.device), reference.shape[1])
+        return super().__call__(reference, other, mask)
 
 
 def metric(name: str, *, higher_is_better: bool, category: str, description: str, reference: str = "",
-           identity: float = 1.0):
-    """Decorator: ``@metric("spearman", higher_is_better=True, category="similarity", description=...)``."""
+           identity: float = 1.0, modalities: Optional[Sequence[str]] = None, uses_mask: bool = False):
+    """Decorator: ``@metric("spearman", higher_is_better=True, category="similarity", description=...)``.
+
+    ``modalities`` (default image and image-text): the input kinds whose maps it compares. ``uses_mask``: the
+    function takes ``mask=`` (bool, the maps' shape, True at the valid entries) and reads only those."""
 
     def wrap(fn: Callable[..., Tensor]) -> Metric:
-        return Metric(fn, MetricInfo(name, higher_is_better, category, description, reference, identity))
+        return Metric(fn, MetricInfo(name, higher_is_better, category, description, reference, identity),
+                      modalities=modalities, uses_mask=uses_mask)
 
     return wrap
 

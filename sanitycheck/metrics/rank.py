@@ -1,7 +1,8 @@
 """Batched rank statistics between two token-importance vectors per instance (Jain & Wallace 2019).
 
-Inputs are ``(B, L)`` tensors ``a`` and ``b`` with per-row ``lengths`` (B,): only the first
-``lengths[i]`` positions of row ``i`` count (padding is ignored whatever it holds). Everything is
+Inputs are ``(B, L)`` tensors ``a`` and ``b`` with per-row ``lengths`` (B,) or a bool ``mask`` (B, L): only the
+first ``lengths[i]`` positions of row ``i`` (the mask's True positions) count (padding is ignored whatever it
+holds). Everything is
 computed in float64, after dividing each row by its largest magnitude over its real positions (a zero
 row stays zero and undefined), so the scale of the importances cannot change a statistic.
 
@@ -26,13 +27,24 @@ from ..errors import ConfigError, DataError
 __all__ = ["kendall_tau", "topk_overlap"]
 
 
-def _prepare(a: Any, b: Any, lengths: Any) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _prepare(a: Any, b: Any, lengths: Any, mask: Any = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     a = torch.as_tensor(a)
     b = torch.as_tensor(b)
     if a.dim() != 2 or a.shape != b.shape:
         raise DataError(f"a and b must be (B, L) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     a = a.detach().to(torch.float64)
     b = b.detach().to(device=a.device, dtype=torch.float64)
+    if mask is not None:  # the valid positions themselves (True at the real tokens), in place of lengths
+        if lengths is not None:
+            raise ConfigError("pass lengths or mask, not both")
+        valid = torch.as_tensor(mask)
+        if valid.dtype != torch.bool or valid.shape != a.shape:
+            raise DataError(f"mask must be a bool tensor of shape {tuple(a.shape)}, got {valid.dtype} "
+                            f"{tuple(valid.shape)}")
+        valid = valid.to(a.device)
+        lengths = valid.sum(1)
+    else:
+        valid = None
     if lengths is None:
         lengths = torch.full((a.shape[0],), a.shape[1], dtype=torch.long, device=a.device)
     lengths = torch.as_tensor(lengths)
@@ -43,7 +55,8 @@ def _prepare(a: Any, b: Any, lengths: Any) -> Tuple[Tensor, Tensor, Tensor, Tens
         raise DataError(f"lengths must have shape ({a.shape[0]},), got {tuple(lengths.shape)}")
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > a.shape[1]):
         raise DataError(f"lengths must be in [0, {a.shape[1]}], got [{int(lengths.min())}, {int(lengths.max())}]")
-    valid = torch.arange(a.shape[1], device=a.device)[None, :] < lengths[:, None]
+    if valid is None:
+        valid = torch.arange(a.shape[1], device=a.device)[None, :] < lengths[:, None]
     if bool((~torch.isfinite(a) & valid).any() or (~torch.isfinite(b) & valid).any()):
         raise DataError("a and b must be finite at the real positions (NaN/inf found)")
     return _snap(_normalize(a, valid), valid), _snap(_normalize(b, valid), valid), lengths, valid
@@ -86,16 +99,17 @@ def _tie_stats(x: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return ties, s0, s1
 
 
-def kendall_tau(a: Any, b: Any, lengths: Any = None) -> Tuple[Tensor, Tensor]:
+def kendall_tau(a: Any, b: Any, lengths: Any = None, *, mask: Any = None) -> Tuple[Tensor, Tensor]:
     """Kendall's τ-b and its two-sided asymptotic p-value per row: ``(tau (B,), p_value (B,))``, float64.
 
     τ-b = (C − D) / sqrt((n0 − n1)(n0 − n2)), n0 = n(n−1)/2, n1 and n2 the pairs tied in a and in b.
     p = 2·(1 − Φ(|C − D| / sqrt(var))) with var = (n(n−1)(2n+5) − Σ t(t−1)(2t+5) − Σ u(u−1)(2u+5))/18
     + 2·n1·n2 / (n(n−1)) + Σ t(t−1)(t−2)·Σ u(u−1)(u−2) / (9·n(n−1)(n−2)), as scipy
     (t, u the tie-group sizes of a and b).
-    NaN for rows with fewer than 2 positions or a constant ``a`` or ``b``.
+    NaN for rows with fewer than 2 positions or a constant ``a`` or ``b``. ``mask`` (bool (B, L), True at the
+    real positions) may replace ``lengths``: the same numbers for ``mask = arange(L) < lengths[:, None]``.
     """
-    a, b, lengths, valid = _prepare(a, b, lengths)
+    a, b, lengths, valid = _prepare(a, b, lengths, mask)
     B, L = a.shape
     if B == 0:
         empty = torch.empty(0, dtype=torch.float64, device=a.device)
@@ -125,14 +139,15 @@ def kendall_tau(a: Any, b: Any, lengths: Any = None) -> Tuple[Tensor, Tensor]:
     return tau, p
 
 
-def topk_overlap(a: Any, b: Any, lengths: Any = None, k: Union[int, float] = 0.1) -> Tensor:
+def topk_overlap(a: Any, b: Any, lengths: Any = None, k: Union[int, float] = 0.1, *, mask: Any = None) -> Tensor:
     """Fraction (B,) of the top-k positions of ``a`` (largest values) that are top-k positions of ``b``.
 
     ``k``: an int ≥ 1 (a count, capped at each row's length) or a float in (0, 1] (a share of each row's
     length, rounded up, at least 1 position). Ties are broken by position (the earlier position first),
-    deterministically. Pass ``a.abs()`` and ``b.abs()`` to rank by magnitude. NaN for empty rows.
+    deterministically. Pass ``a.abs()`` and ``b.abs()`` to rank by magnitude. NaN for empty rows. ``mask``
+    (bool (B, L), True at the real positions) may replace ``lengths``.
     """
-    a, b, lengths, valid = _prepare(a, b, lengths)
+    a, b, lengths, valid = _prepare(a, b, lengths, mask)
     if isinstance(k, bool) or not isinstance(k, (int, float)):
         raise ConfigError(f"k must be an int >= 1 or a float in (0, 1], got {k!r}")
     n = lengths.to(torch.float64)
@@ -157,22 +172,23 @@ def topk_overlap(a: Any, b: Any, lengths: Any = None, k: Union[int, float] = 0.1
 
 # ----------------------------------------------------------------------------- registered token metrics
 # Similarity of two token-importance vectors (B, L) over each row's real tokens, for the randomization
-# checks of attention models (the text analogue of ``spearman_abs``). Called ``metric(ref, other, lengths)``.
+# checks of attention models (the text analogue of ``spearman_abs``). Called ``metric(ref, other, mask=mask)``,
+# mask True at the real tokens (``token_mask(lengths, L)``).
 from .base import MetricInfo, TokenMetric  # noqa: E402  (after the functions they wrap)
 
 _JW = "Jain & Wallace, Attention is not Explanation, NAACL 2019"
 
 
-def _kendall_abs(reference: Tensor, other: Tensor, lengths: Tensor) -> Tensor:
-    return kendall_tau(reference.abs(), other.abs(), lengths)[0]
+def _kendall_abs(reference: Tensor, other: Tensor, mask: Tensor) -> Tensor:
+    return kendall_tau(reference.abs(), other.abs(), mask=mask)[0]
 
 
-def _kendall(reference: Tensor, other: Tensor, lengths: Tensor) -> Tensor:
-    return kendall_tau(reference, other, lengths)[0]
+def _kendall(reference: Tensor, other: Tensor, mask: Tensor) -> Tensor:
+    return kendall_tau(reference, other, mask=mask)[0]
 
 
-def _topk_abs(reference: Tensor, other: Tensor, lengths: Tensor) -> Tensor:
-    return topk_overlap(reference.abs(), other.abs(), lengths, k=0.2)
+def _topk_abs(reference: Tensor, other: Tensor, mask: Tensor) -> Tensor:
+    return topk_overlap(reference.abs(), other.abs(), k=0.2, mask=mask)
 
 
 token_kendall_abs = TokenMetric(_kendall_abs, MetricInfo(

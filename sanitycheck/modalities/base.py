@@ -48,6 +48,10 @@ class Modality:
     name: str = ""
     #: the element a map scores, for messages ("pixels", "tokens")
     unit: str = "inputs"
+    #: whether submitted methods of this kind (source files) run in the sandbox; else only registered ones
+    sandboxed_methods: bool = True
+    #: print evaluation scores one line per record (audits whose steps differ per check), not as a table
+    scores_per_record: bool = False
 
     # ------------------------------------------------------------------ loading
     def load(self, settings: Any) -> AuditInputs:  # pragma: no cover - abstract

@@ -20,6 +20,8 @@ from .base import AuditInputs, Modality
 class TextModality(Modality):
     name = "text"
     unit = "tokens"
+    sandboxed_methods = False  # the sandbox protocol carries image batches only
+    scores_per_record = True
 
     def load(self, settings: Any) -> AuditInputs:
         from ..data import load_dataset
