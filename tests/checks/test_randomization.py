@@ -125,12 +125,8 @@ def test_data_randomization_needs_a_zoo_model_or_a_given_random_label_model(tiny
 
 
 def _model_interventions():
-    """Registered checks that produce model states (faithfulness families evaluate maps instead)."""
-    import inspect
-
-    from sanitycheck.checks.base import Check
-
-    return [n for n in CHECKS.names() if inspect.isclass(CHECKS.get(n)) and issubclass(CHECKS.get(n), Check)]
+    """Registered checks that produce model states (evaluations and audits score maps instead)."""
+    return [n for n in CHECKS.names() if getattr(CHECKS.get(n), "unit", None) == "state"]
 
 
 @pytest.mark.parametrize("name", _model_interventions())
