@@ -615,9 +615,15 @@ class AuditRun:
             results["cache_recomputed"] = list(self.recomputed)
         previous = self.previous_results()
         results = merge_results(previous, results) if previous else results
+        if self.figures:  # the example maps the figures draw: one file that results.json names
+            from .engine.figure_payload import collect
+            from .report.figure_maps import save_figure_maps
+
+            results["files"] = {**(results.get("files") or {}),
+                                "figure_maps": save_figure_maps(self.out_dir, **collect(self, originals, scored))}
         atomic_write_json(self.out_dir / "results.json", results)
         if self.figures:
-            files = self.write_figures(originals, scored, records)
+            files = self.write_figures(results)
             if previous and isinstance(previous.get("figures"), (list, dict)) and results.get("merged"):
                 old = previous["figures"]
                 files = ({**old, **files} if isinstance(old, dict) and isinstance(files, dict) else
@@ -650,16 +656,11 @@ class AuditRun:
         warnings.warn(f"{path} was {why}; kept as {keep} (not merged)", stacklevel=2)
         return None
 
-    def write_figures(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]],
-                      records: List[Record]) -> List[str]:
-        from .report.figures import write_run_figures
+    def write_figures(self, results: Dict[str, Any]) -> Dict[str, List[str]]:
+        """The figures, drawn from the run's documents only (``results`` and the figure maps it names)."""
+        from .report.run_figures import write_figures
 
-        files = write_run_figures(self, originals, scored, records)
-        if self.suite.input_kind == "image_text":  # CLIP suites: maps for two queries per scene
-            from .clip.figures import write_clip_figures
-
-            files.update(write_clip_figures(self, originals))
-        return files
+        return write_figures(self.out_dir, results)
 
     def per_sample(self, scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         """Per-image scores {explainer: {check: {step: {metric: [...]}}}}: what ``validate`` re-runs and re-aggregates."""

@@ -285,9 +285,3 @@ class TextAuditRun(AuditRun):
             doc["not_applicable"] = dict(self.not_applicable)
         doc["reliability"] = None  # Tomsett et al.'s reliability ranks methods per image: not defined here
         return doc
-
-    def write_figures(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]],
-                      records: List[Any]) -> List[str]:
-        from .report.text_figures import write_text_figures
-
-        return write_text_figures(self, originals, scored, records)
