@@ -25,8 +25,15 @@ def _text_extras(run: Any, k: int, live: Dict[str, Any], originals: Dict[str, Te
     """Text runs: each text's tokens, the dataset's class names and the text checks' figure data."""
     tokens = [_text_tokens(run, i) for i in range(k)]
     outputs = getattr(run, "text_outputs", {}) or {}
+    # the per-instance scores the histograms draw, at full precision (results' per_sample rounds to 7 digits,
+    # which moves automatic bin edges by a pixel)
+    scores: Dict[str, Dict[str, Dict[str, Dict[str, Tensor]]]] = {}
+    for name, out in outputs.items():
+        for (step, explainer), by_metric in out.scores.items():
+            scores.setdefault(name, {}).setdefault(explainer, {})[step] = dict(by_metric)
     extras = {"classes": [str(c) for c in getattr(run.dataset, "classes", []) or []],
-              "text_checks": {name: dict(out.figure) for name, out in outputs.items() if out.figure}}
+              "text_checks": {name: dict(out.figure) for name, out in outputs.items() if out.figure},
+              "text_scores": scores}
     return tokens, extras
 
 

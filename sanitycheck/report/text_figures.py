@@ -131,8 +131,13 @@ def plot_tradeoff(path: Path, title: str, points: Sequence[Dict[str, Any]]) -> P
     return path
 
 
-def _series(results: Dict[str, Any], explainer: str, check: str, step: str, metric: str) -> Tensor:
-    """Per-instance scores from ``results["per_sample"]`` as float64, NaN where undefined (null)."""
+def _series(results: Dict[str, Any], explainer: str, check: str, step: str, metric: str,
+            extras: Optional[Dict[str, Any]] = None) -> Tensor:
+    """Per-instance scores as float64, NaN where undefined: the full-precision copy in the figure maps' extras
+    (``text_scores``) where there is one, else ``results["per_sample"]`` (rounded to 7 digits)."""
+    kept = ((((extras or {}).get("text_scores") or {}).get(check) or {}).get(explainer) or {}).get(step) or {}
+    if isinstance(kept.get(metric), Tensor):
+        return kept[metric].to(torch.float64)
     values = ((((results.get("per_sample") or {}).get(explainer) or {}).get(check) or {}).get(step) or {}).get(metric)
     return torch.tensor([float("nan") if v is None else float(v) for v in values or []], dtype=torch.float64)
 
@@ -187,14 +192,14 @@ def write_text_figures(out_dir: Path, results: Dict[str, Any],
         if check == "importance_agreement":
             per_sample = results.get("per_sample") or {}
             for audited in sorted(a for a in per_sample if check in (per_sample[a] or {})):
-                series = {f"{audited} vs {r}": _series(results, audited, check, r, "kendall_tau")
+                series = {f"{audited} vs {r}": _series(results, audited, check, r, "kendall_tau", extras)
                           for r in per_sample[audited][check]}
                 p = _hist(out_dir / f"importance_agreement_{audited}_hist.png",
                           f"Kendall τ of {audited} with other importances ({model_name}, n={n})", series,
                           "Kendall τ-b", xlim=(-1, 1))
                 files.append(p.name)
         elif check == "attention_permutation":
-            med = _series(results, "attention", check, "score", "median_output_change")
+            med = _series(results, "attention", check, "score", "median_output_change", extras)
             p = _hist(out_dir / "attention_permutation_hist.png",
                       f"median output change under attention permutation ({model_name}, n={n})",
                       {"median TVD": med}, "median |Δŷ| (TVD)")
@@ -204,7 +209,7 @@ def write_text_figures(out_dir: Path, results: Dict[str, Any],
                                           f"attention (blue) vs adversarial attention (red) on {model_name}",
                                           figure["instances"], extras.get("classes") or [])
             files.append(p.name)
-            mj = _series(results, "attention", check, "score", "max_jsd")
+            mj = _series(results, "attention", check, "score", "max_jsd", extras)
             p = _hist(out_dir / "adversarial_attention_hist.png",
                       f"max JSD within ε of adversarial attention ({model_name}, n={n}; ln 2 = 0.69)",
                       {"max JSD": mj}, "JSD [nats]", xlim=(0, 0.7))
