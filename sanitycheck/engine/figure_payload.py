@@ -67,6 +67,17 @@ def collect(run: Any, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str]
     extra = _EXTRAS.get(run.suite.input_kind)
     if extra is not None:
         tokens, extras = extra(run, k, live, originals)
+    # the curve values the perturbation-sequence figures print under each panel, at full precision for the k
+    # inputs (results' per_sample rounds to 7 digits)
+    curves: Dict[str, Dict[str, Dict[str, Tensor]]] = {}
+    for (check, step), by_explainer in scored.items():
+        if check in (getattr(run, "families", None) or {}) and step.isdigit():
+            for name, entry in by_explainer.items():
+                first = next(iter(entry["scores"].values()), None)
+                if first is not None:
+                    curves.setdefault(check, {}).setdefault(name, {})[step] = first[:k]
+    if curves:
+        extras = {**extras, "curves": curves}
     return {"inputs": run.x[:k], "originals": {n: m[:k] for n, m in originals.items()}, "states": states,
             "variant_originals": variants, "tokens": tokens,
             "scope": {"checks": [s.name for s in run.check_specs], "explainers": [n for n in live if n in originals]},

@@ -218,7 +218,9 @@ def write_run_figures(out_dir: Path, results: Dict[str, Any],
             if figure_maps is not None and family is not None and hasattr(family, "n_steps") and hasattr(family, "mode"):
                 curve_steps = [st for st in steps if st.isdigit()]
                 for i in range(min(3, figure_maps.k)):  # a few images, one figure each
-                    curves = {name: torch.tensor([_nan(_per_image(results, name, check, st), i) for st in curve_steps])
+                    kept = figure_maps.extras.get("curves", {}).get(check, {})
+                    curves = {name: torch.tensor([float(kept[name][st][i]) if st in kept.get(name, {}) else
+                                                  _nan(_per_image(results, name, check, st), i) for st in curve_steps])
                               for name in explainers}
                     p = plot_perturbation_sequence(
                         out_dir / f"{check}_sequence_{i}.png",

@@ -67,6 +67,9 @@ def test_results_name_the_figure_maps_file_and_still_match_the_schema(image_run)
     assert set(fm.variant_originals) == {"smooth_mprt"}
     assert fm.states["cascading_randomization"].keys() == set(res["checks"]["cascading_randomization"]["steps"])
     assert "deletion" not in fm.states  # evaluation checks keep no per-state maps
+    curves = fm.extras["curves"]["deletion"]  # the sequence figures' panel values, full precision
+    assert set(curves) == {"gradient", "sobel"} and set(curves["gradient"]) == {str(i) for i in range(5)}
+    assert curves["gradient"]["0"].dtype == torch.float64 and curves["gradient"]["0"].shape == (2,)
     assert fm.scope == {"checks": ["cascading_randomization", "smooth_mprt", "deletion"],
                         "explainers": ["gradient", "sobel"]}
 
