@@ -179,6 +179,18 @@ def cmd_clip_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .report.run_figures import write_figures
+
+    out = Path(args.out_dir)
+    files = write_figures(out)
+    names = [f for fs in files.values() for f in fs]
+    for name in names:
+        print(out / name)
+    print(f"redrew {len(names)} figure(s) of {out} from its results.json and figure maps")
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from .registry import CHECKS, DATASETS, EXPLAINERS, METRICS, MODELS
     from .suites import available_suites
@@ -315,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--no-progress", action="store_true", help="hide the progress bar of training the tiny CLIP "
                                                                 "(first use of --model sanitycheck-tiny-vit only)")
     cs.set_defaults(func=cmd_clip_saliency)
+    fig = sub.add_parser("figures", help="redraw every figure of a run from its results.json and the figure maps "
+                                         "it names (no model needed)")
+    fig.add_argument("out_dir", help="the --out directory of a run")
+    fig.set_defaults(func=cmd_figures)
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "token_explainers", "models", "datasets",
                                                              "checks", "metrics"])

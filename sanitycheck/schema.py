@@ -98,6 +98,9 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "type": "object", "additionalProperties": {
                                "type": "object", "additionalProperties": {"type": "array",
                                                                           "items": _num_or_null}}}}},
+        "files": {"type": "object", "description": "files of the run beside results.json, by role: figure_maps, "
+                                                   "the example maps its figures are drawn from",
+                  "properties": {"figure_maps": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*$"}}},
         "examples": {"type": "object", "required": ["explainers"],
                      "description": "input 0 ('image', or the 'text' tokens of a text suite) and its maps per state",
                      "properties": {"image": _array, "text": {"type": "array", "items": {"type": "string"}},

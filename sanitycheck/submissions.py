@@ -249,10 +249,11 @@ class RemoteExplainer(Explainer):
 
 # ------------------------------------------------------------------------- submit
 def suites_for(input_kind: str, wanted: Optional[Sequence[str]] = None) -> List[str]:
+    from .modalities import modality_for
     from .suites import available_suites, load_suite
 
     names = list(wanted) if wanted else list(available_suites())
-    chosen = [n for n in names if load_suite(n).input_kind == input_kind]
+    chosen = [n for n in names if modality_for(load_suite(n).input_kind).accepts(input_kind)]
     if wanted and len(chosen) != len(names):
         other = sorted(set(names) - set(chosen))
         raise ConfigError(f"suites {other} do not take {input_kind!r} methods")

@@ -299,3 +299,27 @@ def test_a_text_rerun_with_other_explainers_recomputes_the_text_checks_and_keeps
     assert len(list((tmp_path / "out" / "cache" / "scores" / "importance_agreement").glob("check-*.pt"))) == 2
     assert both["records"] == fresh["records"] and both["verdicts"] == fresh["verdicts"]
     assert "random_tokens" in both["per_sample"]
+
+
+def test_a_text_run_is_redrawn_from_its_documents_alone(results, wp_results, tmp_path, monkeypatch):
+    """Token heat maps, histograms, adversarial examples and the W&P trade-off come back byte for byte from
+    results.json and the figure maps, with no model (loading one, or running an explainer, fails here)."""
+    import shutil
+
+    import sanitycheck.explainers.base as explainer_base
+    import sanitycheck.models as models
+    from sanitycheck.cli import main
+
+    def refuse(*a, **k):
+        raise AssertionError("figures must not load a model or run an explainer")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(explainer_base, "call_explainer", refuse)
+    for i, (out, res) in enumerate((results, wp_results)):
+        assert res["files"] == {"figure_maps": "figure_maps.pt"}
+        before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+        assert set(before) == {f for files in res["figures"].values() for f in files}
+        copy = tmp_path / f"copy{i}"
+        shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.png", "cache"))
+        assert main(["figures", str(copy)]) == 0
+        assert {p.name: p.read_bytes() for p in copy.glob("*.png")} == before

@@ -52,7 +52,8 @@ class TextCheck(AuditCheck):
     """Base of the attention audits: ``evaluate(ctx) -> CheckOutput``; stateless apart from parameters.
     ``ctx.originals`` holds every explainer's importances of the trained model."""
 
-    needs = frozenset({ORIGINAL_MAPS})
+    #: the attention-level audits read the model and the audited texts only; importance agreement adds the maps
+    needs: frozenset = frozenset()
 
     name = "text_check"
     description = ""
@@ -93,6 +94,8 @@ class ImportanceAgreement(TextCheck):
     ``top_share`` tokens of |audited| that are also top tokens of |r|. Magnitudes, as J&W's code ranks them.
     A constant importance vector (e.g. leave-one-out on a saturated output) has no ranks: undefined.
     """
+
+    needs = frozenset({ORIGINAL_MAPS})
 
     name = "importance_agreement"
     description = "rank agreement of attention with gradient and leave-one-out importances (Jain & Wallace 2019)"
@@ -160,7 +163,6 @@ class AttentionPermutation(TextCheck):
         return {"n_permutations": self.n_permutations}
 
     def evaluate(self, ctx: Any) -> TextCheckOutput:
-        originals = ctx.originals
         from .adversarial_attention import permutation_test
 
         self.require_attention_explainer(ctx, self.name)
@@ -200,7 +202,6 @@ class AdversarialAttentionCheck(TextCheck):
                 "report_epsilon": self.report_epsilon}
 
     def evaluate(self, ctx: Any) -> TextCheckOutput:
-        originals = ctx.originals
         from .adversarial_attention import LN2, adversarial_attention
 
         self.require_attention_explainer(ctx, self.name)
@@ -291,7 +292,6 @@ class UniformAttentionCheck(TextCheck):
     higher_is_better = {"accuracy_drop": True, "output_tvd": True, "correct": True, "correct_uniform": True}
 
     def evaluate(self, ctx: Any) -> TextCheckOutput:
-        originals = ctx.originals
         from .adversarial_attention import tvd
         from .wiegreffe_pinter import model_outputs, uniform_outputs
 
@@ -315,7 +315,7 @@ class SeedVarianceCheck(TextCheck):
     the outputs. Large attention divergence with equal outputs means attention is one of many equally good.
     """
 
-    needs = frozenset({ORIGINAL_MAPS, TRAIN_SPLIT})
+    needs = frozenset({TRAIN_SPLIT})
 
     name = "seed_variance"
     description = "attention of the same architecture retrained with other seeds (Wiegreffe & Pinter 2019)"
@@ -330,7 +330,6 @@ class SeedVarianceCheck(TextCheck):
         return {"seeds": self.seeds}
 
     def evaluate(self, ctx: Any) -> TextCheckOutput:
-        originals = ctx.originals
         from .wiegreffe_pinter import attention_divergence, train_seed_variants
 
         self.require_attention_explainer(ctx, self.name)
@@ -363,7 +362,7 @@ class DiagnosticMLPCheck(TextCheck):
     model carries information usable by another model. A task that uniform attention solves cannot show it.
     """
 
-    needs = frozenset({ORIGINAL_MAPS, TRAIN_SPLIT})
+    needs = frozenset({TRAIN_SPLIT})
 
     name = "diagnostic_mlp"
     description = "a context-free MLP guided by frozen attention weights (Wiegreffe & Pinter 2019, Table 3)"
@@ -378,7 +377,6 @@ class DiagnosticMLPCheck(TextCheck):
         return {"adversary_lambda": self.adversary_lambda}
 
     def evaluate(self, ctx: Any) -> TextCheckOutput:
-        originals = ctx.originals
         from .wiegreffe_pinter import train_adversary, train_diagnostic
 
         self.require_attention_explainer(ctx, self.name)
@@ -417,7 +415,7 @@ class AdversarialTrainingCheck(TextCheck):
     (with bootstrap CIs): attention that is easy to change without changing outputs sits low and right.
     """
 
-    needs = frozenset({ORIGINAL_MAPS, TRAIN_SPLIT})
+    needs = frozenset({TRAIN_SPLIT})
 
     name = "adversarial_training"
     description = "model-consistent adversarial attention training, lambda swept (Wiegreffe & Pinter 2019)"
@@ -432,7 +430,6 @@ class AdversarialTrainingCheck(TextCheck):
         return {"lambdas": self.lambdas}
 
     def evaluate(self, ctx: Any) -> TextCheckOutput:
-        originals = ctx.originals
         from ..stats import bootstrap_ci
         from .wiegreffe_pinter import lambda_sweep, model_outputs
 

@@ -119,9 +119,10 @@ class StateCheck(Check):
 
 class AuditCheck(Check):
     """Evaluates all explainers at once (``evaluate(ctx) -> CheckOutput``): interventions on the model such as
-    attention permutation or adversarial attention, compared with the explanations."""
+    attention permutation or adversarial attention, compared with the explanations. Declare
+    :data:`ORIGINAL_MAPS` to read the explainers' maps."""
 
-    needs = frozenset({ORIGINAL_MAPS})
+    needs: FrozenSet[str] = frozenset()
     unit = "check"
 
     def evaluate(self, ctx: Any) -> Any:  # pragma: no cover

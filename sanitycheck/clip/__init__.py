@@ -5,7 +5,7 @@
 
 Registry entries (import paths), which :mod:`sanitycheck.registry` registers, are in
 :data:`REGISTRY_ENTRIES`; the checks that need the scenes' ground truth (``text_randomization``,
-``pointing_game``) are in :mod:`.checks`, the figures in :mod:`.figures` and the ``clip-saliency``
+``pointing_game``) are in :mod:`.checks`, the figures in :mod:`sanitycheck.report.clip_figures` and the ``clip-saliency``
 command in :mod:`.saliency`.
 """
 

@@ -166,7 +166,7 @@ def clip_saliency(image: Union[str, Path], query: str, *, model: str = DEFAULT_M
         seconds = time.perf_counter() - start
         maps[name] = m
         rows[name] = {"seconds": round(seconds, 3), "config": explainer.config()}
-    from .figures import plot_method_grid, save_overlay_png
+    from ..report.clip_figures import plot_method_grid, save_overlay_png
 
     image_cpu = x[0].cpu()
     if figures:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks.base import DATASET, ORIGINAL_MAPS, TRAIN_SPLIT, TWIN_MODEL
-from ..errors import ConfigError, NotApplicableError
+from ..errors import ConfigError
 
 
 class CheckContext:

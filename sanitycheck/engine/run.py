@@ -584,9 +584,15 @@ class AuditRun:
             results["cache_recomputed"] = list(self.log.recomputed)
         previous = self.previous_results()
         results = merge_results(previous, results) if previous else results
+        if self.settings.figures:  # the example maps the figures draw: one file that results.json names
+            from ..report.figure_maps import save_figure_maps
+            from .figure_payload import collect
+
+            results["files"] = {**(results.get("files") or {}),
+                                "figure_maps": save_figure_maps(self.out_dir, **collect(self, originals, scored))}
         atomic_write_json(self.out_dir / "results.json", results)
         if self.settings.figures:
-            files = self.write_figures(originals, scored, records)
+            files = self.write_figures(results)
             if previous and isinstance(previous.get("figures"), (list, dict)) and results.get("merged"):
                 old = previous["figures"]
                 files = ({**old, **files} if isinstance(old, dict) and isinstance(files, dict) else
@@ -619,11 +625,11 @@ class AuditRun:
         warnings.warn(f"{path} was {why}; kept as {keep} (not merged)", stacklevel=2)
         return None
 
-    def write_figures(self, originals: Dict[str, Tensor], scored: Dict[Tuple[str, str], Dict[str, Any]],
-                      records: List[Record]) -> Any:
+    def write_figures(self, results: Dict[str, Any]) -> Dict[str, List[str]]:
+        """Every figure, drawn from the documents just written (``results.json`` and the figure maps)."""
         from ..report.run_figures import write_figures
 
-        return write_figures(self, originals, scored, records)
+        return write_figures(self.out_dir, results)
 
     def per_sample(self, scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         """Per-input scores {explainer: {check: {step: {metric: [...]}}}}: what ``validate`` re-runs and re-aggregates."""

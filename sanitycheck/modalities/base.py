@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -48,10 +48,16 @@ class Modality:
     name: str = ""
     #: the element a map scores, for messages ("pixels", "tokens")
     unit: str = "inputs"
+    #: import path of ``(out_dir, results, figure_maps) -> {check: [files]}``, the kind's figures
+    figures: str = "sanitycheck.report.run_figures:draw_image"
     #: whether submitted methods of this kind (source files) run in the sandbox; else only registered ones
     sandboxed_methods: bool = True
     #: print evaluation scores one line per record (audits whose steps differ per check), not as a table
     scores_per_record: bool = False
+
+    def accepts(self, method_kind: str) -> bool:
+        """Whether a submitted method that declares ``method_kind`` inputs can run on this modality's suites."""
+        return method_kind == self.name
 
     # ------------------------------------------------------------------ loading
     def load(self, settings: Any) -> AuditInputs:  # pragma: no cover - abstract
@@ -124,7 +130,7 @@ class Modality:
 
     def figure_inputs(self, inputs: AuditInputs, k: int) -> Dict[str, Any]:
         """What the figures need of the first ``k`` inputs (saved with the figure maps)."""
-        return {"inputs": inputs.x[:k].clone()}
+        return {"inputs": inputs.x[:k]}
 
     def figure_extras(self, inputs: AuditInputs, explainers: Dict[str, Any], k: int, settings: Any) -> Dict[str, Any]:
         """Extra figure data that needs the live model (computed at run time; e.g. CLIP's other queries)."""

@@ -13,6 +13,7 @@ from .base import AuditInputs, Modality
 
 
 class ImageModality(Modality):
+    figures = "sanitycheck.report.run_figures:draw_image"
     name = "image"
     unit = "pixels"
 

@@ -13,9 +13,11 @@ from .image import ImageModality
 
 
 class ImageTextModality(ImageModality):
+    figures = "sanitycheck.report.run_figures:draw_image_text"
     name = "image_text"
 
     def figure_extras(self, inputs: Any, explainers: Dict[str, Any], k: int, settings: Any) -> Dict[str, Any]:
         from ..report.clip_figures import clip_query_maps
 
-        return clip_query_maps(inputs.model, explainers, inputs.x, inputs.dataset, k) or {}
+        query = clip_query_maps(inputs.model, explainers, inputs.x, inputs.dataset, min(3, k))
+        return {"clip_queries": query} if query else {}

@@ -18,6 +18,7 @@ from .base import AuditInputs, Modality
 
 
 class TextModality(Modality):
+    figures = "sanitycheck.report.run_figures:draw_text"
     name = "text"
     unit = "tokens"
     sandboxed_methods = False  # the sandbox protocol carries image batches only
@@ -173,6 +174,9 @@ class TextModality(Modality):
         return (*enc.encode(train), train.labels), (*enc.encode(test), test.labels)
 
     def figure_inputs(self, inputs: AuditInputs, k: int) -> Dict[str, Any]:
-        pieces = getattr(inputs.batch, "pieces", None) or []
-        return {"inputs": inputs.x[:k].clone(), "lengths": inputs.batch.lengths[:k].clone(),
-                "tokens": [list(p) for p in pieces[:k]]}
+        """The first ``k`` texts: their token ids and token strings (the ids when the encoder keeps no pieces)."""
+        batch = inputs.batch
+        pieces = getattr(batch, "pieces", None)
+        tokens = [list(pieces[i]) if pieces else [str(t) for t in batch.ids[i, : int(batch.lengths[i])].tolist()]
+                  for i in range(k)]
+        return {"inputs": inputs.x[:k], "tokens": tokens}

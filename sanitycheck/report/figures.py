@@ -1,13 +1,22 @@
 """Figures of a run: the maps of each check's model states (after Adebayo et al.'s Figure 2)
-and similarity versus step, one curve per explainer with its 95 % CI band."""
+and similarity versus step, one curve per explainer with its 95 % CI band.
+
+Every figure is a function of the run's documents (``results.json`` and the figure maps it names, see
+:mod:`sanitycheck.report.figure_maps`), never of the live run: ``sanitycheck figures <out>`` redraws them."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from ..results import Record
+from .figure_maps import FigureMaps
+
+_RECORD_FIELDS = {f.name for f in fields(Record)}
 
 
 def _plt():
@@ -157,48 +166,104 @@ def plot_perturbation_sequence(path: Path, title: str, x: Tensor, maps: Dict[str
     return path
 
 
-def write_run_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, Dict[str, Any]],
-                      records: Sequence[Any]) -> Dict[str, List[str]]:
-    """All figures of a run into ``run.out_dir``; returns {check: [file names]}."""
+def _records(results: Dict[str, Any]) -> List[Record]:
+    return [Record(**{k: v for k, v in r.items() if k in _RECORD_FIELDS}) for r in results.get("records") or []]
+
+
+def _scope(results: Dict[str, Any], figure_maps: Optional[FigureMaps]) -> Tuple[List[str], List[str]]:
+    """``(checks, explainers)`` the figures show: those the run computed (the figure maps' scope; a run merged
+    into an earlier ``--out`` carries others), else every check and every explainer not skipped."""
+    skipped = {s.get("explainer") for s in results.get("skipped") or [] if isinstance(s, dict)}
+    scope = figure_maps.scope if figure_maps is not None else {}
+    checks = list(scope.get("checks") or results.get("checks") or {})
+    explainers = list(scope.get("explainers") or [n for n in results.get("explainers") or {} if n not in skipped])
+    return checks, explainers
+
+
+def _threshold(info: Dict[str, Any], metric: str) -> Optional[float]:
+    rule = info.get("verdict_rule")
+    return rule["threshold"] if rule and rule.get("metric") == metric else None
+
+
+def _per_image(results: Dict[str, Any], explainer: str, check: str, step: str) -> List[Optional[float]]:
+    """The per-image scores of the first metric of (explainer, check, step) in ``results["per_sample"]``."""
+    by_metric = (((results.get("per_sample") or {}).get(explainer) or {}).get(check) or {}).get(step) or {}
+    return next(iter(by_metric.values()), [])
+
+
+def write_run_figures(out_dir: Path, results: Dict[str, Any],
+                      figure_maps: Optional[FigureMaps] = None) -> Dict[str, List[str]]:
+    """All figures of an image run into ``out_dir`` from its documents: ``results`` and its ``figure_maps``
+    (figures that need maps are left out when there are none). Returns {check: [file names]}."""
+    out_dir = Path(out_dir)
     out: Dict[str, List[str]] = {}
-    explainers = [n for n in run.explainers if n not in run.skipped]
-    for spec in run.check_specs:
-        steps = run.steps.get(spec.name, [])
+    check_names, explainers = _scope(results, figure_maps)
+    records = _records(results)
+    n = (results.get("dataset") or {}).get("n")
+    model_name = (results.get("model") or {}).get("name")
+    seed = int(results.get("seed") or 0)
+    for check in check_names:
+        info = (results.get("checks") or {}).get(check) or {}
+        steps = list(info.get("steps") or [])
         files = []
-        check_records = [r for r in records if r.check == spec.name]
-        if run.check_kinds.get(spec.name) == "evaluation":
+        check_records = [r for r in records if r.check == check]
+        if info.get("kind") == "evaluation":
             if any(s.isdigit() for s in steps):
                 curve_metric = next(r.metric for r in check_records if r.step.isdigit())
-                p = plot_evaluation_curves(run.out_dir / f"{spec.name}_curves.png",
-                                           f"{spec.name} on {run.model_name} (n={len(run.x)}, mean, 95% CI)",
+                p = plot_evaluation_curves(out_dir / f"{check}_curves.png",
+                                           f"{check} on {model_name} (n={n}, mean, 95% CI)",
                                            steps, explainers, check_records, curve_metric)
                 files.append(p.name)
-            family = run.families.get(spec.name)
-            if family is not None and hasattr(family, "n_steps") and hasattr(family, "mode"):
+            family = _family(check, info)
+            if figure_maps is not None and family is not None and hasattr(family, "n_steps") and hasattr(family, "mode"):
                 curve_steps = [st for st in steps if st.isdigit()]
-                for i in range(min(run.suite.figure_images, 3, len(run.x))):  # a few images, one figure each
-                    curves = {name: torch.tensor([float(next(iter(scored[(spec.name, st)][name]["scores"].values()))[i])
-                                                  for st in curve_steps]) for name in explainers}
+                for i in range(min(3, figure_maps.k)):  # a few images, one figure each
+                    kept = figure_maps.extras.get("curves", {}).get(check, {})
+                    curves = {name: torch.tensor([float(kept[name][st][i]) if st in kept.get(name, {}) else
+                                                  _nan(_per_image(results, name, check, st), i) for st in curve_steps])
+                              for name in explainers}
                     p = plot_perturbation_sequence(
-                        run.out_dir / f"{spec.name}_sequence_{i}.png",
-                        f"{spec.name}: image {i} in order of each map ({family.mode}, substrate {family.substrate})",
-                        run.x[i:i + 1], {n: originals[n][i:i + 1] for n in explainers}, family, curves, run.seed)
+                        out_dir / f"{check}_sequence_{i}.png",
+                        f"{check}: image {i} in order of each map ({family.mode}, substrate {family.substrate})",
+                        figure_maps.inputs[i:i + 1], {e: figure_maps.originals[e][i:i + 1] for e in explainers},
+                        family, curves, seed)
                     files.append(p.name)
-            out[spec.name] = files
+            out[check] = files
             continue
-        refs = run.originals_of(spec.name, originals)
-        names = [n for n in explainers if n in refs]
-        maps = {name: [refs[name][0]] + [scored[(spec.name, s)][name]["examples"][0] for s in steps]
-                for name in names}
-        p = plot_state_maps(run.out_dir / f"{spec.name}_maps.png",
-                            f"{run.suite.name} — {spec.name} on {run.model_name} (image 0; |map| scaled to [0, 1] by its 99th percentile)",
-                            run.x[0], names, steps, maps)
-        files.append(p.name)
-        for metric in run.metrics:
-            thr = spec.verdict.threshold if spec.verdict is not None and metric == spec.verdict.metric else None
-            p = plot_similarity_curves(run.out_dir / f"{spec.name}_{metric}.png",
-                                       f"{spec.name}: {metric} to the original maps (n={len(run.x)}, 95% CI)",
-                                       metric, steps, names, check_records, thr)
+        if figure_maps is not None and figure_maps.k:
+            refs = figure_maps.originals_of(check)
+            names = [e for e in explainers if e in refs]
+            by_step = figure_maps.states.get(check, {})
+            maps = {name: [refs[name][0]] + [by_step[s][name][0] for s in steps] for name in names}
+            p = plot_state_maps(out_dir / f"{check}_maps.png",
+                                f"{results.get('suite')} — {check} on {model_name} (image 0; |map| scaled to [0, 1] "
+                                "by its 99th percentile)", figure_maps.inputs[0], names, steps, maps)
             files.append(p.name)
-        out[spec.name] = files
+            names_for_curves = names
+        else:
+            names_for_curves = [e for e in explainers if any(r.explainer == e for r in check_records)]
+        for metric in results.get("metrics") or {}:
+            p = plot_similarity_curves(out_dir / f"{check}_{metric}.png",
+                                       f"{check}: {metric} to the original maps (n={n}, 95% CI)",
+                                       metric, steps, names_for_curves, check_records, _threshold(info, metric))
+            files.append(p.name)
+        out[check] = files
     return out
+
+
+def _nan(values: Sequence[Optional[float]], i: int) -> float:
+    """``values[i]`` as a float; NaN where it is missing or undefined (null)."""
+    v = values[i] if i < len(values) else None
+    return float("nan") if v is None else float(v)
+
+
+def _family(check: str, info: Dict[str, Any]) -> Any:
+    """The check object of an evaluation check, rebuilt from its registry name and the parameters in
+    ``results.json`` (the perturbation-sequence figure needs its substrate and steps); None if it cannot be."""
+    from ..checks.base import get_check
+    from ..errors import SanityCheckError
+
+    try:
+        return get_check(check, **dict(info.get("params") or {}))
+    except SanityCheckError:
+        return None

@@ -10,6 +10,9 @@
 * ``adversarial_training_tradeoff.png``: TVD(ŷ_adv, ŷ_base) against JSD(α_adv, α_base) over λ
   (Wiegreffe & Pinter, Figure 4).
 * ``<check>_<metric>.png``: similarity to the original importances per randomization step, mean and 95 % CI.
+
+Every figure is a function of the run's documents: ``results.json`` (records, steps, thresholds, per-instance
+scores) and the figure maps it names (tokens, importances, the checks' figure data).
 """
 
 from __future__ import annotations
@@ -20,14 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .figures import _plt, plot_similarity_curves
+from .figure_maps import FigureMaps
+from .figures import _plt, _records, _scope, _threshold, plot_similarity_curves
 
 __all__ = ["write_text_figures", "plot_token_rows", "plot_adversarial_examples"]
-
-
-def _tokens(run: Any, i: int) -> List[str]:
-    pieces = getattr(run.batch, "pieces", None)
-    return list(pieces[i]) if pieces else [str(t) for t in run.batch.ids[i, : int(run.batch.lengths[i])].tolist()]
 
 
 def _draw_tokens(ax: Any, tokens: Sequence[str], weights: Sequence[float], *, cmap: str = "Reds",
@@ -132,71 +131,92 @@ def plot_tradeoff(path: Path, title: str, points: Sequence[Dict[str, Any]]) -> P
     return path
 
 
-def write_text_figures(run: Any, originals: Dict[str, Tensor], scored: Dict[Any, Dict[str, Any]],
-                       records: Sequence[Any]) -> Dict[str, List[str]]:
-    """All figures of a text run into ``run.out_dir``; returns {check: [file names]}."""
+def _series(results: Dict[str, Any], explainer: str, check: str, step: str, metric: str,
+            extras: Optional[Dict[str, Any]] = None) -> Tensor:
+    """Per-instance scores as float64, NaN where undefined: the full-precision copy in the figure maps' extras
+    (``text_scores``) where there is one, else ``results["per_sample"]`` (rounded to 7 digits)."""
+    kept = ((((extras or {}).get("text_scores") or {}).get(check) or {}).get(explainer) or {}).get(step) or {}
+    if isinstance(kept.get(metric), Tensor):
+        return kept[metric].to(torch.float64)
+    values = ((((results.get("per_sample") or {}).get(explainer) or {}).get(check) or {}).get(step) or {}).get(metric)
+    return torch.tensor([float("nan") if v is None else float(v) for v in values or []], dtype=torch.float64)
+
+
+def write_text_figures(out_dir: Path, results: Dict[str, Any],
+                       figure_maps: Optional[FigureMaps] = None) -> Dict[str, List[str]]:
+    """All figures of a text run into ``out_dir`` from its documents: ``results`` and its ``figure_maps`` (token
+    heat maps and the checks' figure data; left out when there are none). Returns {check: [file names]}."""
+    out_dir = Path(out_dir)
     out: Dict[str, List[str]] = {}
-    k = min(run.suite.figure_images, len(run.x))
-    names = [n for n in run.explainers if n in originals]
-    n = len(run.x)
-    for spec in run.check_specs:
+    check_names, names = _scope(results, figure_maps)
+    records = _records(results)
+    n = (results.get("dataset") or {}).get("n")
+    model_name = (results.get("model") or {}).get("name")
+    not_applicable = results.get("not_applicable") or {}
+    extras = figure_maps.extras if figure_maps is not None else {}
+    text_checks = extras.get("text_checks") or {}
+    for check in check_names:
+        info = (results.get("checks") or {}).get(check) or {}
         files: List[str] = []
-        steps = run.steps.get(spec.name, [])
-        check_records = [r for r in records if r.check == spec.name]
-        if run.check_kinds.get(spec.name) != "evaluation":
-            for i in range(min(k, 2)):
-                toks = _tokens(run, i)
-                L = len(toks)
-                rows = []
-                for name in names:
-                    rows.append((f"{name}: original", toks, originals[name][i, :L].tolist()))
-                    for s in steps:
-                        entry = scored.get((spec.name, s), {}).get(name)
-                        if entry is not None and entry["examples"] is not None and i < len(entry["examples"]):
-                            rows.append((f"  after {s}", toks, entry["examples"][i, :L].tolist()))
-                p = plot_token_rows(run.out_dir / f"{spec.name}_text{i}.png",
-                                    f"{spec.name} on {run.model_name}: text {i}, |importance| scaled per row", rows)
-                files.append(p.name)
-            for metric in run.metrics:
-                thr = spec.verdict.threshold if spec.verdict is not None and metric == spec.verdict.metric else None
+        steps = list(info.get("steps") or [])
+        check_records = [r for r in records if r.check == check]
+        if info.get("kind") != "evaluation":
+            if figure_maps is not None:
+                by_step = figure_maps.states.get(check, {})
+                for i in range(min(figure_maps.k, 2)):
+                    toks = list(figure_maps.tokens[i])
+                    L = len(toks)
+                    rows = []
+                    for name in names:
+                        if name not in figure_maps.originals:
+                            continue
+                        rows.append((f"{name}: original", toks, figure_maps.originals[name][i, :L].tolist()))
+                        for s in steps:
+                            ex = by_step.get(s, {}).get(name)
+                            if ex is not None and i < len(ex):
+                                rows.append((f"  after {s}", toks, ex[i, :L].tolist()))
+                    p = plot_token_rows(out_dir / f"{check}_text{i}.png",
+                                        f"{check} on {model_name}: text {i}, |importance| scaled per row", rows)
+                    files.append(p.name)
+            for metric in results.get("metrics") or {}:
                 live = [x for x in names if any(r.explainer == x and r.metric == metric for r in check_records)]
-                p = plot_similarity_curves(run.out_dir / f"{spec.name}_{metric}.png",
-                                           f"{spec.name}: {metric} to the original importances (n={n}, 95% CI)",
-                                           metric, steps, live, check_records, thr)
+                p = plot_similarity_curves(out_dir / f"{check}_{metric}.png",
+                                           f"{check}: {metric} to the original importances (n={n}, 95% CI)",
+                                           metric, steps, live, check_records, _threshold(info, metric))
                 files.append(p.name)
-            out[spec.name] = files
+            out[check] = files
             continue
-        result = run.text_outputs.get(spec.name)
-        if result is None:
+        if check in not_applicable:
             continue
-        if spec.name == "importance_agreement":
-            for audited in sorted({a for (_, a) in result.scores}):
-                series = {f"{audited} vs {r}": result.scores[(r, a)]["kendall_tau"]
-                          for (r, a) in result.scores if a == audited}
-                p = _hist(run.out_dir / f"importance_agreement_{audited}_hist.png",
-                          f"Kendall τ of {audited} with other importances ({run.model_name}, n={n})", series,
+        figure = text_checks.get(check) or {}
+        if check == "importance_agreement":
+            per_sample = results.get("per_sample") or {}
+            for audited in sorted(a for a in per_sample if check in (per_sample[a] or {})):
+                series = {f"{audited} vs {r}": _series(results, audited, check, r, "kendall_tau", extras)
+                          for r in per_sample[audited][check]}
+                p = _hist(out_dir / f"importance_agreement_{audited}_hist.png",
+                          f"Kendall τ of {audited} with other importances ({model_name}, n={n})", series,
                           "Kendall τ-b", xlim=(-1, 1))
                 files.append(p.name)
-        elif spec.name == "attention_permutation":
-            med = result.scores[("score", "attention")]["median_output_change"]
-            p = _hist(run.out_dir / "attention_permutation_hist.png",
-                      f"median output change under attention permutation ({run.model_name}, n={n})",
+        elif check == "attention_permutation":
+            med = _series(results, "attention", check, "score", "median_output_change", extras)
+            p = _hist(out_dir / "attention_permutation_hist.png",
+                      f"median output change under attention permutation ({model_name}, n={n})",
                       {"median TVD": med}, "median |Δŷ| (TVD)")
             files.append(p.name)
-        elif spec.name == "adversarial_attention" and result.figure.get("instances"):
-            p = plot_adversarial_examples(run.out_dir / "adversarial_attention_examples.png",
-                                          f"attention (blue) vs adversarial attention (red) on {run.model_name}",
-                                          result.figure["instances"], run.dataset.classes)
+        elif check == "adversarial_attention" and figure.get("instances"):
+            p = plot_adversarial_examples(out_dir / "adversarial_attention_examples.png",
+                                          f"attention (blue) vs adversarial attention (red) on {model_name}",
+                                          figure["instances"], extras.get("classes") or [])
             files.append(p.name)
-            mj = result.scores[("score", "attention")]["max_jsd"]
-            p = _hist(run.out_dir / "adversarial_attention_hist.png",
-                      f"max JSD within ε of adversarial attention ({run.model_name}, n={n}; ln 2 = 0.69)",
+            mj = _series(results, "attention", check, "score", "max_jsd", extras)
+            p = _hist(out_dir / "adversarial_attention_hist.png",
+                      f"max JSD within ε of adversarial attention ({model_name}, n={n}; ln 2 = 0.69)",
                       {"max JSD": mj}, "JSD [nats]", xlim=(0, 0.7))
             files.append(p.name)
-        elif result.figure.get("tradeoff"):
-            p = plot_tradeoff(run.out_dir / f"{spec.name}_tradeoff.png",
-                              f"model-consistent adversarial training on {run.model_name} (n={n})",
-                              result.figure["tradeoff"])
+        elif figure.get("tradeoff"):
+            p = plot_tradeoff(out_dir / f"{check}_tradeoff.png",
+                              f"model-consistent adversarial training on {model_name} (n={n})", figure["tradeoff"])
             files.append(p.name)
-        out[spec.name] = files
+        out[check] = files
     return out

@@ -228,3 +228,24 @@ def test_factory_takes_model_as_an_alias_of_name(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match="not on this machine"):
         load_model("clip_similarity", model="ViT-B-32", pretrained="openai")
+
+
+def test_a_clip_run_is_redrawn_from_its_documents_alone(clip_run, tmp_path, monkeypatch):
+    """The two-query maps were computed at run time and kept in the figure maps: redrawing needs no model."""
+    import shutil
+
+    import sanitycheck.models as models
+    from sanitycheck.report.run_figures import write_figures
+
+    def refuse(*a, **k):
+        raise AssertionError("figures must not load a model")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    res, out = clip_run
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert "clip_query_maps.png" in before and res["files"] == {"figure_maps": "figure_maps.pt"}
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.png", "cache"))
+    files = write_figures(copy)
+    assert files == res["figures"]
+    assert {p.name: p.read_bytes() for p in copy.glob("*.png")} == before

@@ -1,5 +1,6 @@
-"""Figures of CLIP text-to-image saliency: each method's map for two queries on a few scenes (written
-with the other figures of a CLIP suite's run), and the maps of one image and one query (the
+"""Figures of CLIP text-to-image saliency: each method's map for two queries on a few scenes (computed at run
+time by :func:`clip_query_maps`, kept in the run's figure maps, drawn with the other figures of a CLIP suite's
+run by :func:`write_clip_figures`), and the maps of one image and one query (the
 ``sanitycheck clip-saliency`` command).
 
 Maps are drawn as ``|map|`` divided by its own 99th percentile and clipped to [0, 1] (as the run's
@@ -17,7 +18,8 @@ from torch import Tensor
 
 from ..targets import ClassTarget
 
-__all__ = ["display_map", "plot_query_maps", "write_clip_figures", "save_overlay_png", "plot_method_grid"]
+__all__ = ["display_map", "plot_query_maps", "clip_query_maps", "write_clip_figures", "save_overlay_png",
+           "plot_method_grid"]
 
 
 def _plt():
@@ -92,22 +94,21 @@ def _other_item(classes: Tensor, caption_cell: int) -> Optional[int]:
     return None
 
 
-def write_clip_figures(run: Any, originals: Dict[str, Tensor]) -> Dict[str, List[str]]:
-    """``clip_query_maps.png`` in ``run.out_dir``: for the first few scenes of a CLIP run (at most 3,
-    and at most the suite's ``figure_images``), each method's map by the trained model for the
-    captioned item's prompt and for another item present in the scene. Returns ``{"clip_queries": [file]}``
-    (nothing when the run's dataset has no scene ground truth)."""
+def clip_query_maps(model: Any, explainers: Dict[str, Any], x: Tensor, dataset: Any, k: int) -> Dict[str, Any]:
+    """The figure data of ``clip_query_maps.png``, computed with the model at run time: for the first ``k``
+    scenes, each explainer's map by ``model`` for the captioned item's prompt and for another item present in
+    the scene. Returns ``{"images": (R, C, H, W), "rows": [{"image", "label", "box"}], "maps": {name: (R, H, W)}}``
+    (one entry of ``rows`` per scene and query), or ``{}`` when the dataset has no scene ground truth."""
+    from ..clip.data import scene_truth
     from ..errors import SanityCheckError
-    from .data import scene_truth
 
     try:
-        truth = scene_truth(run.dataset, len(run.x), who="the CLIP query figure")
+        truth = scene_truth(dataset, len(x), who="the CLIP query figure")
     except SanityCheckError:
         return {}
-    k = min(3, run.suite.figure_images, len(run.x))
-    prompts = list(getattr(run.dataset, "classes", []) or [])
+    prompts = list(getattr(dataset, "classes", []) or [])
     rows, image_index, classes = [], [], []
-    for i in range(k):
+    for i in range(min(k, len(x))):
         cap = int(truth.caption_cell[i])
         for cell, kind in ((cap, "caption"), (_other_item(truth.classes[i], cap), "other item")):
             if cell is None:
@@ -119,18 +120,25 @@ def write_clip_figures(run: Any, originals: Dict[str, Tensor]) -> Dict[str, List
             classes.append(c)
     if not rows:
         return {}
-    device = next((p.device for p in run.model.parameters()), torch.device("cpu"))
-    x = run.x[image_index].to(device)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    xq = x[image_index].to(device)
     target = ClassTarget(torch.tensor(classes))
-    maps = {}
-    for name, explainer in run.explainers.items():
-        if name in run.skipped or name not in originals:
-            continue
-        maps[name] = explainer(run.model, x, target).to("cpu", torch.float32)
-    path = plot_query_maps(run.out_dir / "clip_query_maps.png",
-                           f"{run.suite.name}: maps of {run.model_name} for the caption and another item "
+    maps = {name: explainer(model, xq, target).to("cpu", torch.float32) for name, explainer in explainers.items()}
+    return {"images": x[image_index].detach().cpu(), "rows": rows, "maps": maps}
+
+
+def write_clip_figures(out_dir: Path, results: Dict[str, Any], figure_maps: Any) -> Dict[str, List[str]]:
+    """``clip_query_maps.png`` in ``out_dir`` from the run's documents: the two-query maps that
+    :func:`clip_query_maps` stored in the figure maps' ``extras["clip_queries"]``. Returns
+    ``{"clip_queries": [file]}`` (nothing when the run stored none)."""
+    query = (figure_maps.extras if figure_maps is not None else {}).get("clip_queries")
+    if not query or not query.get("rows"):
+        return {}
+    model_name = (results.get("model") or {}).get("name")
+    path = plot_query_maps(Path(out_dir) / "clip_query_maps.png",
+                           f"{results.get('suite')}: maps of {model_name} for the caption and another item "
                            "(|map| scaled by its 99th percentile; box: the queried item)",
-                           run.x[image_index], [{**r, "image": j} for j, r in enumerate(rows)], maps)
+                           query["images"], query["rows"], query["maps"])
     return {"clip_queries": [path.name]}
 
 
