@@ -24,6 +24,10 @@ _EXPORTS = {
     "Target": "sanitycheck.targets", "ClassTarget": "sanitycheck.targets", "CallableTarget": "sanitycheck.targets",
     # checks
     "Check": "sanitycheck.checks.base", "ModelState": "sanitycheck.checks.base", "get_check": "sanitycheck.checks.base",
+    "StateCheck": "sanitycheck.checks.base", "AuditCheck": "sanitycheck.checks.base",
+    "CheckOutput": "sanitycheck.checks.base", "EvaluationCheck": "sanitycheck.checks.evaluation",
+    "CheckContext": "sanitycheck.engine.context", "Modality": "sanitycheck.modalities",
+    "AuditInputs": "sanitycheck.modalities",
     "CascadingRandomization": "sanitycheck.checks.randomization",
     "IndependentRandomization": "sanitycheck.checks.randomization",
     "DataRandomization": "sanitycheck.checks.data_randomization",

@@ -27,7 +27,7 @@ def toy_cosine(a, b):
     return torch.nn.functional.cosine_similarity(a, b, dim=1)
 
 
-class ZeroLastLayer(sc.Check):
+class ZeroLastLayer(sc.StateCheck):
     """A toy check: one state, the last linear layer's weights set to zero (a copy; the model is untouched)."""
 
     name = "toy_zero_last_layer"

@@ -135,10 +135,10 @@ def test_an_unreadable_earlier_results_json_is_kept_aside_not_lost(tmp_path, dat
 def test_a_corrupt_cache_file_is_named_and_recomputed(tmp_path, dataset):
     out = tmp_path / "out"
     first = run(out, dataset, {"gradient": gradient()})
-    victim = next((out / "cache" / "scores" / "cascading_randomization" / "fc1").glob("gradient-*.pt"))
+    victim = next((out / "cache" / "units" / "cascading_randomization" / "fc1").glob("gradient-*.pt"))
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # truncated
-    original = next((out / "cache" / "original").glob("gradient-*.pt"))
+    original = next((out / "cache" / "units" / "original" / "original").glob("gradient-*.pt"))
     flipped = bytearray(original.read_bytes())
     flipped[-10] ^= 0xFF  # one altered byte
     original.write_bytes(bytes(flipped))
@@ -157,7 +157,7 @@ def test_a_corrupt_cache_file_is_named_and_recomputed(tmp_path, dataset):
 def test_a_cache_file_without_the_checksum_header_is_recomputed(tmp_path, dataset):
     out = tmp_path / "out"
     first = run(out, dataset, {"gradient": gradient()})
-    victim = next((out / "cache" / "original").glob("gradient-*.pt"))
+    victim = next((out / "cache" / "units" / "original" / "original").glob("gradient-*.pt"))
     torch.save(torch.zeros(8, 16, 16), victim)  # a plain (forged or old) file
     (out / "results.json").unlink()
     with pytest.warns(UserWarning, match="no checksum header"):

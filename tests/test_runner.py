@@ -90,7 +90,8 @@ def test_an_interrupted_run_resumes_from_its_cache(tmp_path, dataset):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, dataset, explainers=explainers)
     assert not (tmp_path / "out" / "results.json").exists()
-    done = sorted(p.parent.name for p in (tmp_path / "out" / "cache" / "scores").rglob("g-*.pt"))  # <name>-<spec hash>.pt
+    units = tmp_path / "out" / "cache" / "units"  # units/<check>/<step>/<name>-<spec hash>-<unit key>.pt
+    done = sorted(p.parent.name for p in units.rglob("g-*.pt") if p.parent.parent.name != "original")
     assert done == ["fc2"]
     calls["n"] = 100
     resumed = run(tmp_path, dataset, explainers=explainers)

@@ -296,7 +296,7 @@ def test_a_text_rerun_with_other_explainers_recomputes_the_text_checks_and_keeps
                                                                   "random_tokens"], **kw).execute()
     fresh = audit_run_for(s, out_dir=tmp_path / "fresh", explainers=["attention", "gradient", "leave_one_out",
                                                                      "random_tokens"], **kw).execute()
-    assert len(list((tmp_path / "out" / "cache" / "scores" / "importance_agreement").glob("check-*.pt"))) == 2
+    assert len(list((tmp_path / "out" / "cache" / "units" / "importance_agreement" / "all").glob("all-*.pt"))) == 2
     assert both["records"] == fresh["records"] and both["verdicts"] == fresh["verdicts"]
     assert "random_tokens" in both["per_sample"]
 

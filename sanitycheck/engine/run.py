@@ -423,7 +423,7 @@ class AuditRun:
         """An evaluation check on the trained model's maps: per-input scores per step, one unit per explainer."""
         ctx = self.context(check, originals)
         live = [n for n in self.explainers if n not in self.skipped and n in originals]
-        units = [self.unit("evaluation", check, "-", n, self.explainers[n], (0, len(self.inputs))) for n in live]
+        units = [self.unit("evaluation", check, "all", n, self.explainers[n], (0, len(self.inputs))) for n in live]
         bar = _progress(total=len(units), desc=spec.name, disable=not self.progress, leave=False)
 
         def compute(u: WorkUnit) -> Dict[str, Any]:
@@ -476,7 +476,7 @@ class AuditRun:
 
     def run_audit_check(self, spec: Any, check: Any, originals: Dict[str, Tensor]) -> Dict[Tuple[str, str], Dict[str, Any]]:
         """An audit check over all explainers at once: one unit, its output cached whole."""
-        unit = self.unit("audit", check, "-", "*", None, (0, len(self.inputs)))
+        unit = self.unit("audit", check, "all", "*", None, (0, len(self.inputs)))
         out: Dict[Tuple[str, str], Dict[str, Any]] = {}
 
         def compute(u: WorkUnit) -> Optional[Any]:

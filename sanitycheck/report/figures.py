@@ -258,12 +258,13 @@ def _nan(values: Sequence[Optional[float]], i: int) -> float:
 
 
 def _family(check: str, info: Dict[str, Any]) -> Any:
-    """The check object of an evaluation check, rebuilt from its registry name and the parameters in
+    """The metric of an evaluation check, rebuilt from the check's registry name and the parameters in
     ``results.json`` (the perturbation-sequence figure needs its substrate and steps); None if it cannot be."""
     from ..checks.base import get_check
     from ..errors import SanityCheckError
 
     try:
-        return get_check(check, **dict(info.get("params") or {}))
+        built = get_check(check, **dict(info.get("params") or {}))
     except SanityCheckError:
         return None
+    return getattr(built, "metric", built)
