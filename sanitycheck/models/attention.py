@@ -601,12 +601,5 @@ def load_or_train(spec: TextTrainSpec, key: str, path: Path, train: TextData, *,
                 "n_train": int(train[0].shape[0]), "torch_version": str(torch.__version__),
                 "train_data_checksum": checksum}
 
-    def verify(info: Dict[str, Any], checkpoint: str) -> None:
-        stored = info.get("train_data_checksum")
-        if stored is not None and stored != checksum:
-            raise ConfigError(f"cached model {checkpoint} was trained on different data (checksum {stored}, now "
-                              f"{checksum}) under the same data_key {spec.data_key!r}: make data_key hash the "
-                              f"training data")
-
     return training.load_or_train(key, path, spec=spec, build=lambda: build_text_model(spec), train=fit,
-                                  verify=verify)
+                                  verify=training.same_training_data(checksum, spec.data_key))

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["checkpoint_file", "load_or_train"]
+__all__ = ["checkpoint_file", "load_or_train", "same_training_data"]
 
 PathLike = Union[str, Path]
 
@@ -39,6 +39,21 @@ def checkpoint_file(stem: str, key: str, cache_dir: Optional[PathLike] = None) -
 
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return base / "models" / f"{stem}-{key}.pt"
+
+
+def same_training_data(checksum: str, data_key: str) -> Callable[[Dict[str, Any], str], None]:
+    """A ``verify`` for :func:`load_or_train`: a loaded model must have been trained on tensors with
+    ``checksum`` (the key names the data only through the spec's ``data_key``); else :class:`ConfigError`."""
+    from ..errors import ConfigError
+
+    def verify(info: Dict[str, Any], checkpoint: str) -> None:
+        stored = info.get("train_data_checksum")
+        if stored is not None and stored != checksum:
+            raise ConfigError(f"cached model {checkpoint} was trained on different data (checksum {stored}, now "
+                              f"{checksum}) under the same data_key {data_key!r}: make data_key hash the "
+                              f"training data")
+
+    return verify
 
 
 def _strict_load(model: nn.Module, state: Mapping[str, Tensor], reference: Optional[Dict[str, Any]]) -> None:

@@ -844,7 +844,7 @@ def train_transformer_model(
     machine and thread count. The returned model is in eval mode, float32, with ``sanitycheck_spec`` and
     ``sanitycheck_info``; ``model.double()`` gives a float64 copy for analyses.
     """
-    from .training import load_or_train
+    from .training import load_or_train, same_training_data
 
     tokenizer: List[Any] = []
     train_data = _prepare(spec, train, "train", path, tokenizer)
@@ -893,16 +893,9 @@ def train_transformer_model(
         names = saved_names(model)
         return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
 
-    def verify(info: Dict[str, Any], checkpoint: str) -> None:
-        stored = info.get("train_data_checksum")
-        if stored is not None and stored != checksum:
-            raise ConfigError(f"cached model {checkpoint} was trained on different data (checksum {stored}, now "
-                              f"{checksum}) under the same data_key {spec.data_key!r}: make data_key hash the "
-                              f"training data")
-
     return load_or_train(spec.key(), transformer_checkpoint_path(spec, cache_dir), spec=spec,
                          build=lambda: build_transformer_model(spec, path), train=fit, load_state=load_state,
-                         saved_state=saved_state, verify=verify)
+                         saved_state=saved_state, verify=same_training_data(checksum, spec.data_key))
 
 
 def train_transformer_model_for(train: Any, test: Any, train_encoded: Sequence[Any], test_encoded: Sequence[Any],
