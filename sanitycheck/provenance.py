@@ -7,6 +7,7 @@ Shared by ``submissions`` (which writes the ``method`` block of a result documen
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -15,16 +16,35 @@ from typing import Any, Dict, Optional, Tuple
 from .errors import ConfigError, SanityCheckError
 
 
-def source_text(obj: Any) -> str:
+def source_text(obj: Any, fallback: Optional[str] = None) -> str:
     """The source code of a function or class, the piece of every content-hash cache key of this package (a
-    change to the code that trains a model or builds its data retrains or rebuilds it); its qualified name
-    where no source is available (frozen builds)."""
+    change to the code that trains a model or builds its data retrains or rebuilds it); where no source is
+    available (frozen builds), ``fallback``, else its qualified name. The one source-hash helper: cache keys
+    (:func:`content_key`) and explainer code hashes (:func:`source_key`) read source through it."""
     import inspect
 
     try:
         return inspect.getsource(obj)
     except (OSError, TypeError):  # pragma: no cover - e.g. frozen builds
+        if fallback is not None:
+            return fallback
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def text_key(text: str) -> str:
+    """16 hex digits of SHA-256 over ``text`` (UTF-8)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def content_key(payload: Any) -> str:
+    """16 hex digits of SHA-256 over ``payload`` as sorted-key JSON: the cache key of a spec, the data it
+    names and the source of the code that uses it (:func:`source_text`)."""
+    return text_key(json.dumps(payload, sort_keys=True))
+
+
+def source_key(*objs: Any) -> str:
+    """:func:`text_key` over the sources of ``objs`` joined by newlines (their qualified names where none)."""
+    return text_key("\n".join(source_text(o, fallback=getattr(o, "__qualname__", repr(o))) for o in objs))
 
 
 class SubmissionError(SanityCheckError):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,14 +441,15 @@ def model_checksum(model: nn.Module) -> str:
 
 
 def _checkpoint(spec: TextTrainSpec, key: str, cache_dir: Optional[Union[str, Path]]) -> Path:
-    from ..io import cache_dir as default_cache_dir
+    from ..models.training import checkpoint_file
 
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return base / "models" / f"text-{spec.arch}-{key}.pt"
+    return checkpoint_file(f"text-{spec.arch}", key, cache_dir)
 
 
 def _key(payload: Dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    from ..provenance import content_key
+
+    return content_key(payload)
 
 
 def _train_cached(

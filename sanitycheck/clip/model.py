@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DataError, ModelError, UnknownNameError, WeightsUnavailableError
 from ..models.layers import Normalize
 from ..seeding import derive_seed, generator
-from ..provenance import source_text as _source  # one source-hash helper for every cache key
+from ..provenance import content_key, source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "TINY_MODEL_NAME",
@@ -280,7 +279,7 @@ class TinyClipSpec:
             keys.append(scenes_key(spec, load_fashion_mnist(split).checksum))
         payload = {"spec": self.as_dict(), "scenes": keys, "train": _source(_train_clip),
                    "loss": _source(_clip_loss), "build": _source(build_tiny_clip), "vocab": VOCAB}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return content_key(payload)
 
 
 #: The default: 750 steps of 64 scenes (48k scenes seen, 2.4 epochs of 20k). Budget: at most 8 minutes
@@ -932,10 +931,9 @@ def evaluate_retrieval(model: nn.Module, scenes, batch: int = 500) -> Dict[str, 
 
 
 def checkpoint_path(spec: TinyClipSpec, cache_dir: Optional[Union[str, Path]] = None) -> Path:
-    from ..io import cache_dir as default_cache_dir
+    from ..models.training import checkpoint_file
 
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return base / "models" / f"{TINY_MODEL_NAME}-{spec.key()}.pt"
+    return checkpoint_file(TINY_MODEL_NAME, spec.key(), cache_dir)
 
 
 def train_tiny_clip(spec: TinyClipSpec = DEFAULT_TINY_SPEC, cache_dir: Optional[Union[str, Path]] = None,
@@ -950,32 +948,10 @@ def train_tiny_clip(spec: TinyClipSpec = DEFAULT_TINY_SPEC, cache_dir: Optional[
     with the same torch build and thread count. Set the Makefile's ``MALLOC_*`` variables before
     starting Python: they make CPU training several times faster (REFERENCES.md).
     """
-    from ..io import atomic_torch_save, atomic_write_json
+    from ..models.training import load_or_train
     from .data import load_clip_scenes
 
-    from ..models import weights as W
-
-    key = spec.key()
-    path = checkpoint_path(spec, cache_dir)
-    model = build_tiny_clip(spec)
-    info: Optional[Dict[str, Any]] = None
-    reference = W.reference_state(key)  # shipped weights: verified, never retrained
-    if reference is not None:
-        model.load_state_dict(reference[0])
-        info = {**dict(reference[1].get("info") or {}), "from_cache": True}
-        path = W.shipped_as(reference[1])  # recorded as "checkpoint"
-    elif path.is_file() and not W.forcing():
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(ckpt, dict) or ckpt.get("key") != key:
-                raise ValueError(f"checkpoint key {ckpt.get('key') if isinstance(ckpt, dict) else None!r} != {key!r}")
-            model.load_state_dict(ckpt["state_dict"])
-            info = {**dict(ckpt.get("info") or {}), "from_cache": True}
-        except Exception as err:  # noqa: BLE001 - retrain an unreadable checkpoint
-            warnings.warn(f"cached model {path} is unreadable ({type(err).__name__}: {err}); retraining it",
-                          stacklevel=2)
-            model = build_tiny_clip(spec)
-    if info is None:
+    def train(model: nn.Module) -> Dict[str, Any]:
         sp = spec.scene_params()
         train = load_clip_scenes("train", spec.n_train, spec.scene_seed, cache_dir=cache_dir, **sp)
         test = load_clip_scenes("test", spec.n_test, spec.scene_seed, cache_dir=cache_dir, **sp)
@@ -987,15 +963,10 @@ def train_tiny_clip(spec: TinyClipSpec = DEFAULT_TINY_SPEC, cache_dir: Optional[
             losses = _train_clip(model, train, tokens, spec, progress)
             seconds = time.perf_counter() - start
         metrics = evaluate_retrieval(model, test)
-        info = {**metrics, "train_seconds": round(seconds, 2), "final_loss": float(sum(losses[-20:]) / 20),
+        return {**metrics, "train_seconds": round(seconds, 2), "final_loss": float(sum(losses[-20:]) / 20),
                 "first_loss": losses[0], "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
                 "train_scenes_checksum": train.checksum, "test_scenes_checksum": test.checksum,
                 "logit_scale": float(model.logit_scale.detach().exp())}
-        atomic_torch_save(path, {"key": key, "spec": spec.as_dict(), "state_dict": model.state_dict(), "info": info})
-        atomic_write_json(path.with_suffix(".json"), {"spec": spec.as_dict(), "key": key, **info})
-        info["from_cache"] = False
-    model.eval()
-    model.sanitycheck_spec = spec
-    model.sanitycheck_info = {**model.sanitycheck_info, "pretrained": "trained", **info, "cache_key": key,
-                              "checkpoint": str(path)}
-    return W.mark(model, reference[1] if reference is not None else None)  # reference, weights_sha256
+
+    return load_or_train(spec.key(), checkpoint_path(spec, cache_dir), spec=spec, build=lambda: build_tiny_clip(spec),
+                         train=train, info_prefix=lambda m: {**m.sanitycheck_info, "pretrained": "trained"})

@@ -147,15 +147,9 @@ def call_explainer(explainer: Callable, name: str, where: str, model: nn.Module,
 
 def class_source_hash(klass: type) -> str:
     """16 hex digits of SHA-256 over the source of ``klass`` and its bases (their names where no source)."""
-    parts = []
-    for cls in klass.__mro__:
-        if cls is object:
-            continue
-        try:
-            parts.append(inspect.getsource(cls))
-        except (OSError, TypeError):
-            parts.append(cls.__qualname__)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    from ..provenance import source_key
+
+    return source_key(*(cls for cls in klass.__mro__ if cls is not object))
 
 
 class Explainer:

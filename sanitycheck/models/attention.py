@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
@@ -42,7 +40,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ConfigError, DataError
 from ..seeding import derive_seed, generator
-from ..provenance import source_text as _source  # one source-hash helper for every cache key
+from ..provenance import content_key, source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "ENCODERS",
@@ -415,7 +413,7 @@ class TextTrainSpec:
             "model_source": [_source(AttentionClassifier), _source(_LearnedQuery), _source(masked_softmax)],
             "train_source": _source(_train_text),
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return content_key(payload)
 
 
 
@@ -538,25 +536,9 @@ def build_text_model(spec: TextTrainSpec) -> AttentionClassifier:
 
 
 def text_checkpoint_path(spec: TextTrainSpec, cache_dir: Optional[Union[str, Path]] = None) -> Path:
-    from ..io import cache_dir as default_cache_dir
+    from .training import checkpoint_file
 
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return base / "models" / f"text-{spec.arch}-{spec.key()}.pt"
-
-
-def _try_load(path: Path, spec: TextTrainSpec, key: str) -> Optional[Tuple[AttentionClassifier, Dict[str, Any]]]:
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("key") != key:
-            raise ValueError(f"checkpoint key {ckpt.get('key') if isinstance(ckpt, dict) else None!r} != {key!r}")
-        model = build_text_model(spec)
-        model.load_state_dict(ckpt["state_dict"])
-        return model, dict(ckpt.get("info") or {})
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is retrained
-        warnings.warn(f"cached model {path} is unreadable ({type(err).__name__}: {err}); retraining it", stacklevel=3)
-        return None
+    return checkpoint_file(f"text-{spec.arch}", spec.key(), cache_dir)
 
 
 def train_text_model(
@@ -601,44 +583,23 @@ def load_or_train(spec: TextTrainSpec, key: str, path: Path, train: TextData, *,
     Seeded initialization (``build_text_model``), training under a forked RNG seeded by (seed, "train", arch),
     a checksum of the training tensors stored and checked on load (the key names the data only through
     ``spec.data_key``), a JSON sidecar; ``evaluate`` runs after training and must return JSON-safe values.
-    Shared by ``train_text_model`` and the models Wiegreffe & Pinter's checks train.
+    Shared by ``train_text_model`` and the models Wiegreffe & Pinter's checks train; the pipeline itself is
+    :func:`sanitycheck.models.training.load_or_train`.
     """
-    from ..io import atomic_torch_save, atomic_write_json
-
-    from . import weights as W
+    from . import training
 
     checksum = tensor_checksum(*train)
-    reference = W.reference_state(key)  # shipped weights: verified, never retrained
-    loaded = None if reference is not None or W.forcing() else _try_load(path, spec, key)
-    if reference is not None:
-        model = build_text_model(spec)
-        model.load_state_dict(reference[0])
-        info = dict(reference[1].get("info") or {})
-        path = W.shipped_as(reference[1])  # recorded as "checkpoint"
-        loaded = (model, info)
-    if loaded is not None:
-        model, info = loaded
-        stored = info.get("train_data_checksum")
-        if stored is not None and stored != checksum:
-            raise ConfigError(f"cached model {path} was trained on different data (checksum {stored}, now {checksum}) "
-                              f"under the same data_key {spec.data_key!r}: make data_key hash the training data")
-        info["from_cache"] = True
-    else:
-        model = build_text_model(spec)
+
+    def fit(model: nn.Module) -> Dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(spec.seed, "train", spec.arch))
             start = time.perf_counter()
             _train_text(model, train, spec, progress, loss_fn=loss_fn)
             seconds = time.perf_counter() - start
         model.eval()
-        info = {**(extra or {}), **evaluate(model), "train_seconds": round(seconds, 3),
+        return {**(extra or {}), **evaluate(model), "train_seconds": round(seconds, 3),
                 "n_train": int(train[0].shape[0]), "torch_version": str(torch.__version__),
                 "train_data_checksum": checksum}
-        atomic_torch_save(path, {"key": key, "spec": spec.as_dict(), "state_dict": model.state_dict(), "info": info})
-        atomic_write_json(path.with_suffix(".json"), {"spec": spec.as_dict(), "key": key, **info})
-        info["from_cache"] = False
-    info.update({"cache_key": key, "checkpoint": str(path)})
-    model = model.eval()
-    model.sanitycheck_spec = spec
-    model.sanitycheck_info = info
-    return W.mark(model, reference[1] if reference is not None else None)  # reference, weights_sha256
+
+    return training.load_or_train(key, path, spec=spec, build=lambda: build_text_model(spec), train=fit,
+                                  verify=training.same_training_data(checksum, spec.data_key))

@@ -38,22 +38,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError, ModelError, WeightsUnavailableError
 from ..seeding import derive_seed, generator
-from ..provenance import source_text as _source  # one source-hash helper for every cache key
+from ..provenance import content_key, source_text as _source  # one source-hash helper for every cache key
 from .attention import (
     AttentionClassifier,
     TextData,
@@ -691,7 +689,7 @@ class TransformerTrainSpec:
             "train_source": [_source(_train_transformer), _source(build_transformer_model)],
             "transformers": str(_transformers().__version__),
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return content_key(payload)
 
 
 
@@ -727,10 +725,9 @@ def _trainable_names(model: MiniLMAttentionClassifier, spec: TransformerTrainSpe
 
 
 def transformer_checkpoint_path(spec: TransformerTrainSpec, cache_dir: Optional[Union[str, Path]] = None) -> Path:
-    from ..io import cache_dir as default_cache_dir
+    from .training import checkpoint_file
 
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return base / "models" / f"text-{spec.arch}-{spec.key()}.pt"
+    return checkpoint_file(f"text-{spec.arch}", spec.key(), cache_dir)
 
 
 @torch.no_grad()
@@ -826,26 +823,6 @@ def _prepare(spec: TransformerTrainSpec, data: Any, what: str, path: Optional[Un
     return ids, lengths, q, ql, labels
 
 
-def _try_load(path: Path, spec: TransformerTrainSpec, key: str, weights: Optional[Union[str, Path]]):
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("key") != key:
-            raise ValueError(f"checkpoint key {ckpt.get('key') if isinstance(ckpt, dict) else None!r} != {key!r}")
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is retrained
-        warnings.warn(f"cached model {path} is unreadable ({type(err).__name__}: {err}); retraining it", stacklevel=3)
-        return None
-    model = build_transformer_model(spec, weights)  # WeightsUnavailableError / ConfigError propagate
-    state = ckpt["state_dict"]
-    expected = set(model.state_dict()) if spec.tiny is not None else set(_trainable_names(model, spec))
-    if set(state) != expected:
-        warnings.warn(f"cached model {path} holds other tensors than the spec trains; retraining it", stacklevel=3)
-        return None
-    model.load_state_dict(state, strict=False)
-    return model, dict(ckpt.get("info") or {})
-
-
 def train_transformer_model(
     spec: TransformerTrainSpec,
     train: Any,
@@ -867,36 +844,25 @@ def train_transformer_model(
     machine and thread count. The returned model is in eval mode, float32, with ``sanitycheck_spec`` and
     ``sanitycheck_info``; ``model.double()`` gives a float64 copy for analyses.
     """
-    from ..io import atomic_torch_save, atomic_write_json
+    from .training import load_or_train, same_training_data
 
     tokenizer: List[Any] = []
     train_data = _prepare(spec, train, "train", path, tokenizer)
     test_data = _prepare(spec, test, "test", path, tokenizer)
     checksum = tensor_checksum(*train_data)
-    from . import weights as W
 
-    key = spec.key()
-    ckpt_path = transformer_checkpoint_path(spec, cache_dir)
-    reference = W.reference_state(key)  # shipped weights: verified, never retrained
-    loaded = None if reference is not None or W.forcing() else _try_load(ckpt_path, spec, key, path)
-    if reference is not None:
-        model = build_transformer_model(spec, path)
-        expected = set(model.state_dict()) if spec.tiny is not None else set(_trainable_names(model, spec))
-        if set(reference[0]) != expected:
-            raise ModelError(f"reference weights {reference[1]['name']!r} hold other tensors than the spec trains")
-        model.load_state_dict(reference[0], strict=False)
-        ckpt_path = W.shipped_as(reference[1])  # recorded as "checkpoint"
-        loaded = (model, dict(reference[1].get("info") or {}))
-    if loaded is not None:
-        model, info = loaded
-        stored = info.get("train_data_checksum")
-        if stored is not None and stored != checksum:
-            raise ConfigError(f"cached model {ckpt_path} was trained on different data (checksum {stored}, now "
-                              f"{checksum}) under the same data_key {spec.data_key!r}: make data_key hash the "
-                              f"training data")
-        info["from_cache"] = True
-    else:
-        model = build_transformer_model(spec, path)
+    def saved_names(model: MiniLMAttentionClassifier) -> set:
+        return set(model.state_dict()) if spec.tiny is not None else set(_trainable_names(model, spec))
+
+    def load_state(model: MiniLMAttentionClassifier, state: Mapping[str, Tensor],
+                   reference: Optional[Dict[str, Any]]) -> None:
+        if set(state) != saved_names(model):
+            if reference is not None:
+                raise ModelError(f"reference weights {reference['name']!r} hold other tensors than the spec trains")
+            raise ValueError("it holds other tensors than the spec trains")
+        model.load_state_dict(state, strict=False)
+
+    def fit(model: MiniLMAttentionClassifier) -> Dict[str, Any]:
         for what, data in (("train", train_data), ("test", test_data)):
             for t, name in ((data[0], "ids"), (data[2], "query_ids")):
                 if t is not None and t.numel() and int(t.max()) >= model.vocab_size:
@@ -907,7 +873,7 @@ def train_transformer_model(
             _train_transformer(model, train_data, spec, progress)
             seconds = time.perf_counter() - start
         n_acc = min(1000, int(train_data[0].shape[0]))
-        info = {
+        return {
             "test_accuracy": _accuracy(model, test_data),
             "train_accuracy": _accuracy(model, train_data, limit=n_acc),
             "train_accuracy_n": n_acc,
@@ -922,16 +888,14 @@ def train_transformer_model(
             "train_data_checksum": checksum,
             "test_data_checksum": tensor_checksum(*test_data),
         }
-        names = set(model.state_dict()) if spec.tiny is not None else set(_trainable_names(model, spec))
-        state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
-        atomic_torch_save(ckpt_path, {"key": key, "spec": spec.as_dict(), "state_dict": state, "info": info})
-        atomic_write_json(ckpt_path.with_suffix(".json"), {"spec": spec.as_dict(), "key": key, **info})
-        info["from_cache"] = False
-    info.update({"cache_key": key, "checkpoint": str(ckpt_path)})
-    model = model.eval()
-    model.sanitycheck_spec = spec
-    model.sanitycheck_info = info
-    return W.mark(model, reference[1] if reference is not None else None)  # reference, weights_sha256
+
+    def saved_state(model: MiniLMAttentionClassifier) -> Dict[str, Tensor]:
+        names = saved_names(model)
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+
+    return load_or_train(spec.key(), transformer_checkpoint_path(spec, cache_dir), spec=spec,
+                         build=lambda: build_transformer_model(spec, path), train=fit, load_state=load_state,
+                         saved_state=saved_state, verify=same_training_data(checksum, spec.data_key))
 
 
 def train_transformer_model_for(train: Any, test: Any, train_encoded: Sequence[Any], test_encoded: Sequence[Any],

@@ -6,9 +6,10 @@ leaderboard cannot rest on retraining. Every model a built-in suite trains ships
 the sha256 of the state_dict it loads into (:func:`state_dict_sha256`), the training cache key it stands
 for, its spec, dtype, parameter count and how it was produced.
 
-The training pipelines (``zoo.train_or_load``, ``attention.load_or_train``,
-``transformer.train_transformer_model``, ``clip.model.train_tiny_clip``) ask :func:`reference_state` for
-their cache key first: when a reference exists they load it (verifying both hashes) and never retrain.
+The one training pipeline (:func:`sanitycheck.models.training.load_or_train`, behind ``zoo.train_or_load``,
+``attention.train_text_model``, ``transformer.train_transformer_model``, ``train_tiny_clip`` and the models
+Wiegreffe & Pinter's checks train) asks :func:`reference_state` for the cache key first: when a reference
+exists it is loaded (both hashes verified) and never retrained.
 A model loaded this way carries ``sanitycheck_info["reference"] = True``; any other (trained here, from
 the cache) ``False``; both carry ``"weights_sha256"``.
 

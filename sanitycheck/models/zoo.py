@@ -11,12 +11,9 @@ any of them and the model is retrained.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
@@ -26,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..seeding import derive_seed, generator
-from ..provenance import source_text as _source  # one source-hash helper for every cache key
+from ..provenance import content_key, source_text as _source  # one source-hash helper for every cache key
 
 __all__ = [
     "FashionCNN",
@@ -162,8 +159,7 @@ class TrainSpec:
             "train_source": _source(_train),
             "prepare_source": _source(_prepare_training_data),
         }
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return content_key(payload)
 
     def with_random_labels(
         self, train_subset: int, epochs: int, lr: Optional[float] = None, batch_size: Optional[int] = None
@@ -313,26 +309,9 @@ def build(arch: str, seed: int = 0) -> nn.Module:
 
 
 def checkpoint_path(spec: TrainSpec, cache_dir: Optional[Union[str, Path]] = None) -> Path:
-    from ..io import cache_dir as default_cache_dir
+    from .training import checkpoint_file
 
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return base / "models" / f"{spec.arch}-{spec.key()}.pt"
-
-
-def _try_load(path: Path, spec: TrainSpec, key: str) -> Optional[Tuple[nn.Module, Dict[str, Any]]]:
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("key") != key:
-            raise ValueError(f"checkpoint key {ckpt.get('key') if isinstance(ckpt, dict) else None!r} != {key!r}")
-        model = build(spec.arch, spec.seed)
-        model.load_state_dict(ckpt["state_dict"])
-        info = dict(ckpt.get("info") or {})
-        return model, info
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is retrained
-        warnings.warn(f"cached model {path} is unreadable ({type(err).__name__}: {err}); retraining it", stacklevel=3)
-        return None
+    return checkpoint_file(spec.arch, spec.key(), cache_dir)
 
 
 def train_or_load(
@@ -345,31 +324,16 @@ def train_or_load(
     """The model trained by ``spec``: loaded from the cache, or trained (deterministically) and cached.
 
     The cache file is ``<cache_dir>/models/<arch>-<key>.pt`` with a JSON sidecar ``.json`` holding the
-    spec, key, accuracies, training time and torch version. The returned model is in eval mode and
-    carries ``sanitycheck_spec`` and ``sanitycheck_info``.
+    spec, key, accuracies, training time and torch version (:func:`sanitycheck.models.training.load_or_train`).
+    The returned model is in eval mode and carries ``sanitycheck_spec`` and ``sanitycheck_info``.
     """
-    from ..io import atomic_torch_save, atomic_write_json
+    from .training import load_or_train
 
-    from . import weights as W
-
-    key = spec.key()
-    path = checkpoint_path(spec, cache_dir)
-    reference = W.reference_state(key)  # shipped weights: verified, never retrained
-    loaded = None if reference is not None or W.forcing() else _try_load(path, spec, key)
-    if reference is not None:
-        model = build(spec.arch, spec.seed)
-        model.load_state_dict(reference[0])
-        info = dict(reference[1].get("info") or {})
-        info["from_cache"] = True
-        path = W.shipped_as(reference[1])  # recorded as "checkpoint"
-    elif loaded is not None:
-        model, info = loaded
-        info["from_cache"] = True
-    else:
+    def train(model: nn.Module) -> Dict[str, Any]:
         train_ds = _load_split(spec.dataset, "train")
         test_ds = _load_split(spec.dataset, "test")
         x, y = _prepare_training_data(spec, train_ds.images, train_ds.labels)
-        model = build(spec.arch, spec.seed).to(device)
+        model.to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(spec.seed, "train", spec.arch))
             start = time.perf_counter()
@@ -386,15 +350,11 @@ def train_or_load(
             "train_data_checksum": train_ds.checksum,
             "test_data_checksum": test_ds.checksum,
         }
-        model = model.cpu()
-        atomic_torch_save(path, {"key": key, "spec": spec.as_dict(), "state_dict": model.state_dict(), "info": info})
-        atomic_write_json(path.with_suffix(".json"), {"spec": spec.as_dict(), "key": key, **info})
-        info["from_cache"] = False
-    info.update({"cache_key": key, "checkpoint": str(path)})
-    model = model.eval()
-    model.sanitycheck_spec = spec
-    model.sanitycheck_info = info
-    W.mark(model, reference[1] if reference is not None else None)  # reference, weights_sha256
+        model.cpu()
+        return info
+
+    model = load_or_train(spec.key(), checkpoint_path(spec, cache_dir), spec=spec,
+                          build=lambda: build(spec.arch, spec.seed), train=train)
     return model.to(device)
 
 
