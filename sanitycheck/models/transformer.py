@@ -532,28 +532,11 @@ class MiniLMAttentionClassifier(nn.Module):
 
     # ------------------------------------------------------------------ the head
 
-    def attend(self, hidden: Tensor, lengths: Any, query: Optional[Tensor] = None) -> Tensor:
-        """Pooling attention (B, L): softmax of v·tanh(W h_t + b [+ W_q q]) over the text pieces, 0 at padding."""
-        lengths = self._check_lengths(_dense_lengths(lengths, hidden), hidden.shape, "hidden")
-        if self.uses_query and query is None:
-            raise DataError("this model was built with query=True: attend() needs the query vector")
-        pre = self.attention_proj(hidden)
-        if self.uses_query:
-            pre = pre + self.attention_query_proj(query).unsqueeze(1)
-        scores = self.attention_v(self.attention_activation(pre)).squeeze(-1)
-        return masked_softmax(scores, lengths_mask(lengths, hidden.shape[1]))
-
-    def decode(self, hidden: Tensor, attention: Tensor, query: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, C) from the attention-weighted sum of ``hidden`` (and the query vector)."""
-        if not isinstance(attention, Tensor) or tuple(attention.shape) != tuple(hidden.shape[:2]):
-            raise DataError(f"attention must have shape {tuple(hidden.shape[:2])} (B, L), got "
-                            f"{tuple(attention.shape) if isinstance(attention, Tensor) else type(attention).__name__}")
-        if self.uses_query and query is None:
-            raise DataError("this model was built with query=True: decode() needs the query vector")
-        context = torch.einsum("bl,blh->bh", attention.to(device=hidden.device, dtype=hidden.dtype), hidden)
-        if self.uses_query:
-            context = torch.cat([context, query], dim=-1)
-        return self.decoder(context)
+    # one attention-pooling head for both model families: AttentionClassifier's additive attention and decoder
+    # (softmax of v·tanh(W h_t + b [+ W_q q]) over the text pieces, 0 at padding; logits of the weighted sum)
+    attention_kind = "additive"
+    attend = AttentionClassifier.attend
+    decode = AttentionClassifier.decode
 
     # ------------------------------------------------------------------ forward
 
