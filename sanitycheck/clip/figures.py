@@ -98,7 +98,7 @@ def write_clip_figures(run: Any, originals: Dict[str, Tensor]) -> Dict[str, List
     captioned item's prompt and for another item present in the scene. Returns ``{"clip_queries": [file]}``
     (nothing when the run's dataset has no scene ground truth)."""
     from ..errors import SanityCheckError
-    from .data import scene_truth
+    from ..data.scenes import scene_truth
 
     try:
         truth = scene_truth(run.dataset, len(run.x), who="the CLIP query figure")

@@ -9,7 +9,7 @@ from sanitycheck.errors import DataError
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from sanitycheck.clip.model import build_tiny_clip
+    from sanitycheck.models.clip import build_tiny_clip
 
     return build_tiny_clip(seed=0)
 
@@ -21,7 +21,7 @@ def scene_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scenes(scene_cache):
-    from sanitycheck.clip.data import load_clip_scenes
+    from sanitycheck.data.scenes import load_clip_scenes
 
     try:
         return load_clip_scenes("test", 24, seed=3, cache_dir=scene_cache)
@@ -31,8 +31,8 @@ def scenes(scene_cache):
 
 @pytest.fixture(scope="session")
 def sim(tiny_clip):
-    from sanitycheck.clip.data import class_prompts
-    from sanitycheck.clip.model import ClipSimilarity
+    from sanitycheck.data.scenes import class_prompts
+    from sanitycheck.models.clip import ClipSimilarity
 
     return ClipSimilarity(tiny_clip, class_prompts())
 

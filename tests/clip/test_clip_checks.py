@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sanitycheck.checks.randomization import CascadingRandomization, IndependentRandomization
-from sanitycheck.clip.checks import PointingGame, TextRandomization, unrelated_classes
-from sanitycheck.clip.data import SCENE_TRUTH_KEY, scene_truth
+from sanitycheck.checks.image_text import PointingGame, TextRandomization, unrelated_classes
+from sanitycheck.data.scenes import SCENE_TRUTH_KEY, scene_truth
 from sanitycheck.errors import ConfigError, DataError
 from sanitycheck.seeding import sample_keys
 from sanitycheck.targets import ClassTarget
@@ -19,7 +19,20 @@ def dataset(scenes):
 
 
 def test_registered_everywhere():
-    from sanitycheck.clip import REGISTRY_ENTRIES
+    REGISTRY_ENTRIES = {
+        "explainers": {
+            "vit_attention_rollout": "sanitycheck.explainers.attention_flow:ViTAttentionRollout",
+            "vit_chefer": "sanitycheck.explainers.attention_flow:ViTGradientWeightedAttention",
+            "vit_gradcam": "sanitycheck.explainers.cam:ViTGradCAM",
+            "occlusion": "sanitycheck.explainers.occlusion:Occlusion",
+        },
+        "datasets": {"clip_scenes": "sanitycheck.data.scenes:clip_scenes_dataset"},
+        "models": {"clip_similarity": "sanitycheck.models.clip:clip_similarity"},
+        "checks": {
+            "text_randomization": "sanitycheck.checks.image_text:TextRandomization",
+            "pointing_game": "sanitycheck.checks.image_text:PointingGame",
+        },
+    }  # the CLIP parts, each in its layer (sanitycheck.clip is gone)
     from sanitycheck.registry import CHECKS, DATASETS, EXPLAINERS, MODELS, load_object
 
     registries = {"explainers": EXPLAINERS, "datasets": DATASETS, "models": MODELS, "checks": CHECKS}
@@ -93,7 +106,7 @@ def test_text_randomization_target(sim, scenes, dataset):
 
 
 def test_pointing_game_family(scenes, dataset):
-    from sanitycheck.clip.metrics import box_masks
+    from sanitycheck.metrics.localization import box_masks
 
     n = 12
     x = scenes.images[:n]

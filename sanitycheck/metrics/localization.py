@@ -16,7 +16,7 @@
 * :func:`random_maps_baseline` — both games on uniform-noise maps (seeded), as an empirical check.
 
 Boxes are ``(B, 4)`` integer ``x0, y0, x1, y1`` pixel coordinates, end exclusive (as in
-:class:`~sanitycheck.clip.data.ClipScenes`).
+:class:`~sanitycheck.data.scenes.ClipScenes`).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def localization_report(model, scenes, explainers, *, batch_size: int = 32, n: i
                         progress: bool = False) -> Dict[str, Dict[str, float]]:
     """Pointing game and energy pointing game of each explainer on ``scenes`` (the first ``n``).
 
-    ``model`` is a :class:`~sanitycheck.clip.model.ClipSimilarity` over :func:`~sanitycheck.clip.data.class_prompts`;
+    ``model`` is a :class:`~sanitycheck.models.clip.ClipSimilarity` over :func:`~sanitycheck.data.scenes.class_prompts`;
     the target of scene i is its captioned item's class (unique in the scene, so the prompt names
     that item) and the ground truth its box. Each method is scored on its maps as returned and on
     their absolute values (``*_abs``); NaN scores (constant maps / no positive energy) are left out

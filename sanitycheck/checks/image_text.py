@@ -15,7 +15,7 @@
   the box-area baseline (a random pixel, or a uniform map's energy share) and the scores of
   seeded uniform-noise maps.
 
-Both read the ground truth from the run's dataset (:func:`sanitycheck.clip.data.scene_truth`):
+Both read the ground truth from the run's dataset (:func:`sanitycheck.data.scenes.scene_truth`):
 the runner passes ``dataset=`` to ``transform_target`` and ``evaluate`` when they accept it.
 """
 
@@ -33,8 +33,8 @@ from ..errors import ConfigError, ModelError
 from ..metrics.base import Evaluation, FaithfulnessFamily
 from ..seeding import generator, sample_keys
 from ..targets import ClassTarget, Target
-from .data import scene_truth
-from .metrics import box_masks, energy_pointing_game, pointing_game, random_maps_baseline
+from ..data.scenes import scene_truth
+from ..metrics.localization import box_masks, energy_pointing_game, pointing_game, random_maps_baseline
 
 __all__ = ["TextRandomization", "PointingGame", "unrelated_classes"]
 
@@ -132,7 +132,7 @@ class PointingGame(FaithfulnessFamily):
     Per image (``step`` ``"score"``): ``pointing`` — 1 when the map's maximum lies in the box (the
     in-box share of tied maxima; NaN for a constant map), and ``energy_pointing`` — the share of the
     map's positive mass inside the box (NaN without positive values); see
-    :mod:`sanitycheck.clip.metrics`. ``absolute=True`` scores ``|map|`` instead of the signed map
+    :mod:`sanitycheck.metrics.localization`. ``absolute=True`` scores ``|map|`` instead of the signed map
     (signed by default: a positive value is evidence *for* the query for every built-in CLIP method;
     occlusion's negative values are regions whose removal *raises* the similarity, often another item).
     ``tolerance`` grows the box by that many pixels for the pointing game (Zhang et al. use 15 px on
