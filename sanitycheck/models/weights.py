@@ -7,7 +7,7 @@ the sha256 of the state_dict it loads into (:func:`state_dict_sha256`), the trai
 for, its spec, dtype, parameter count and how it was produced.
 
 The training pipelines (``zoo.train_or_load``, ``attention.load_or_train``,
-``transformer.train_transformer_model``, ``clip.model.train_tiny_clip``) ask :func:`reference_state` for
+``transformer.train_transformer_model``, ``models.clip.train_tiny_clip``) ask :func:`reference_state` for
 their cache key first: when a reference exists they load it (verifying both hashes) and never retrain.
 A model loaded this way carries ``sanitycheck_info["reference"] = True``; any other (trained here, from
 the cache) ``False``; both carry ``"weights_sha256"``.
