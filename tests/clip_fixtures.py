@@ -6,6 +6,22 @@ import pytest
 
 from sanitycheck.errors import DataError
 
+#: the CLIP parts' registry entries, each in its layer (sanitycheck.clip is gone)
+CLIP_REGISTRY_ENTRIES = {
+    "explainers": {
+        "vit_attention_rollout": "sanitycheck.explainers.attention_flow:ViTAttentionRollout",
+        "vit_chefer": "sanitycheck.explainers.attention_flow:ViTGradientWeightedAttention",
+        "vit_gradcam": "sanitycheck.explainers.cam:ViTGradCAM",
+        "occlusion": "sanitycheck.explainers.occlusion:Occlusion",
+    },
+    "datasets": {"clip_scenes": "sanitycheck.data.scenes:clip_scenes_dataset"},
+    "models": {"clip_similarity": "sanitycheck.models.clip:clip_similarity"},
+    "checks": {
+        "text_randomization": "sanitycheck.checks.image_text:TextRandomization",
+        "pointing_game": "sanitycheck.checks.image_text:PointingGame",
+    },
+}
+
 
 @pytest.fixture(scope="session")
 def tiny_clip():

@@ -19,20 +19,7 @@ def dataset(scenes):
 
 
 def test_registered_everywhere():
-    REGISTRY_ENTRIES = {
-        "explainers": {
-            "vit_attention_rollout": "sanitycheck.explainers.attention_flow:ViTAttentionRollout",
-            "vit_chefer": "sanitycheck.explainers.attention_flow:ViTGradientWeightedAttention",
-            "vit_gradcam": "sanitycheck.explainers.cam:ViTGradCAM",
-            "occlusion": "sanitycheck.explainers.occlusion:Occlusion",
-        },
-        "datasets": {"clip_scenes": "sanitycheck.data.scenes:clip_scenes_dataset"},
-        "models": {"clip_similarity": "sanitycheck.models.clip:clip_similarity"},
-        "checks": {
-            "text_randomization": "sanitycheck.checks.image_text:TextRandomization",
-            "pointing_game": "sanitycheck.checks.image_text:PointingGame",
-        },
-    }  # the CLIP parts, each in its layer (sanitycheck.clip is gone)
+    from clip_fixtures import CLIP_REGISTRY_ENTRIES as REGISTRY_ENTRIES
     from sanitycheck.registry import CHECKS, DATASETS, EXPLAINERS, MODELS, load_object
 
     registries = {"explainers": EXPLAINERS, "datasets": DATASETS, "models": MODELS, "checks": CHECKS}

@@ -179,20 +179,7 @@ def test_train_tiny_clip_is_deterministic_and_cached(tmp_path):
 
 
 def test_factories(tiny_clip):
-    REGISTRY_ENTRIES = {
-        "explainers": {
-            "vit_attention_rollout": "sanitycheck.explainers.attention_flow:ViTAttentionRollout",
-            "vit_chefer": "sanitycheck.explainers.attention_flow:ViTGradientWeightedAttention",
-            "vit_gradcam": "sanitycheck.explainers.cam:ViTGradCAM",
-            "occlusion": "sanitycheck.explainers.occlusion:Occlusion",
-        },
-        "datasets": {"clip_scenes": "sanitycheck.data.scenes:clip_scenes_dataset"},
-        "models": {"clip_similarity": "sanitycheck.models.clip:clip_similarity"},
-        "checks": {
-            "text_randomization": "sanitycheck.checks.image_text:TextRandomization",
-            "pointing_game": "sanitycheck.checks.image_text:PointingGame",
-        },
-    }  # the CLIP parts, each in its layer (sanitycheck.clip is gone)
+    from clip_fixtures import CLIP_REGISTRY_ENTRIES as REGISTRY_ENTRIES
     from sanitycheck.models.clip import clip_similarity
     from sanitycheck.registry import load_object
 
