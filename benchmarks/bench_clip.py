@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sanitycheck.clip.data import class_prompts
-from sanitycheck.clip.saliency import DEFAULT_METHODS
+from sanitycheck.data.scenes import class_prompts
+from sanitycheck.report.saliency_grid import DEFAULT_METHODS
 from sanitycheck.explainers import get_explainer
 
 #: the parameters of suite clip_text2img
@@ -23,7 +23,7 @@ METHODS = [*DEFAULT_METHODS, "sobel"]
 
 @pytest.fixture(scope="module")
 def tiny_batch():
-    from sanitycheck.clip.model import ClipSimilarity, build_tiny_clip
+    from sanitycheck.models.clip import ClipSimilarity, build_tiny_clip
 
     sim = ClipSimilarity(build_tiny_clip(seed=0), class_prompts())
     g = torch.Generator().manual_seed(0)
@@ -33,7 +33,7 @@ def tiny_batch():
 
 @pytest.fixture(scope="module")
 def vit_b32_batch():
-    from sanitycheck.clip.model import ClipSimilarity, import_open_clip
+    from sanitycheck.models.clip import ClipSimilarity, import_open_clip
 
     oc = import_open_clip()
     with torch.random.fork_rng(devices=[]):

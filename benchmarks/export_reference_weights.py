@@ -37,8 +37,8 @@ def measure(name: str) -> dict:
 
     torch.set_grad_enabled(False)
     if name == "tiny_clip":
-        from sanitycheck.clip.data import load_clip_scenes
-        from sanitycheck.clip.model import DEFAULT_TINY_SPEC, evaluate_retrieval, register_tiny_config, train_tiny_clip
+        from sanitycheck.data.scenes import load_clip_scenes
+        from sanitycheck.models.clip import DEFAULT_TINY_SPEC, evaluate_retrieval, register_tiny_config, train_tiny_clip
 
         register_tiny_config()
         clip = train_tiny_clip(DEFAULT_TINY_SPEC, progress=False)

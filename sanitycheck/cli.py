@@ -160,7 +160,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_clip_saliency(args: argparse.Namespace) -> int:
-    from .clip.saliency import clip_saliency
+    from .report.saliency_grid import clip_saliency
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     summary = clip_saliency(args.image, args.query, model=args.model, pretrained=args.pretrained, methods=methods,

@@ -447,9 +447,16 @@ for _name, _path in {
 }.items():
     METRICS.register(_name, _path, modalities=_TEXT)
 
-# CLIP text-to-image saliency (sanitycheck.clip): import paths only, nothing imported until used
-from .clip import REGISTRY_ENTRIES as _CLIP_ENTRIES  # noqa: E402 - imports neither torch nor open_clip
-
-for _registry, _group in ((DATASETS, "datasets"), (MODELS, "models"), (EXPLAINERS, "explainers"), (CHECKS, "checks")):
-    for _name, _path in _CLIP_ENTRIES[_group].items():
-        _registry.register(_name, _path)
+# CLIP text-to-image saliency: scenes (data/scenes.py), the CLIP adapter (models/clip.py), the ViT
+# explainers (explainers/attention_flow.py, cam.py, occlusion.py) and the checks (checks/image_text.py)
+for _registry, _name, _path in (
+    (DATASETS, "clip_scenes", "sanitycheck.data.scenes:clip_scenes_dataset"),
+    (MODELS, "clip_similarity", "sanitycheck.models.clip:clip_similarity"),
+    (EXPLAINERS, "vit_attention_rollout", "sanitycheck.explainers.attention_flow:ViTAttentionRollout"),
+    (EXPLAINERS, "vit_chefer", "sanitycheck.explainers.attention_flow:ViTGradientWeightedAttention"),
+    (EXPLAINERS, "vit_gradcam", "sanitycheck.explainers.cam:ViTGradCAM"),
+    (EXPLAINERS, "occlusion", "sanitycheck.explainers.occlusion:Occlusion"),
+    (CHECKS, "text_randomization", "sanitycheck.checks.image_text:TextRandomization"),
+    (CHECKS, "pointing_game", "sanitycheck.checks.image_text:PointingGame"),
+):
+    _registry.register(_name, _path)

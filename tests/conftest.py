@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import TinyCNN, digits_batch, make_tiny_cnn  # noqa: F401
+from clip_fixtures import batch, scene_cache, scenes, sim, tiny_clip  # noqa: F401 - the CLIP tests' fixtures
 
 
 @pytest.fixture

@@ -35,13 +35,14 @@ follows the path the prediction actually takes. Either way the columns of the te
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, NotApplicableError
 from .attention import TextBatch, TokenExplainer, _select
+from .attention_flow import attention_rollout, chefer_relevance  # the one attention-flow implementation (BERT and ViT)
 
 __all__ = [
     "SelfAttentionWeights",
@@ -53,42 +54,6 @@ __all__ = [
 ]
 
 READOUTS = ("cls", "pooling")
-
-
-def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5) -> Tensor:
-    """R = Â_L ⋯ Â_1 (B, T, T) with Â_l = (1 − residual)·mean_h A_l + residual·I, rows renormalized.
-
-    ``attentions``: per layer, first to last, (B, heads, T, T) row-stochastic over the real keys.
-    Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers", ACL.
-    """
-    rollout = None
-    for a in attentions:
-        T = a.shape[-1]
-        eye = torch.eye(T, dtype=a.dtype, device=a.device)
-        a_hat = (1.0 - residual) * a.mean(dim=1) + residual * eye
-        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
-        rollout = a_hat if rollout is None else torch.bmm(a_hat, rollout)
-    if rollout is None:
-        raise ConfigError("attention_rollout needs at least one layer of attention")
-    return rollout
-
-
-def chefer_relevance(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> Tensor:
-    """Chefer et al. (2021) self-attention relevance R (B, T, T): R ← R + mean_h (∇A ⊙ A)⁺ · R, R₀ = I.
-
-    ``attentions`` and ``gradients`` (∂ target / ∂ A): per layer, first to last, (B, heads, T, T).
-    Chefer, Gur & Wolf (2021), "Generic Attention-model Explainability for Interpreting Bi-Modal and
-    Encoder-Decoder Transformers", ICCV, eq. 5–6.
-    """
-    if len(attentions) == 0 or len(attentions) != len(gradients):
-        raise ConfigError(f"chefer_relevance needs one gradient per attention layer, got {len(attentions)} "
-                          f"attentions and {len(gradients)} gradients")
-    B, _, T, _ = attentions[0].shape
-    rel = torch.eye(T, dtype=attentions[0].dtype, device=attentions[0].device).expand(B, T, T).clone()
-    for a, g in zip(attentions, gradients):
-        a_bar = (g * a).clamp(min=0).mean(dim=1)
-        rel = rel + torch.bmm(a_bar, rel)
-    return rel
 
 
 class _SelfAttentionExplainer(TokenExplainer):

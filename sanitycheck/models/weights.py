@@ -7,7 +7,7 @@ the sha256 of the state_dict it loads into (:func:`state_dict_sha256`), the trai
 for, its spec, dtype, parameter count and how it was produced.
 
 The one training pipeline (:func:`sanitycheck.models.training.load_or_train`, behind ``zoo.train_or_load``,
-``attention.train_text_model``, ``transformer.train_transformer_model``, ``train_tiny_clip`` and the models
+``attention.train_text_model``, ``transformer.train_transformer_model``, ``models.clip.train_tiny_clip`` and the models
 Wiegreffe & Pinter's checks train) asks :func:`reference_state` for the cache key first: when a reference
 exists it is loaded (both hashes verified) and never retrained.
 A model loaded this way carries ``sanitycheck_info["reference"] = True``; any other (trained here, from

@@ -99,8 +99,8 @@ def clip_query_maps(model: Any, explainers: Dict[str, Any], x: Tensor, dataset: 
     scenes, each explainer's map by ``model`` for the captioned item's prompt and for another item present in
     the scene. Returns ``{"images": (R, C, H, W), "rows": [{"image", "label", "box"}], "maps": {name: (R, H, W)}}``
     (one entry of ``rows`` per scene and query), or ``{}`` when the dataset has no scene ground truth."""
-    from ..clip.data import scene_truth
     from ..errors import SanityCheckError
+    from ..data.scenes import scene_truth
 
     try:
         truth = scene_truth(dataset, len(x), who="the CLIP query figure")

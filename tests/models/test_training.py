@@ -25,10 +25,7 @@ def _spec_classes():
     from sanitycheck.models.transformer import TransformerTrainSpec
     from sanitycheck.models.zoo import ARCHITECTURES, TrainSpec
 
-    try:  # the tiny CLIP moves from sanitycheck/clip/ to sanitycheck/models/ (issue 11)
-        from sanitycheck.models.clip import TinyClipSpec
-    except ImportError:
-        from sanitycheck.clip.model import TinyClipSpec
+    from sanitycheck.models.clip import TinyClipSpec
     return TextTrainSpec, TransformerTrainSpec, TrainSpec, ARCHITECTURES, TinyClipSpec
 
 

@@ -1,25 +1,28 @@
-"""Saliency methods for CLIP image towers that the generic image explainers do not cover.
+"""Attention flow: attention rollout and Chefer relevance, one implementation for every transformer.
 
-* :class:`ViTAttentionRollout` — Abnar & Zuidema 2020, "Quantifying Attention Flow in
-  Transformers": per block Â = (1 − α)·fuse_h(A) + α·I (rows renormalized), R = Â_L ⋯ Â_1; the map
-  is R[CLS, patches]. Class-agnostic: the target is ignored (the same map for every prompt).
-* :class:`ViTGradientWeightedAttention` — Chefer, Gur & Wolf 2021, "Generic Attention-model
-  Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV): R = I, then per
-  block R ← R + mean_h (∇A ⊙ A)⁺ · R, with ∇A the gradient of the target score with respect to
-  the block's attention probabilities; the map is R[CLS, patches].
-* :class:`ViTGradCAM` — Grad-CAM (Selvaraju et al. 2017) on the tokens entering the last visual
-  block (its first LayerNorm's output), CLS dropped, channel weights = mean gradient over the
-  patch tokens; on a ResNet tower (open_clip ``ModifiedResNet``) on the output of ``layer4``.
-  Not the *output* of the last block: only the CLS token of that output reaches the embedding,
-  so the patch tokens' gradients are exactly zero there (REFERENCES.md, pytorch-grad-cam #513).
-* :class:`Occlusion` — Zeiler & Fergus 2014: the drop of the target score when a window (default:
-  one ViT patch) is replaced by a baseline value, every window of every image batched.
+* :func:`attention_rollout` — Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers": per
+  layer Â = (1 − α)·fuse_h(A) + α·I (rows renormalized), R = Â_L ⋯ Â_1.
+* :func:`chefer_relevance` — Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability for
+  Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV): R = I, then per layer
+  R ← R + mean_h (∇A ⊙ A)⁺ · R, with ∇A the gradient of the target score with respect to the layer's
+  attention probabilities.
 
-All are :class:`~sanitycheck.explainers.base.Explainer` subclasses: ``explainer(model, x, target)``
-with ``x`` images in [0, 1] ``(B, 3, H, W)`` and ``target`` a prompt index per sample (or any
+Both take per-layer attention probabilities ``(B, heads, T, T)`` from any source: the text transformers'
+``self_attentions`` (:mod:`~sanitycheck.explainers.transformer`: ``attention_rollout``,
+``chefer_relevance``) and, here, a CLIP ViT image tower through :class:`AttentionCapture`:
+
+* :class:`ViTAttentionRollout` (``vit_attention_rollout``) — the map is R[CLS, patches].
+  Class-agnostic: the target is ignored (the same map for every prompt).
+* :class:`ViTGradientWeightedAttention` (``vit_chefer``) — the map is R[CLS, patches].
+
+Grad-CAM on the ViT's tokens is :class:`~sanitycheck.explainers.cam.ViTGradCAM` (the one Grad-CAM with
+a token-grid reshape step) and occlusion is :class:`~sanitycheck.explainers.occlusion.Occlusion`.
+
+The ViT explainers are :class:`~sanitycheck.explainers.base.Explainer` subclasses: ``explainer(model, x,
+target)`` with ``x`` images in [0, 1] ``(B, 3, H, W)`` and ``target`` a prompt index per sample (or any
 :class:`~sanitycheck.targets.Target`), returning maps ``(B, H, W)``; token-level maps are upsampled
 (bilinear by default) from the patch grid to the image. The model is any module containing
-exactly one open_clip ``VisionTransformer`` (e.g. :class:`~sanitycheck.clip.model.ClipSimilarity`);
+exactly one open_clip ``VisionTransformer`` (e.g. :class:`~sanitycheck.models.clip.ClipSimilarity`);
 everything is batched, hooks and attention wrappers live only inside a context manager, and the
 model is never changed.
 
@@ -35,25 +38,25 @@ module's own parameters — in-projection, scaled dot product, softmax → A ``(
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, NotApplicableError
-from ..explainers.base import Explainer
+from .base import Explainer
 from ..targets import Target, as_target
 
 __all__ = [
+    "attention_rollout",
+    "chefer_relevance",
     "find_visual",
+    "vit_token_grid",
     "AttentionCapture",
     "attention_maps",
     "ViTAttentionRollout",
     "ViTGradientWeightedAttention",
-    "ViTGradCAM",
-    "Occlusion",
 ]
 
 UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "area")
@@ -75,7 +78,7 @@ def find_visual(model: nn.Module) -> Tuple[str, nn.Module]:
         what = "no open_clip VisionTransformer or ModifiedResNet" if not found else \
             f"{len(found)} image towers ({', '.join(n or '(root)' for n, _ in found)})"
         raise NotApplicableError(f"{type(model).__name__} has {what}; CLIP explainers need exactly one "
-                                 "(wrap the CLIP model in sanitycheck.clip.ClipSimilarity)")
+                                 "(wrap the CLIP model in sanitycheck.models.clip.ClipSimilarity)")
     return found[0]
 
 
@@ -92,6 +95,14 @@ def _grid(visual: nn.Module, n_tokens: int) -> Tuple[int, int]:
     if n_tokens != gh * gw + 1:
         raise NotApplicableError(f"the ViT has {n_tokens} tokens, expected 1 class token + {gh}x{gw} patches")
     return gh, gw
+
+
+def vit_token_grid(visual: nn.Module):
+    """The :class:`~sanitycheck.explainers.cam.TokenGrid` of an open_clip ViT: its patch grid, one class token."""
+    from .cam import TokenGrid
+
+    gh, gw = (int(v) for v in visual.grid_size)
+    return TokenGrid((gh, gw), prefix=1)
 
 
 def _check_tok_pool(visual: nn.Module, method: str) -> None:
@@ -113,6 +124,73 @@ def _check_upsample(name: str, upsample: str) -> str:
     if upsample not in UPSAMPLE_MODES:
         raise ConfigError(f"{name}: upsample {upsample!r} is unknown; use one of {UPSAMPLE_MODES}")
     return upsample
+
+
+# --------------------------------------------------------------------------- attention flow (BERT and ViT)
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5, head_fusion: str = "mean",
+                      discard_ratio: float = 0.0) -> Tensor:
+    """R = Â_L ⋯ Â_1 (B, T, T) with Â_l = (1 − residual)·fuse_h A_l + residual·I, rows renormalized.
+
+    ``attentions``: per layer, first to last, (B, heads, T, T) row-stochastic over the real keys.
+    ``head_fusion``: ``"mean"`` (default, the paper), ``"max"`` or ``"min"`` over heads. ``discard_ratio``:
+    share of the lowest fused attentions per layer and sample set to 0 before the residual, column 0 (the
+    class token) kept (default 0: nothing discarded). Used by the text transformers' ``attention_rollout``
+    and the ViT's ``vit_attention_rollout``.
+    Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers", ACL.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ConfigError(f"attention_rollout: head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    rollout = None
+    for a in attentions:
+        T = a.shape[-1]
+        eye = torch.eye(T, dtype=a.dtype, device=a.device)
+        fused = {"mean": a.mean, "max": a.amax, "min": a.amin}[head_fusion](dim=1)
+        if discard_ratio > 0:
+            fused = _discard_lowest(fused, discard_ratio)
+        a_hat = (1.0 - residual) * fused + residual * eye
+        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
+        rollout = a_hat if rollout is None else torch.bmm(a_hat, rollout)
+    if rollout is None:
+        raise ConfigError("attention_rollout needs at least one layer of attention")
+    return rollout
+
+
+def _discard_lowest(fused: Tensor, ratio: float) -> Tensor:
+    """``fused`` (B, T, T) with its lowest ``ratio`` share per sample set to 0, column 0 kept."""
+    flat = fused.flatten(1)
+    k = int(flat.shape[1] * ratio)
+    if k == 0:
+        return fused
+    low = flat.topk(k, dim=1, largest=False).indices
+    keep = torch.ones_like(flat, dtype=torch.bool).scatter(1, low, False).reshape_as(fused)
+    keep[:, :, 0] = True
+    return fused * keep
+
+
+def chefer_relevance(attentions: Sequence[Tensor], gradients: Sequence[Optional[Tensor]]) -> Tensor:
+    """Chefer et al. (2021) self-attention relevance R (B, T, T): R ← R + mean_h (∇A ⊙ A)⁺ · R, R₀ = I.
+
+    ``attentions`` and ``gradients`` (∂ target / ∂ A; ``None`` = no gradient reached the layer, read as 0):
+    per layer, first to last, (B, heads, T, T). Used by the text transformers' ``chefer_relevance`` and the
+    ViT's ``vit_chefer`` (which passes the layers from its ``start_layer`` on).
+    Chefer, Gur & Wolf (2021), "Generic Attention-model Explainability for Interpreting Bi-Modal and
+    Encoder-Decoder Transformers", ICCV, eq. 5–6.
+    """
+    if len(attentions) == 0 or len(attentions) != len(gradients):
+        raise ConfigError(f"chefer_relevance needs one gradient per attention layer, got {len(attentions)} "
+                          f"attentions and {len(gradients)} gradients")
+    B, _, T, _ = attentions[0].shape
+    rel = torch.eye(T, dtype=attentions[0].dtype, device=attentions[0].device).expand(B, T, T).clone()
+    for a, g in zip(attentions, gradients):
+        if g is None:
+            g = torch.zeros_like(a)
+        a_bar = (g * a).clamp(min=0).mean(dim=1)
+        rel = rel + torch.bmm(a_bar, rel)
+    return rel
 
 
 # --------------------------------------------------------------------------- attention capture
@@ -242,7 +320,7 @@ class ViTAttentionRollout(_TokenMapExplainer):
     """
 
     name = "vit_attention_rollout"
-    FUSIONS = ("mean", "max", "min")
+    FUSIONS = HEAD_FUSIONS
 
     def __init__(self, head_fusion: str = "mean", residual: float = 0.5, discard_ratio: float = 0.0,
                  upsample: str = "bilinear"):
@@ -264,25 +342,10 @@ class ViTAttentionRollout(_TokenMapExplainer):
         _check_tok_pool(visual, self.name)
         with torch.no_grad(), AttentionCapture(visual) as cap:
             model(x)
-        attentions = cap.attentions
-        n = attentions[0].shape[-1]
-        grid = _grid(visual, n)
-        eye = torch.eye(n, dtype=attentions[0].dtype, device=x.device)
-        rollout = eye.expand(x.shape[0], n, n)
-        for a in attentions:
-            fused = {"mean": a.mean(1), "max": a.amax(1), "min": a.amin(1)}[self.head_fusion]
-            if self.discard_ratio > 0:
-                flat = fused.flatten(1)
-                k = int(flat.shape[1] * self.discard_ratio)
-                if k > 0:
-                    low = flat.topk(k, dim=1, largest=False).indices
-                    keep = torch.ones_like(flat, dtype=torch.bool).scatter(1, low, False)
-                    keep = keep.reshape_as(fused)
-                    keep[:, :, 0] = True
-                    fused = fused * keep
-            a_hat = (1 - self.residual) * fused + self.residual * eye
-            a_hat = a_hat / a_hat.sum(-1, keepdim=True)
-            rollout = a_hat @ rollout
+        attentions = [t.detach() for t in cap.attentions]
+        grid = _grid(visual, attentions[0].shape[-1])
+        rollout = attention_rollout(attentions, residual=self.residual, head_fusion=self.head_fusion,
+                                    discard_ratio=self.discard_ratio)
         return self._to_image(rollout[:, 0, 1:], grid, x)
 
 
@@ -320,160 +383,11 @@ class ViTGradientWeightedAttention(_TokenMapExplainer):
         start = self.start_layer if self.start_layer >= 0 else n_blocks + self.start_layer
         if not (0 <= start < n_blocks):
             raise ConfigError(f"{self.name}: start_layer {self.start_layer} is out of range for {n_blocks} blocks")
-        n = attentions[0].shape[-1]
-        grid = _grid(visual, n)
-        rel = torch.eye(n, dtype=attentions[0].dtype, device=x.device).expand(x.shape[0], n, n)
-        for a, g in list(zip(attentions, grads))[start:]:
-            if g is None:
-                g = torch.zeros_like(a)
-            cam = (g * a).clamp(min=0).mean(1).detach()
-            rel = rel + cam @ rel
+        grid = _grid(visual, attentions[0].shape[-1])
+        rel = chefer_relevance([a.detach() for a in attentions[start:]],
+                               [None if g is None else g.detach() for g in grads[start:]])
         return rel, grid
 
     def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         rel, grid = self.relevance(model, x, target)
         return self._to_image(rel[:, 0, 1:], grid, x)
-
-
-@contextmanager
-def _capture_output(module: nn.Module) -> Iterator[Dict[str, Tensor]]:
-    store: Dict[str, Tensor] = {}
-
-    def hook(_m, _inp, out):
-        store["out"] = out[0] if isinstance(out, (tuple, list)) else out
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-class ViTGradCAM(_TokenMapExplainer):
-    """Grad-CAM for CLIP image towers.
-
-    ViT: the activations are the tokens *entering* block ``block`` (default the last): the output
-    of its first LayerNorm ``ln_1`` (B, N, D). Channel weights α_d = mean over patch tokens of
-    ∂s/∂a_d; map = ReLU(Σ_d α_d a_d) over the patch tokens (CLS dropped), reshaped to the grid and
-    upsampled. ResNet tower (open_clip ``ModifiedResNet``): the output of ``layer4`` (B, C, h, w),
-    classic Grad-CAM. ``relu=False`` keeps the sign. The module used on the last call is in ``last_layer``.
-    """
-
-    name = "vit_gradcam"
-
-    def __init__(self, block: int = -1, relu: bool = True, upsample: str = "bilinear"):
-        if not isinstance(block, int):
-            raise ConfigError(f"{self.name}: block must be an integer, got {block!r}")
-        self.block, self.relu = block, bool(relu)
-        self.upsample = _check_upsample(self.name, upsample)
-        self.last_layer: Optional[str] = None
-
-    def config(self) -> Dict[str, Any]:
-        return {"block": self.block, "relu": self.relu, "upsample": self.upsample}
-
-    def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        vname, visual = find_visual(model)
-        prefix = f"{vname}." if vname else ""
-        if _is_vit(visual):
-            blocks = visual.transformer.resblocks
-            if not (-len(blocks) <= self.block < len(blocks)):
-                raise ConfigError(f"{self.name}: block {self.block} is out of range for {len(blocks)} blocks")
-            idx = self.block % len(blocks)
-            layer = blocks[idx].ln_1
-            self.last_layer = f"{prefix}transformer.resblocks.{idx}.ln_1"
-        else:
-            layer = visual.layer4
-            self.last_layer = f"{prefix}layer4"
-        x = x.detach()
-        with torch.enable_grad(), _capture_output(layer) as store:
-            scores = _score(model, x, target)
-            act = store["out"]
-            (grad,) = torch.autograd.grad(scores.sum(), act)
-        act, grad = act.detach(), grad.detach()
-        if act.dim() == 3:  # ViT tokens (B, N, D)
-            grid = _grid(visual, act.shape[1])
-            weights = grad[:, 1:].mean(1)                         # (B, D)
-            cam = (act[:, 1:] * weights[:, None, :]).sum(-1)      # (B, N-1)
-            if self.relu:
-                cam = cam.clamp(min=0)
-            return self._to_image(cam, grid, x)
-        weights = grad.mean(dim=(2, 3), keepdim=True)             # (B, C, 1, 1)
-        cam = (act * weights).sum(1)                              # (B, h, w)
-        if self.relu:
-            cam = cam.clamp(min=0)
-        return _upsample(cam, tuple(x.shape[-2:]), self.upsample)
-
-
-class Occlusion(Explainer):
-    """Patch occlusion (Zeiler & Fergus 2014): map = target score drop when a window is occluded.
-
-    Parameters: ``window`` (side in pixels; default the ViT's patch size, else 8), ``stride``
-    (default = ``window``: non-overlapping windows aligned with the patches), ``baseline`` (the value
-    the window is filled with, in the model's input space [0, 1]; default 0 = black, the scenes'
-    background), ``batch_size`` (occluded images per forward pass; bounds memory, does not change
-    the maps). A pixel's value is the mean drop over the windows covering it (0 where none does).
-    Positive = occluding the region lowers the score. Forward passes only, no gradients.
-    """
-
-    name = "occlusion"
-
-    def __init__(self, window: Optional[int] = None, stride: Optional[int] = None, baseline: float = 0.0,
-                 batch_size: int = 1024):
-        for label, v in (("window", window), ("stride", stride)):
-            if v is not None and not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"{self.name}: {label} must be a positive integer or None, got {v!r}")
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ConfigError(f"{self.name}: batch_size must be a positive integer, got {batch_size!r}")
-        self.window, self.stride, self.baseline, self.batch_size = window, stride, float(baseline), batch_size
-        self.last_window: Optional[int] = None
-
-    def config(self) -> Dict[str, Any]:
-        return {"window": self.window, "stride": self.stride, "baseline": self.baseline}
-
-    @staticmethod
-    def _starts(size: int, window: int, stride: int) -> List[int]:
-        starts = list(range(0, max(size - window, 0) + 1, stride))
-        if starts[-1] + window < size:
-            starts.append(size - window)
-        return starts
-
-    def window_masks(self, model: nn.Module, x: Tensor) -> Tensor:
-        """(n_windows, H, W) bool masks of the occluded windows."""
-        window = self.window
-        if window is None:
-            try:
-                _, visual = find_visual(model)
-                window = int(visual.patch_size[0]) if _is_vit(visual) else 8
-            except NotApplicableError:
-                window = 8
-        self.last_window = window
-        stride = self.stride or window
-        h, w = x.shape[-2:]
-        ys, xs = self._starts(h, min(window, h), stride), self._starts(w, min(window, w), stride)
-        masks = torch.zeros(len(ys) * len(xs), h, w, dtype=torch.bool, device=x.device)
-        k = 0
-        for y0 in ys:
-            for x0 in xs:
-                masks[k, y0:y0 + window, x0:x0 + window] = True
-                k += 1
-        return masks
-
-    def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        masks = self.window_masks(model, x)                     # (M, H, W)
-        n_win = masks.shape[0]
-        b = x.shape[0]
-        x = x.detach()
-        with torch.no_grad():
-            base = _score(model, x, target)                     # (B,)
-            drops = torch.empty(b, n_win, dtype=base.dtype, device=x.device)
-            per_chunk = max(1, self.batch_size // max(1, b))    # windows per pass, all samples at once
-            for start in range(0, n_win, per_chunk):
-                m = masks[start:start + per_chunk]              # (c, H, W)
-                c = m.shape[0]
-                occluded = torch.where(m[None, :, None], torch.as_tensor(self.baseline, dtype=x.dtype,
-                                                                         device=x.device), x[:, None])
-                scores = target.repeat_interleave(c)(model(occluded.reshape(b * c, *x.shape[1:])))
-                drops[:, start:start + c] = base[:, None] - scores.reshape(b, c)
-        flat = masks.flatten(1).to(drops.dtype)                 # (M, H*W)
-        counts = flat.sum(0).clamp(min=1)
-        return ((drops @ flat) / counts).reshape(b, *x.shape[-2:])

@@ -230,7 +230,7 @@ class ClipScenes:
     def to_image_dataset(self):
         """An :class:`~sanitycheck.data.ImageDataset` for the runner: images ``(N, 3, H, W)`` with
         labels = the captioned item's class, i.e. the prompt index of :func:`class_prompts` (the
-        target of a :class:`~sanitycheck.clip.model.ClipSimilarity` built on those prompts).
+        target of a :class:`~sanitycheck.models.clip.ClipSimilarity` built on those prompts).
         The ground truth travels in ``meta``: ``meta['caption_boxes']`` (a list, for reading) and
         ``meta['scene_truth']`` (tensors: every cell's class and box, the captioned cell), which
         :func:`scene_truth` reads back for the samples a run audits."""
@@ -240,7 +240,7 @@ class ClipScenes:
                  "n_classes": len(self.class_names)}
         return ImageDataset(
             name=self.name, images=self.images.contiguous(), labels=self.caption_classes.clone(),
-            classes=class_prompts(), source="sanitycheck.clip.data (Fashion-MNIST items on a 2x2 grid)",
+            classes=class_prompts(), source="sanitycheck.data.scenes (Fashion-MNIST items on a 2x2 grid)",
             checksum=self.checksum, meta={**self.meta, "caption_boxes": self.caption_boxes.tolist(),
                                           SCENE_TRUTH_KEY: truth},
         )
@@ -382,7 +382,7 @@ def clip_scenes_dataset(split: str = "test", n: int = 2000, seed: int = 0, **par
     and every cell's class in ``meta``, read back with :func:`scene_truth`).
 
     The default ``n=2000, seed=0`` are the test scenes on which the trained tiny CLIP's retrieval
-    accuracy is measured (:data:`~sanitycheck.clip.model.DEFAULT_TINY_SPEC`), so a suite auditing the
+    accuracy is measured (:data:`~sanitycheck.models.clip.DEFAULT_TINY_SPEC`), so a suite auditing the
     first 128 audits the first 128 of those."""
     return load_clip_scenes(split, n, seed, **params).to_image_dataset()
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sanitycheck.checks.randomization import CascadingRandomization, IndependentRandomization
-from sanitycheck.clip.checks import PointingGame, TextRandomization, unrelated_classes
-from sanitycheck.clip.data import SCENE_TRUTH_KEY, scene_truth
+from sanitycheck.checks.image_text import PointingGame, TextRandomization, unrelated_classes
+from sanitycheck.metrics.localization import PointingGameScores
+from sanitycheck.data.scenes import SCENE_TRUTH_KEY, scene_truth
 from sanitycheck.errors import ConfigError, DataError
 from sanitycheck.seeding import sample_keys
 from sanitycheck.targets import ClassTarget
@@ -19,7 +20,7 @@ def dataset(scenes):
 
 
 def test_registered_everywhere():
-    from sanitycheck.clip import REGISTRY_ENTRIES
+    from clip_fixtures import CLIP_REGISTRY_ENTRIES as REGISTRY_ENTRIES
     from sanitycheck.registry import CHECKS, DATASETS, EXPLAINERS, MODELS, load_object
 
     registries = {"explainers": EXPLAINERS, "datasets": DATASETS, "models": MODELS, "checks": CHECKS}
@@ -93,14 +94,14 @@ def test_text_randomization_target(sim, scenes, dataset):
 
 
 def test_pointing_game_family(scenes, dataset):
-    from sanitycheck.clip.metrics import box_masks
+    from sanitycheck.metrics.localization import box_masks
 
     n = 12
     x = scenes.images[:n]
     target = ClassTarget(dataset.labels[:n])
     boxes = scenes.caption_boxes[:n]
     inside = box_masks(boxes, 64, 64).float()
-    family = PointingGame()
+    family = PointingGameScores()  # the metric behind the pointing_game check
     ev = family.evaluate(None, x, target, inside * torch.rand(n, 64, 64, generator=torch.Generator().manual_seed(0)),
                          seed=0, dataset=dataset)
     assert ev.summary_step == "score" and ev.curve is None
@@ -115,7 +116,7 @@ def test_pointing_game_family(scenes, dataset):
     # signed vs absolute maps
     neg = -2 * other + inside
     assert (family.evaluate(None, x, target, neg, seed=0, dataset=dataset).scores["pointing"] == 1).all()
-    assert (PointingGame(absolute=True).evaluate(None, x, target, neg, seed=0, dataset=dataset)
+    assert (PointingGameScores(absolute=True).evaluate(None, x, target, neg, seed=0, dataset=dataset)
             .scores["pointing"] == 0).all()
     notes = ev.notes
     assert notes["chance_area"] == pytest.approx(28 * 28 / 64 ** 2)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sanitycheck.clip.data import (CAPTION_CLASSES, POSITIONS, SceneSpec, class_prompts, load_clip_scenes,
+from sanitycheck.data.scenes import (CAPTION_CLASSES, POSITIONS, SceneSpec, class_prompts, load_clip_scenes,
                                    make_clip_scenes)
 from sanitycheck.errors import ConfigError
 

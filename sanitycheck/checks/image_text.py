@@ -15,7 +15,7 @@
   the box-area baseline (a random pixel, or a uniform map's energy share) and the scores of
   seeded uniform-noise maps.
 
-Both read the ground truth from the run's dataset (:func:`sanitycheck.clip.data.scene_truth`):
+Both read the ground truth from the run's dataset (:func:`sanitycheck.data.scenes.scene_truth`):
 the runner passes ``dataset=`` to ``transform_target`` and ``evaluate`` when they accept it.
 """
 
@@ -27,19 +27,17 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ..checks.base import ModelState
-from ..checks.refined import RandomLogit
+from ..data.scenes import scene_truth
 from ..errors import ConfigError, ModelError
-from ..metrics.base import Evaluation, FaithfulnessFamily
+from ..metrics.localization import PointingGameScores
 from ..seeding import generator, sample_keys
 from ..targets import ClassTarget, Target
-from .data import scene_truth
-from .metrics import box_masks, energy_pointing_game, pointing_game, random_maps_baseline
+from .base import DATASET, MODEL_STATES, ModelState
+from .evaluation import DatasetEvaluationCheck
+from .refined import RandomLogit
 
 __all__ = ["TextRandomization", "PointingGame", "unrelated_classes"]
 
-ZHANG_2018 = "Zhang, Bargal, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop, IJCV 2018"
-WANG_2020 = "Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR workshops 2020"
 
 
 def unrelated_classes(present: Tensor, keys: List[str], *, seed: int) -> Tensor:
@@ -97,6 +95,11 @@ class TextRandomization(RandomLogit):
         yield ModelState(self.STEP, copy.deepcopy(model),
                          {"target": "a prompt naming a class absent from the scene (uniform over the absent classes)"})
 
+    needs = frozenset({MODEL_STATES, DATASET})
+
+    def state_target(self, ctx: Any) -> Target:
+        return self.transform_target(ctx.target, ctx.logits, seed=ctx.seed, x=ctx.x, dataset=ctx.dataset)
+
     def transform_target(self, target: Target, logits: Tensor, *, seed: int, x: Optional[Tensor] = None,
                          dataset: Any = None) -> Target:
         """A :class:`ClassTarget` of unrelated prompts (same ``softmax`` flag as ``target``)."""
@@ -126,63 +129,8 @@ class TextRandomization(RandomLogit):
         return ClassTarget(others.to(explained.device), softmax=base.softmax)
 
 
-class PointingGame(FaithfulnessFamily):
-    """Pointing game and energy pointing game of the trained model's maps on the captioned item's box.
+class PointingGame(DatasetEvaluationCheck):
+    """The pointing game and energy pointing game (:class:`~sanitycheck.metrics.localization.PointingGameScores`)
+    of every explainer's trained-model maps on the captioned item's box; needs the scenes' ground truth."""
 
-    Per image (``step`` ``"score"``): ``pointing`` — 1 when the map's maximum lies in the box (the
-    in-box share of tied maxima; NaN for a constant map), and ``energy_pointing`` — the share of the
-    map's positive mass inside the box (NaN without positive values); see
-    :mod:`sanitycheck.clip.metrics`. ``absolute=True`` scores ``|map|`` instead of the signed map
-    (signed by default: a positive value is evidence *for* the query for every built-in CLIP method;
-    occlusion's negative values are regions whose removal *raises* the similarity, often another item).
-    ``tolerance`` grows the box by that many pixels for the pointing game (Zhang et al. use 15 px on
-    224 px images). Higher is better.
-
-    Notes (recorded per explainer): ``chance_cell`` = mean over images of 1 / occupied cells (pointing
-    at a random item), ``chance_area`` = mean box share of the image (a random pixel; the energy share
-    of a uniform map), and ``random_maps`` = both games on seeded uniform-noise maps.
-    """
-
-    name = "pointing_game"
-    higher_is_better = {"pointing": True, "energy_pointing": True}
-    description = "does the map's maximum (and its positive mass) fall on the captioned item's box?"
-    reference = f"{ZHANG_2018}; {WANG_2020}"
-
-    def __init__(self, absolute: bool = False, tolerance: int = 0):
-        if not (isinstance(tolerance, int) and not isinstance(tolerance, bool) and tolerance >= 0):
-            raise ConfigError(f"pointing_game: tolerance must be a non-negative integer (pixels), got {tolerance!r}")
-        self.absolute, self.tolerance = bool(absolute), tolerance
-
-    def config(self) -> Dict[str, Any]:
-        return {"absolute": self.absolute, "tolerance": self.tolerance, "box": "the captioned item's 28x28 box"}
-
-    def evaluate(self, model, x: Tensor, target, maps: Tensor, *, seed: int, dataset: Any = None) -> Evaluation:
-        if dataset is None:
-            raise ConfigError("pointing_game needs the run's dataset (the captioned item's box of each scene); run it "
-                              "through sanitycheck's runner, or call evaluate(..., dataset=...)")
-        n = x.shape[0]
-        if maps.shape[0] != n:
-            raise ConfigError(f"pointing_game: {maps.shape[0]} maps for {n} images")
-        truth = scene_truth(dataset, n, who="pointing_game")
-        classes = getattr(target, "per_sample", None)
-        if classes and torch.is_tensor(classes[0]) and not torch.equal(classes[0].cpu().long(), truth.caption_classes):
-            raise ConfigError("pointing_game scores the captioned item's box, but the explained prompts are not the "
-                              "captions' (suite target must be 'label')")
-        boxes = truth.caption_boxes
-        m = maps.detach().cpu().double()
-        if self.absolute:
-            m = m.abs()
-        h, w = m.shape[-2:]
-        pg = pointing_game(m, boxes, self.tolerance)
-        epg = energy_pointing_game(m, boxes)
-        area = box_masks(boxes, h, w).flatten(1).double().mean(1)
-        notes = {
-            "chance_cell": float((1.0 / truth.n_items.double()).mean()),
-            "chance_area": float(area.mean()),
-            "random_maps": random_maps_baseline(boxes, h, w, seed=seed),
-            "undefined_pointing": int(pg.isnan().sum()),
-            "undefined_energy_pointing": int(epg.isnan().sum()),
-            "maps": "|map|" if self.absolute else "signed map",
-        }
-        return Evaluation(scores={"pointing": pg, "energy_pointing": epg}, curve=None, summary_step="score",
-                          notes=notes)
+    metric_class = PointingGameScores

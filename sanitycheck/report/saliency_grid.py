@@ -47,7 +47,7 @@ NO_WEIGHTS = ("none", "random")
 def resolve_pretrained(model: str, pretrained: Optional[str]) -> Optional[str]:
     """The weights to load: ``None`` for random initialization (``"none"``/``"random"``); by default
     ``"trained"`` for the tiny model and ``"openai"`` for an open_clip model that has that tag."""
-    from .model import TINY_MODEL_NAME, import_open_clip
+    from ..models.clip import TINY_MODEL_NAME, import_open_clip
 
     if pretrained is not None:
         return None if str(pretrained).lower() in NO_WEIGHTS else str(pretrained)
@@ -75,7 +75,7 @@ def _methods(names: Optional[Sequence[str]]):
 def _check_query_early(model: str, query: str) -> None:
     """Tokenize ``query`` with the open_clip model's tokenizer before any weights are loaded (too long a
     query fails at once); skipped when the tokenizer itself is not at hand (the model load then says why)."""
-    from .model import import_open_clip, tokenize
+    from ..models.clip import import_open_clip, tokenize
 
     oc = import_open_clip()
     if model not in oc.list_models():
@@ -89,7 +89,7 @@ def _check_query_early(model: str, query: str) -> None:
 
 
 def _load(image: Union[str, Path], side: int, grayscale: str) -> torch.Tensor:
-    from .model import load_image
+    from ..models.clip import load_image
 
     try:
         return load_image(image, side, grayscale=grayscale)
@@ -116,7 +116,7 @@ def clip_saliency(image: Union[str, Path], query: str, *, model: str = DEFAULT_M
     then the weights.
     """
     from ..io import atomic_torch_save, atomic_write_json
-    from .model import (DEFAULT_TINY_SPEC, TINY_MODEL_NAME, VOCAB, ClipSimilarity, WordTokenizer, load_open_clip,
+    from ..models.clip import (DEFAULT_TINY_SPEC, TINY_MODEL_NAME, VOCAB, ClipSimilarity, WordTokenizer, load_open_clip,
                         tokenize, train_tiny_clip)
 
     if not isinstance(query, str) or not query.strip():
@@ -166,7 +166,7 @@ def clip_saliency(image: Union[str, Path], query: str, *, model: str = DEFAULT_M
         seconds = time.perf_counter() - start
         maps[name] = m
         rows[name] = {"seconds": round(seconds, 3), "config": explainer.config()}
-    from ..report.clip_figures import plot_method_grid, save_overlay_png
+    from .clip_figures import plot_method_grid, save_overlay_png
 
     image_cpu = x[0].cpu()
     if figures:

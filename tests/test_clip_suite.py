@@ -79,8 +79,8 @@ def test_run_records_checks_and_chance_levels(clip_run):
 
 def test_deletion_curve_is_the_raw_cosine(clip_run, tmp_path):
     res, _ = clip_run
-    from sanitycheck.clip.data import load_clip_scenes
-    from sanitycheck.clip.model import clip_similarity
+    from sanitycheck.data.scenes import load_clip_scenes
+    from sanitycheck.models.clip import clip_similarity
 
     sim = clip_similarity(pretrained=None, seed=0)
     scenes = load_clip_scenes("test", 16, seed=3, cache_dir=tmp_path).head(8)
@@ -147,8 +147,8 @@ def test_the_suite_file():
 
 
 def test_curve_softmax_flag_on_similarity_models(sim, batch):
-    from sanitycheck.clip.data import class_prompts
-    from sanitycheck.clip.model import ClipSimilarity
+    from sanitycheck.data.scenes import class_prompts
+    from sanitycheck.models.clip import ClipSimilarity
     from sanitycheck.metrics.curves import Deletion
 
     x, y = batch
@@ -167,7 +167,7 @@ def test_curve_softmax_flag_on_similarity_models(sim, batch):
 
 
 def sim_model(sim):
-    from sanitycheck.clip.model import build_tiny_clip
+    from sanitycheck.models.clip import build_tiny_clip
 
     return build_tiny_clip(seed=0)
 
@@ -175,8 +175,8 @@ def sim_model(sim):
 def test_similarity_resizes_inputs_to_the_tower(sim, batch):
     import torch.nn.functional as F
 
-    from sanitycheck.clip.data import class_prompts
-    from sanitycheck.clip.model import ClipSimilarity, build_tiny_clip
+    from sanitycheck.data.scenes import class_prompts
+    from sanitycheck.models.clip import ClipSimilarity, build_tiny_clip
 
     x, _ = batch
     small = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
@@ -217,7 +217,7 @@ def test_similarity_unpickles_where_open_clip_is_not_imported_yet(sim, batch, tm
 
 def test_factory_takes_model_as_an_alias_of_name(monkeypatch):
     """``name`` is the registry's own argument (``load_model(name, **params)``): suites pass ``model``."""
-    from sanitycheck.clip.model import TINY_MODEL_NAME, clip_similarity
+    from sanitycheck.models.clip import TINY_MODEL_NAME, clip_similarity
     from sanitycheck.errors import WeightsUnavailableError
     from sanitycheck.models import load_model
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from sanitycheck.checks.randomization import CascadingRandomization
-from sanitycheck.clip.data import class_prompts
-from sanitycheck.clip.model import (TINY_MODEL_NAME, VOCAB, ClipSimilarity, WordTokenizer, load_image,
+from sanitycheck.data.scenes import class_prompts
+from sanitycheck.models.clip import (TINY_MODEL_NAME, VOCAB, ClipSimilarity, WordTokenizer, load_image,
                                     load_open_clip)
 from sanitycheck.errors import DataError, UnknownNameError, WeightsUnavailableError
 
@@ -26,7 +26,7 @@ def test_vocabulary_and_tokenizer():
 
 
 def test_tiny_model_is_registered_with_open_clip(tiny_clip):
-    from sanitycheck.clip.model import import_open_clip
+    from sanitycheck.models.clip import import_open_clip
 
     oc = import_open_clip()
     assert TINY_MODEL_NAME in oc.list_models()
@@ -72,7 +72,7 @@ def test_query_errors(tiny_clip):
 
 
 def test_open_clip_tokenizer_too_long_is_an_error():
-    from sanitycheck.clip.model import import_open_clip, tokenize
+    from sanitycheck.models.clip import import_open_clip, tokenize
 
     tok = import_open_clip().get_tokenizer("ViT-B-32")  # BPE vocabulary ships with open_clip
     assert tokenize(tok, ["a photo of a dog"], 77).shape == (1, 77)
@@ -154,7 +154,7 @@ def test_cascading_randomization_of_the_visual_tower(sim, batch):
 
 
 def test_train_tiny_clip_is_deterministic_and_cached(tmp_path):
-    from sanitycheck.clip.model import TinyClipSpec, checkpoint_path, train_tiny_clip
+    from sanitycheck.models.clip import TinyClipSpec, checkpoint_path, train_tiny_clip
 
     try:
         from sanitycheck.data.fashion_mnist import load_fashion_mnist
@@ -179,8 +179,8 @@ def test_train_tiny_clip_is_deterministic_and_cached(tmp_path):
 
 
 def test_factories(tiny_clip):
-    from sanitycheck.clip import REGISTRY_ENTRIES
-    from sanitycheck.clip.model import clip_similarity
+    from clip_fixtures import CLIP_REGISTRY_ENTRIES as REGISTRY_ENTRIES
+    from sanitycheck.models.clip import clip_similarity
     from sanitycheck.registry import load_object
 
     for group in REGISTRY_ENTRIES.values():

@@ -13,7 +13,7 @@
   4 heads, MLP ratio 2; text context 16, width 128, 2 layers, 4 heads; embedding 128 (0.87 M
   parameters, 0.58 M in the image tower). Its text side uses
   :class:`WordTokenizer`, a whole-word tokenizer over the 24-word caption vocabulary of
-  :mod:`sanitycheck.clip.data` (``<pad>`` = 0, ``<sot>`` = 1, ``<eot>`` = the largest id, because
+  :mod:`sanitycheck.data.scenes` (``<pad>`` = 0, ``<sot>`` = 1, ``<eot>`` = the largest id, because
   open_clip pools the text at the position of the largest token id).
 * :func:`train_tiny_clip` — contrastive training of that model on the synthetic scenes,
   deterministic and cached like :mod:`sanitycheck.models.zoo`.
@@ -87,7 +87,7 @@ def import_open_clip():
 
 
 def _caption_words() -> List[str]:
-    from .data import CAPTION_CLASSES, POSITIONS
+    from ..data.scenes import CAPTION_CLASSES, POSITIONS
 
     words: List[str] = []
     for phrase in ["a an photo of at the", *POSITIONS, *CAPTION_CLASSES]:
@@ -189,7 +189,7 @@ class TinyClipSpec:
     """Everything that determines a trained tiny CLIP (together with the scenes and the code).
 
     Architecture (open_clip config fields; ``mlp_ratio`` 2 instead of open_clip's 4 to fit the CPU
-    budget), data (:class:`~sanitycheck.clip.data.SceneSpec` fields of the train and test scenes) and
+    budget), data (:class:`~sanitycheck.data.scenes.SceneSpec` fields of the train and test scenes) and
     optimization: AdamW (betas 0.9/0.98, eps 1e-6, weight decay on matrices only), linear warm-up then
     cosine decay to 0, ``steps`` steps of ``batch_size`` scenes. Pilots (200 steps of 64): lr 5e-4
     reached 68 % zero-shot "item present" against 62 % for lr 1e-3.
@@ -271,7 +271,7 @@ class TinyClipSpec:
     def key(self) -> str:
         """16 hex digits of sha256 over the spec, the scenes' keys and the training code."""
         from ..data.fashion_mnist import load_fashion_mnist
-        from .data import SceneSpec, scenes_key
+        from ..data.scenes import SceneSpec, scenes_key
 
         keys = []
         for split, n in (("train", self.n_train), ("test", self.n_test)):
@@ -608,7 +608,7 @@ class ClipSimilarity(nn.Module):
         tokenizer = tokenizer if tokenizer is not None else getattr(clip_model, "sanitycheck_tokenizer", None)
         if tokenizer is None:
             raise ConfigError("ClipSimilarity needs a tokenizer: pass tokenizer=open_clip.get_tokenizer(name), or "
-                              "load the model with sanitycheck.clip.load_open_clip")
+                              "load the model with sanitycheck.models.clip.load_open_clip")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         info = getattr(clip_model, "sanitycheck_info", {}) or {}
         mean = tuple(mean if mean is not None else info.get("mean", TINY_MEAN))
@@ -714,7 +714,7 @@ def clip_similarity(name: str = TINY_MODEL_NAME, pretrained: Optional[str] = "tr
                     resize: bool = True, model: Optional[str] = None) -> ClipSimilarity:
     """Model factory for the runner: :func:`load_open_clip` wrapped in a :class:`ClipSimilarity`
     over ``prompts`` (default: the ten Fashion-MNIST class prompts of the synthetic scenes, whose
-    indices are the labels of :func:`~sanitycheck.clip.data.clip_scenes_dataset`).
+    indices are the labels of :func:`~sanitycheck.data.scenes.clip_scenes_dataset`).
 
     ``name``/``pretrained``: any open_clip model and tag (weights from the local caches only, unless
     ``HF_HUB_OFFLINE=0``; missing weights fail at once with :class:`~sanitycheck.errors.WeightsUnavailableError`),
@@ -723,7 +723,7 @@ def clip_similarity(name: str = TINY_MODEL_NAME, pretrained: Optional[str] = "tr
     (recorded in the model's ``sanitycheck_info``, hence in results). ``model`` is the same as ``name``, for
     suites and ``--model-param`` (where ``name`` is the registry's own argument): ``params: {model: ViT-B-32,
     pretrained: openai}``."""
-    from .data import class_prompts
+    from ..data.scenes import class_prompts
 
     if model is not None:
         if name not in (TINY_MODEL_NAME, model):
@@ -896,7 +896,7 @@ def evaluate_retrieval(model: nn.Module, scenes, batch: int = 500) -> Dict[str, 
       that describe a random image; ``image_to_text_exact``: the top-1 is the image's own caption;
     * ``text_to_image`` / ``text_to_image_exact``: the same from each caption to the images.
     """
-    from .data import class_prompts
+    from ..data.scenes import class_prompts
 
     tok = getattr(model, "sanitycheck_tokenizer")
     n_ctx = _context_length(model, tok)
@@ -948,8 +948,8 @@ def train_tiny_clip(spec: TinyClipSpec = DEFAULT_TINY_SPEC, cache_dir: Optional[
     with the same torch build and thread count. Set the Makefile's ``MALLOC_*`` variables before
     starting Python: they make CPU training several times faster (REFERENCES.md).
     """
-    from ..models.training import load_or_train
-    from .data import load_clip_scenes
+    from ..data.scenes import load_clip_scenes
+    from .training import load_or_train
 
     def train(model: nn.Module) -> Dict[str, Any]:
         sp = spec.scene_params()

@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanitycheck.clip.explainers import (AttentionCapture, Occlusion, ViTAttentionRollout, ViTGradCAM,
-                                         ViTGradientWeightedAttention, attention_maps)
+from sanitycheck.explainers.attention_flow import (AttentionCapture, ViTAttentionRollout, ViTGradientWeightedAttention,
+                                                   attention_maps)
+from sanitycheck.explainers.cam import ViTGradCAM
+from sanitycheck.explainers.occlusion import Occlusion
 from sanitycheck.errors import NotApplicableError
 from sanitycheck.explainers.cam import GradCAM
 from sanitycheck.explainers.gradients import Gradient, GradientXInput, IntegratedGradients
@@ -160,8 +162,8 @@ def test_vit_gradcam_uses_the_last_block_input(sim, batch):
 
 @pytest.fixture(scope="module")
 def resnet_sim():
-    from sanitycheck.clip.data import class_prompts
-    from sanitycheck.clip.model import ClipSimilarity, WordTokenizer, import_open_clip
+    from sanitycheck.data.scenes import class_prompts
+    from sanitycheck.models.clip import ClipSimilarity, WordTokenizer, import_open_clip
 
     oc = import_open_clip()
     with torch.random.fork_rng():

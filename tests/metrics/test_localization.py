@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sanitycheck.clip.metrics import (box_masks, chance_levels, energy_pointing_game, pointing_game,
+from sanitycheck.metrics.localization import (box_masks, chance_levels, energy_pointing_game, pointing_game,
                                       random_maps_baseline)
 from sanitycheck.errors import ConfigError
 

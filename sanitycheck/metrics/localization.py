@@ -16,18 +16,22 @@
 * :func:`random_maps_baseline` — both games on uniform-noise maps (seeded), as an empirical check.
 
 Boxes are ``(B, 4)`` integer ``x0, y0, x1, y1`` pixel coordinates, end exclusive (as in
-:class:`~sanitycheck.clip.data.ClipScenes`).
+:class:`~sanitycheck.data.scenes.ClipScenes`).
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..seeding import generator
+from .base import Evaluation, FaithfulnessFamily
+
+ZHANG_2018 = "Zhang, Bargal, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop, IJCV 2018"
+WANG_2020 = "Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR workshops 2020"
 
 __all__ = ["box_masks", "pointing_game", "energy_pointing_game", "chance_levels", "random_maps_baseline",
            "localization_report"]
@@ -103,7 +107,7 @@ def localization_report(model, scenes, explainers, *, batch_size: int = 32, n: i
                         progress: bool = False) -> Dict[str, Dict[str, float]]:
     """Pointing game and energy pointing game of each explainer on ``scenes`` (the first ``n``).
 
-    ``model`` is a :class:`~sanitycheck.clip.model.ClipSimilarity` over :func:`~sanitycheck.clip.data.class_prompts`;
+    ``model`` is a :class:`~sanitycheck.models.clip.ClipSimilarity` over :func:`~sanitycheck.data.scenes.class_prompts`;
     the target of scene i is its captioned item's class (unique in the scene, so the prompt names
     that item) and the ground truth its box. Each method is scored on its maps as returned and on
     their absolute values (``*_abs``); NaN scores (constant maps / no positive energy) are left out
@@ -135,3 +139,67 @@ def localization_report(model, scenes, explainers, *, batch_size: int = 32, n: i
     out["chance"] = chance_levels(boxes, h, w)
     out["random"] = random_maps_baseline(boxes, h, w)
     return out
+
+
+class PointingGameScores(FaithfulnessFamily):
+    """Pointing game and energy pointing game of the trained model's maps on the captioned item's box.
+
+    Per image (``step`` ``"score"``): ``pointing`` — 1 when the map's maximum lies in the box (the
+    in-box share of tied maxima; NaN for a constant map), and ``energy_pointing`` — the share of the
+    map's positive mass inside the box (NaN without positive values); see
+    :mod:`sanitycheck.metrics.localization`. ``absolute=True`` scores ``|map|`` instead of the signed map
+    (signed by default: a positive value is evidence *for* the query for every built-in CLIP method;
+    occlusion's negative values are regions whose removal *raises* the similarity, often another item).
+    ``tolerance`` grows the box by that many pixels for the pointing game (Zhang et al. use 15 px on
+    224 px images). Higher is better.
+
+    Notes (recorded per explainer): ``chance_cell`` = mean over images of 1 / occupied cells (pointing
+    at a random item), ``chance_area`` = mean box share of the image (a random pixel; the energy share
+    of a uniform map), and ``random_maps`` = both games on seeded uniform-noise maps.
+    """
+
+    name = "pointing_game"
+    higher_is_better = {"pointing": True, "energy_pointing": True}
+    description = "does the map's maximum (and its positive mass) fall on the captioned item's box?"
+    reference = f"{ZHANG_2018}; {WANG_2020}"
+
+    def __init__(self, absolute: bool = False, tolerance: int = 0):
+        if not (isinstance(tolerance, int) and not isinstance(tolerance, bool) and tolerance >= 0):
+            raise ConfigError(f"pointing_game: tolerance must be a non-negative integer (pixels), got {tolerance!r}")
+        self.absolute, self.tolerance = bool(absolute), tolerance
+
+    def config(self) -> Dict[str, Any]:
+        return {"absolute": self.absolute, "tolerance": self.tolerance, "box": "the captioned item's 28x28 box"}
+
+    def evaluate(self, model, x: Tensor, target, maps: Tensor, *, seed: int, dataset: Any = None) -> Evaluation:
+        if dataset is None:
+            raise ConfigError("pointing_game needs the run's dataset (the captioned item's box of each scene); run it "
+                              "through sanitycheck's runner, or call evaluate(..., dataset=...)")
+        n = x.shape[0]
+        if maps.shape[0] != n:
+            raise ConfigError(f"pointing_game: {maps.shape[0]} maps for {n} images")
+        from ..data.scenes import scene_truth
+
+        truth = scene_truth(dataset, n, who="pointing_game")
+        classes = getattr(target, "per_sample", None)
+        if classes and torch.is_tensor(classes[0]) and not torch.equal(classes[0].cpu().long(), truth.caption_classes):
+            raise ConfigError("pointing_game scores the captioned item's box, but the explained prompts are not the "
+                              "captions' (suite target must be 'label')")
+        boxes = truth.caption_boxes
+        m = maps.detach().cpu().double()
+        if self.absolute:
+            m = m.abs()
+        h, w = m.shape[-2:]
+        pg = pointing_game(m, boxes, self.tolerance)
+        epg = energy_pointing_game(m, boxes)
+        area = box_masks(boxes, h, w).flatten(1).double().mean(1)
+        notes = {
+            "chance_cell": float((1.0 / truth.n_items.double()).mean()),
+            "chance_area": float(area.mean()),
+            "random_maps": random_maps_baseline(boxes, h, w, seed=seed),
+            "undefined_pointing": int(pg.isnan().sum()),
+            "undefined_energy_pointing": int(epg.isnan().sum()),
+            "maps": "|map|" if self.absolute else "signed map",
+        }
+        return Evaluation(scores={"pointing": pg, "energy_pointing": epg}, curve=None, summary_step="score",
+                          notes=notes)
