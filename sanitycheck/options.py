@@ -84,6 +84,9 @@ RUN_OPTIONS: List[Option] = [
     Option("seed", "run seed (default: the suite's)", _seed, metavar="S"),
     Option("batch-size", "inputs per explainer call (default: the suite's)", _positive_int, metavar="B"),
     Option("device", "torch device (default: cpu)", str, "cpu", metavar="DEV"),
+    Option("shard-size", "inputs per work unit (default: all inputs in one); rounded up to whole batches, so the "
+           "numbers do not change", _positive_int, metavar="N"),
+    Option("executor", "where the work units run (default: local)", str, "local", metavar="NAME"),
     Option("cache-dir", "model cache (default: $SANITYCHECK_CACHE or ~/.cache/sanitycheck)", str, metavar="DIR"),
     Option("no-progress", "hide progress bars", action="store_true", default=False),
     Option("no-figures", "skip the PNG figures", action="store_true", default=False),
@@ -96,12 +99,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_kwargs(ns: Any) -> Dict[str, Any]:
-    """Keyword arguments of :class:`sanitycheck.runner.AuditRun` from parsed options."""
+    """Keyword arguments of :class:`sanitycheck.engine.AuditRun` from parsed options."""
     return {"explainers": ns.explainers, "checks": ns.checks, "n": ns.n, "seed": ns.seed,
             "model_name": ns.model, "model_params": dict(getattr(ns, "model_param", None) or []),
             "dataset_name": ns.dataset, "data_root": ns.data_root,
             "batch_size": ns.batch_size, "device": ns.device, "cache_dir": ns.cache_dir,
-            "progress": not ns.no_progress, "figures": not ns.no_figures}
+            "progress": not ns.no_progress, "figures": not ns.no_figures,
+            "shard_size": getattr(ns, "shard_size", None), "executor": getattr(ns, "executor", None) or "local"}
 
 
 # ---------------------------------------------------------------------------------------------- the gate

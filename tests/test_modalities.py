@@ -72,9 +72,6 @@ def test_get_explainer_builds_the_implementation_of_the_modality():
     text = get_explainer("gradient", modality="text")
     assert isinstance(image, Explainer) and isinstance(image, Gradient)
     assert isinstance(text, EmbeddingGradient) and not isinstance(text, Explainer)
-    from sanitycheck.text_runner import get_token_explainer
-
-    assert type(get_token_explainer("gradient")) is EmbeddingGradient  # the old name, an alias
     with pytest.raises(ConfigError, match="bad parameters .* for token explainer 'attention'"):
         get_explainer("attention", modality="text", nope=1)
 

@@ -5,7 +5,7 @@ import torch
 
 from helpers import digits_batch, make_tiny_cnn
 from sanitycheck.data import ImageDataset
-from sanitycheck.errors import AttributionError, DataError, ModelError
+from sanitycheck.errors import AttributionError, ConfigError, DataError, ModelError
 from sanitycheck.explainers import FunctionExplainer, get_explainer
 from sanitycheck.runner import AuditRun
 from sanitycheck.suites import parse_suite
@@ -130,3 +130,23 @@ def test_model_independent_explainers_are_computed_once_not_once_per_state(tmp_p
     assert sum(calls) == 16  # the original maps only, not once more per cascade step
     scores = [r for r in res["records"] if r["metric"] == "spearman_abs" and r["step"] != "original"]
     assert len(scores) == 4 and all(r["mean"] == 1.0 for r in scores)
+
+
+def test_sharded_work_units_give_the_numbers_of_one_shard(tmp_path, dataset):
+    """Units over shards of the inputs (whole batches) reproduce the one-shard run exactly, and an interrupted
+    sharded run keeps one cache file per shard."""
+    whole = run(tmp_path / "whole", dataset)
+    objects = {"gradient": get_explainer("gradient"), "sobel": get_explainer("sobel")}
+    sharded = AuditRun(suite(), out_dir=tmp_path / "sharded", model=make_tiny_cnn(0), dataset=dataset,
+                       explainer_objects=objects, progress=False, figures=False,
+                       shard_size=5).execute()  # 12 inputs, batches of 4: shards of 8 and 4
+    assert sharded["per_sample"] == whole["per_sample"]
+    assert sharded["records"] == whole["records"] and sharded["verdicts"] == whole["verdicts"]
+    units = tmp_path / "sharded" / "cache" / "units"
+    per_step = [p for p in units.rglob("*.pt") if p.parent.name == "fc2"]
+    assert len(per_step) == 4  # one unit per (explainer, shard)
+
+
+def test_an_unknown_executor_is_named_with_the_known_ones(tmp_path, dataset):
+    with pytest.raises(ConfigError, match="unknown executor 'spark'.*local"):
+        AuditRun(suite(), out_dir=tmp_path / "x", model=make_tiny_cnn(0), dataset=dataset, executor="spark")

@@ -12,7 +12,7 @@ from sanitycheck.explainers.attention import TextBatch
 from sanitycheck.models.attention import AttentionClassifier
 from sanitycheck.models.transformer import MiniLMAttentionClassifier
 from sanitycheck.registry import TOKEN_EXPLAINERS
-from sanitycheck.text_runner import get_token_explainer
+from sanitycheck.explainers import get_explainer
 
 NAMES = TOKEN_EXPLAINERS.names()
 
@@ -40,7 +40,7 @@ def _batch():
 @pytest.mark.parametrize("name", NAMES)
 def test_token_explainer_invariants(name, model_name):
     model = MODELS[model_name]
-    explainer = get_token_explainer(name)
+    explainer = get_explainer(name, modality="text")
     batch, target = _batch()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     if getattr(explainer, "needs_self_attention", False) or name in ("self_attention", "attention_rollout",
