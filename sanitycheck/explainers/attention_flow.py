@@ -52,7 +52,6 @@ __all__ = [
     "attention_rollout",
     "chefer_relevance",
     "find_visual",
-    "vit_token_grid",
     "AttentionCapture",
     "attention_maps",
     "ViTAttentionRollout",
@@ -95,14 +94,6 @@ def _grid(visual: nn.Module, n_tokens: int) -> Tuple[int, int]:
     if n_tokens != gh * gw + 1:
         raise NotApplicableError(f"the ViT has {n_tokens} tokens, expected 1 class token + {gh}x{gw} patches")
     return gh, gw
-
-
-def vit_token_grid(visual: nn.Module):
-    """The :class:`~sanitycheck.explainers.cam.TokenGrid` of an open_clip ViT: its patch grid, one class token."""
-    from .cam import TokenGrid
-
-    gh, gw = (int(v) for v in visual.grid_size)
-    return TokenGrid((gh, gw), prefix=1)
 
 
 def _check_tok_pool(visual: nn.Module, method: str) -> None:

@@ -269,7 +269,7 @@ class ViTGradCAM(GradCAM):
         return {"block": self.block, "relu": self.relu, "upsample": self.upsample}
 
     def cam_layer(self, model: nn.Module, x: Tensor) -> Tuple[str, nn.Module, Optional[TokenGrid]]:
-        from .attention_flow import _is_vit, find_visual, vit_token_grid
+        from .attention_flow import _is_vit, find_visual
 
         vname, visual = find_visual(model)
         prefix = f"{vname}." if vname else ""
@@ -279,4 +279,4 @@ class ViTGradCAM(GradCAM):
         if not (-len(blocks) <= self.block < len(blocks)):
             raise ConfigError(f"{self.name}: block {self.block} is out of range for {len(blocks)} blocks")
         idx = self.block % len(blocks)
-        return f"{prefix}transformer.resblocks.{idx}.ln_1", blocks[idx].ln_1, vit_token_grid(visual)
+        return f"{prefix}transformer.resblocks.{idx}.ln_1", blocks[idx].ln_1, TokenGrid(tuple(int(v) for v in visual.grid_size), prefix=1)  # the patch grid, one class token
