@@ -152,7 +152,10 @@ class Evaluation:
 
 
 class FaithfulnessFamily:
-    """Base of faithfulness evaluations (deletion, insertion, ROAD, faithfulness correlation, ...).
+    """Base of model-based metrics of maps (deletion, insertion, ROAD, faithfulness correlation, the pointing
+    game, ...): ``evaluate(model, x, target, maps, seed=...) -> Evaluation``, a pure function of tensors. A suite
+    runs one through an evaluation check (:mod:`sanitycheck.checks.evaluation`), which applies it to each
+    explainer's maps of the trained model.
 
     Stateless apart from its parameters; ``evaluate`` is batched over the whole batch (all
     perturbation steps of all images go through the model in large batches), runs on the model's
