@@ -21,6 +21,9 @@ CASES = {
     "petsiuk2018": dict(n=16),
     "jain_wallace2019": dict(n=16, checks=["cascading_randomization", "importance_agreement"]),
     "clip_text2img": dict(n=8),
+    "faithfulness": dict(n=16, checks=["smooth_mprt", "max_sensitivity", "road"]),
+    "wiegreffe_pinter2019": dict(n=200),
+    "jain_wallace2019_minilm": dict(n=8, checks=["cascading_randomization", "importance_agreement"]),
 }
 
 

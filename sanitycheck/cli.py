@@ -201,18 +201,28 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "datasets": DATASETS.names(), "checks": CHECKS.names(), "metrics": METRICS.names()}
     if args.what == "token_explainers":  # before the registries were one: the text explainers
         sections["token_explainers"] = EXPLAINERS.names("text")
+    from .modalities import MODALITIES
+
+    sections["modalities"] = list(MODALITIES)
     wanted = [args.what] if args.what else list(sections)
     for key in wanted:
-        print(f"{key}:" + (f"{'':<{_LS_WIDTH - len(key) - 1}}   modalities" if key in modal else ""))
+        column = "modalities" if key in modal else "work unit: what it needs" if key == "checks" else ""
+        print(f"{key}:" + (f"{'':<{_LS_WIDTH - len(key) - 1}}   {column}" if column else ""))
         for name in sections[key]:
             if key in modal:
                 print(f"  {name:<{_LS_WIDTH}} {', '.join(modal[key].modalities(name))}")
+            elif key == "checks":  # the contract's declarations, read by the engine (imports the check)
+                check = CHECKS.get(name)
+                print(f"  {name:<{_LS_WIDTH}} {getattr(check, 'unit', '?')}: "
+                      f"{', '.join(sorted(getattr(check, 'needs', ()))) or '-'}")
+            elif key == "modalities":
+                print(f"  {name:<{_LS_WIDTH}} {MODALITIES[name]}")
             else:
                 print(f"  {name}")
     return 0
 
 
-_LS_WIDTH = 24
+_LS_WIDTH = 26
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -333,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     fig.set_defaults(func=cmd_figures)
     ls = sub.add_parser("ls", help="list suites, explainers, models, datasets, checks and metrics")
     ls.add_argument("what", nargs="?", choices=["suites", "explainers", "token_explainers", "models", "datasets",
-                                                             "checks", "metrics"])
+                                                             "checks", "metrics", "modalities"])
     ls.set_defaults(func=cmd_ls)
     tr = sub.add_parser("train", help="retrain a reference model (or every model of a built-in suite) through the "
                         "training pipeline, ignoring the shipped weights")

@@ -114,3 +114,29 @@ def test_engine_modules_do_not_import_reports_at_module_level():
 def test_the_flat_api_reaches_the_engine():
     assert sanitycheck.run_suite is engine.run_suite
     assert sanitycheck.AuditRun is engine.AuditRun
+
+
+def test_ls_shows_each_checks_work_unit_and_needs_and_the_modalities(capsys):
+    from sanitycheck.cli import main
+
+    assert main(["ls", "checks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = {line.split()[0]: line for line in lines[1:]}
+    assert "state: model_states" in row["cascading_randomization"]
+    assert "state: model_states, twin_model" in row["data_randomization"]
+    assert "explainer: dataset, original_maps" in row["pointing_game"]
+    assert "check: train_split" in row["seed_variance"]
+    assert main(["ls", "modalities"]) == 0
+    out = capsys.readouterr().out
+    assert all(kind in out for kind in MODALITIES)
+
+
+def test_the_training_split_is_loaded_once_per_run_and_shared_by_the_checks(tmp_path, monkeypatch):
+    run = engine.audit_run_for(load_suite("wiegreffe_pinter2019"), out_dir=tmp_path, progress=False)
+    loads = []
+    monkeypatch.setattr(type(run.modality), "train_split", lambda self, inputs: loads.append(1) or ("train", "test"))
+    run.inputs = object()  # what the modality would have loaded; the stub loader ignores it
+    checks = [get_check(name) for name in ("seed_variance", "diagnostic_mlp", "adversarial_training")]
+    assert all("train_split" in c.needs for c in checks)
+    assert [run.context(c).train_split() for c in checks] == [("train", "test")] * 3
+    assert loads == [1]

@@ -28,7 +28,7 @@ class CheckContext:
     def __init__(self, *, check: Any, modality: Any, inputs: Any, explainers: Dict[str, Any], seed: int,
                  device: Any, batch_size: int, progress: bool, cache_dir: Optional[str],
                  originals: Optional[Dict[str, Tensor]] = None, twin_model: Any = None,
-                 explain: Optional[Callable[..., Tensor]] = None):
+                 explain: Optional[Callable[..., Tensor]] = None, train_split: Optional[Callable[[], Any]] = None):
         self.check_name = getattr(check, "name", "check")
         self._needs = frozenset(getattr(check, "needs", ()))
         self.modality, self.inputs = modality, inputs
@@ -37,7 +37,8 @@ class CheckContext:
         self.progress, self.cache_dir = progress, cache_dir
         self._originals, self._twin = originals, twin_model
         self._explain = explain
-        self._train_split: Optional[Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]] = None
+        # the run's loader, shared by all checks (it loads and encodes the split once per run)
+        self._load_train_split = train_split or (lambda: self.modality.train_split(self.inputs))
 
     # ------------------------------------------------------------------ always available
     @property
@@ -121,6 +122,4 @@ class CheckContext:
         """The model's training and test splits, encoded: ``((ids, lengths, q, ql, labels), (...))`` (need
         ``train_split``)."""
         self._require(TRAIN_SPLIT, "the training split")
-        if self._train_split is None:
-            self._train_split = self.modality.train_split(self.inputs)
-        return self._train_split
+        return self._load_train_split()

@@ -300,7 +300,14 @@ class AuditRun:
                             seed=self.seed, device=self.settings.device, batch_size=self.batch_size,
                             progress=self.progress, cache_dir=self.settings.cache_dir,
                             originals=originals if ORIGINAL_MAPS in needs else None, twin_model=twin,
-                            explain=explain)
+                            explain=explain, train_split=self.train_split)
+
+    def train_split(self) -> Any:
+        """The model's training split as the modality encodes it, loaded once per run and shared by the checks
+        that retrain models."""
+        if getattr(self, "_train_split", None) is None:
+            self._train_split = self.modality.train_split(self.inputs)
+        return self._train_split
 
     # ---------------------------------------------------------------- units
     def _explain_unit(self, name: str, explainer: Any, model: nn.Module, target: Any, check: str, step: str,
