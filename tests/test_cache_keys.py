@@ -7,7 +7,6 @@ import os
 
 import pytest
 from helpers import digits_batch, make_tiny_cnn
-from sanitycheck import runner
 from sanitycheck.engine import run as engine_run
 from sanitycheck.data import ImageDataset
 from sanitycheck.explainers import get_explainer
