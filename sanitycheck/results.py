@@ -339,7 +339,8 @@ def split_by_explainer(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     out = {}
     for name, info in results["explainers"].items():
         doc = {k: v for k, v in results.items() if k not in ("explainers", "records", "verdicts", "per_sample",
-                                                               "examples", "skipped", "figures", "files")}
+                                                               "examples", "skipped", "figures", "files",
+                                                               "resources")}
         doc["explainers"] = {name: info}
         doc["records"] = [r for r in results["records"] if r["explainer"] == name]
         doc["verdicts"] = [v for v in results["verdicts"] if v["explainer"] == name]

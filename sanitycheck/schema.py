@@ -101,6 +101,17 @@ RESULT_SCHEMA: Dict[str, Any] = {
         "files": {"type": "object", "description": "files of the run beside results.json, by role: figure_maps, "
                                                    "the example maps its figures are drawn from",
                   "properties": {"figure_maps": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*$"}}},
+        "resources": {"type": "object", "description": "memory of the run in MiB (optional; not carried by "
+                                                       "leaderboard files): peak_rss_mb is the process's peak "
+                                                       "resident set (getrusage), which includes what was loaded "
+                                                       "before the run; rss_at_start_mb/rss_at_end_mb the resident "
+                                                       "set at the run's start and end; gpu_peak_mb the peak CUDA "
+                                                       "memory allocated by torch, only on a CUDA device",
+                      "required": ["peak_rss_mb"],
+                      "properties": {"peak_rss_mb": {"type": "number", "minimum": 0},
+                                     "rss_at_start_mb": _num_or_null, "rss_at_end_mb": _num_or_null,
+                                     "gpu_peak_mb": {"type": "number", "minimum": 0},
+                                     "note": {"type": "string"}}},
         "examples": {"type": "object", "required": ["explainers"],
                      "description": "input 0 ('image', or the 'text' tokens of a text suite) and its maps per state",
                      "properties": {"image": _array, "text": {"type": "array", "items": {"type": "string"}},

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks.base import ORIGINAL_MAPS, TWIN_MODEL, Check, CheckOutput, get_check
+from ..devices import ResourceMonitor, check_device
 from ..errors import ConfigError, NotApplicableError, SanityCheckError
 from ..explainers.base import ExplainerError
 from ..io import CorruptCacheError, atomic_write_json, load_checked, read_json, save_checked
@@ -133,6 +134,7 @@ class AuditRun:
                  dataset_name: Optional[str] = None, data_root: Optional[str] = None,
                  model_params: Optional[Dict[str, Any]] = None, shard_size: Optional[int] = None,
                  executor: str = "local"):
+        check_device(device)  # before any work: `--device cuda` without a GPU is a clear error
         self.suite = suite
         self.modality = modality_for(suite.input_kind)
         self.settings = RunSettings(
@@ -577,6 +579,7 @@ class AuditRun:
     # ---------------------------------------------------------------- main
     def execute(self) -> Dict[str, Any]:
         t_start = time.perf_counter()
+        monitor = ResourceMonitor(self.settings.device)
         check_out_dir(self.out_dir)
         self.load_inputs()
         self.prepare_cache()
@@ -587,6 +590,7 @@ class AuditRun:
         records, verdicts = self.aggregate(originals, scored)
         self.log.timing["total_seconds"] = time.perf_counter() - t_start
         results = self.results_dict(records, verdicts, originals, scored)
+        results["resources"] = monitor.report()
         if self.log.recomputed:
             results["cache_recomputed"] = list(self.log.recomputed)
         previous = self.previous_results()
