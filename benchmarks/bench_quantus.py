@@ -266,7 +266,7 @@ def markdown_table(cells: List[Dict[str, Any]]) -> str:
     for c in cells:
         q = f(c["quantus_s"]) if c["quantus_error"] is None else "cannot: " + c["quantus_error"].replace("|", "/")
         lines.append(f"| {c['check']} | {c['explainer']} | {f(c['sanitycheck_s'])} | {f(c['floor_s'], '{:.3f}')} "
-                     f"| {q} | {f(c['sanitycheck_over_floor'])}x | {f(c['quantus_over_sanitycheck'])}x |")
+                     f"| {q} | {f(c['sanitycheck_over_floor'], '{:.2f}x')} | {f(c['quantus_over_sanitycheck'], '{:.2f}x')} |")
     sc = sum(c["sanitycheck_s"] for c in cells)
     fl = sum(c["floor_s"] for c in cells)
     both = [c for c in cells if c["quantus_s"] is not None]
