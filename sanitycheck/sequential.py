@@ -46,7 +46,7 @@ from torch import Tensor
 from .errors import ConfigError, DataError
 
 __all__ = ["BettingCS", "betting_cs", "log_capital", "SequentialDecision", "sequential_decision",
-           "DIRECTIONS"]
+           "sequential_decision_steps", "DIRECTIONS"]
 
 DIRECTIONS = ("below", "above")  # the side of the threshold on which a check passes (as VerdictRule)
 _CHUNK_ELEMENTS = 1 << 22  # (batch x steps x grid) cells per vectorized chunk (bounds memory)
@@ -107,7 +107,8 @@ class BettingCS:
         if candidates is None:
             self.grid = torch.linspace(0.0, 1.0, self.grid_size, dtype=dtype, device=self.device)
         else:  # explicit candidate means (scores' units): used by log_capital, not for intervals
-            self.grid = (candidates.to(dtype=dtype, device=self.device).reshape(-1) - self.lower) / (self.upper - self.lower)
+            cand = candidates.to(dtype=dtype, device=self.device).reshape(-1)
+            self.grid = (cand - self.lower) / (self.upper - self.lower)
             self.grid_size = self.grid.numel()
         self._log_threshold = math.log(1.0 / self.alpha)
         self._log_bet_num = 2.0 * math.log(2.0 / self.alpha)
@@ -119,7 +120,8 @@ class BettingCS:
         self._sigma2 = zeros_b + 0.25                     # sigma2_hat_0
         self._log_kp = zeros_bg.clone()                  # log K^+_t(m)
         self._log_km = zeros_bg.clone()                  # log K^-_t(m)
-        self._runmax = zeros_bg + math.log(max(self.theta, 1.0 - self.theta))  # max_s log K_s(m), K_0 = max(theta, 1-theta)
+        # max_s log K_s(m), from K_0 = max(theta, 1 - theta)
+        self._runmax = zeros_bg + math.log(max(self.theta, 1.0 - self.theta))
         self.low = torch.full(self.batch_shape, self.lower, dtype=dtype, device=self.device)
         self.high = torch.full(self.batch_shape, self.upper, dtype=dtype, device=self.device)
 
@@ -261,6 +263,7 @@ class SequentialDecision:
     direction: str
     alpha: float
     reason: str
+    step: Optional[int] = None  # sequential_decision_steps: the step that decided (or came closest to failing)
 
     @property
     def decided(self) -> bool:
@@ -328,3 +331,72 @@ def sequential_decision(x_rounds: Iterable[Any], threshold: float, direction: st
                                                  f"interval still straddles the threshold")
     return result("undecided", "exhausted", "undecided: the rounds ran out and the interval still straddles the "
                                             "threshold")
+
+
+def sequential_decision_steps(x_rounds: Iterable[Any], threshold: float, direction: str = "below",
+                              alpha: float = 0.05, *, lower: float = -1.0, upper: float = 1.0,
+                              budget: Optional[int] = None, grid_size: int = 1000, c: float = 0.5,
+                              theta: float = 0.5) -> SequentialDecision:
+    """The all-steps verdict of a cascade (every step must pass), decided round by round.
+
+    ``x_rounds``: an iterable of ``(S, k)`` score batches: ``k`` new images' scores at each of the ``S``
+    steps (the same images at every step). One betting CS per step, each at ``alpha / S`` (Bonferroni: the
+    steps are dependent, so the family-wise chance of any wrong decided verdict stays at most ``alpha``).
+    ``fail`` at the first round where some step's CS lies wholly on the failing side (``step``: the first
+    such step, 0-based); ``pass`` once every step's CS lies wholly on the passing side; otherwise
+    ``undecided`` when the budget (scores per step) is spent or the rounds run out. ``ci_low``/``ci_high``
+    are the deciding step's CS (for ``pass`` and ``undecided``: the step whose CS reaches furthest towards
+    the failing side).
+    """
+    _check_params(alpha, lower, upper, c, theta, grid_size)
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"unknown direction {direction!r}; use one of {DIRECTIONS} (the side of the "
+                          f"threshold on which the check passes)")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not float(lower) < float(threshold) < float(upper):
+        raise ConfigError(f"threshold must be a number strictly inside ({lower}, {upper}), got {threshold!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ConfigError(f"budget must be a positive integer (the most scores to consume) or None, got {budget!r}")
+    threshold, below = float(threshold), direction == "below"
+    cs: Optional[BettingCS] = None
+    rounds = 0
+
+    def result(status: str, stop: str, why: str, step: Optional[int]) -> SequentialDecision:
+        if cs is None:
+            return SequentialDecision(status, stop, 0, 0, float(lower), float(upper), threshold, direction,
+                                      float(alpha), f"{why}: no rounds were given", None)
+        if step is None:  # the step closest to failing
+            step = int(cs.high.argmax()) if below else int(cs.low.argmin())
+        lo, hi = float(cs.low[step]), float(cs.high[step])
+        n_steps = cs.batch_shape[0]
+        conf = f"{100 * (1 - alpha):g}% family-wise confidence sequences ({n_steps} steps at alpha/{n_steps})"
+        return SequentialDecision(status, stop, rounds, cs.n, lo, hi, threshold, direction, float(alpha),
+                                  f"{why}: after {rounds} round(s), {cs.n} score(s) per step, step {step} has "
+                                  f"[{lo:.3f}, {hi:.3f}] in the {conf} (threshold {threshold:.3f}, pass {direction})",
+                                  step)
+
+    for batch in x_rounds:
+        xb = torch.as_tensor(np.asarray(batch) if not isinstance(batch, Tensor) else batch)
+        if xb.dim() != 2:
+            raise DataError(f"each round must be an (S steps, k images) array of scores, got shape {tuple(xb.shape)}")
+        if cs is None:
+            cs = BettingCS(alpha=alpha / xb.shape[0], lower=lower, upper=upper, grid_size=grid_size, c=c, theta=theta,
+                           batch_shape=(xb.shape[0],))
+        if xb.shape[-1] == 0:
+            continue
+        cs.update(xb)
+        rounds += 1
+        failing = (cs.low >= threshold) if below else (cs.high <= threshold)
+        if bool(failing.any()):
+            step = int(torch.nonzero(failing)[0, 0])
+            return result("fail", "decided", f"fail, decided: step {step}'s interval lies wholly "
+                                             f"{'at or above' if below else 'at or below'} the threshold", step)
+        passing = (cs.high < threshold) if below else (cs.low > threshold)
+        if bool(passing.all()):
+            return result("pass", "decided", f"pass, decided: every step's interval lies wholly {direction} "
+                                             f"the threshold", None)
+        if budget is not None and cs.n >= budget:
+            return result("undecided", "budget", f"undecided: the budget of {budget} scores per step is spent "
+                                                 f"and some step's interval still straddles the threshold", None)
+    return result("undecided", "exhausted", "undecided: the rounds ran out and some step's interval still "
+                                            "straddles the threshold", None)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sanitycheck.errors import ConfigError, DataError
-from sanitycheck.sequential import BettingCS, betting_cs, log_capital, sequential_decision
+from sanitycheck.sequential import (BettingCS, betting_cs, log_capital, sequential_decision,
+                                   sequential_decision_steps)
 from sanitycheck.stats import bootstrap_ci_many
 
 ALPHA = 0.05
@@ -180,6 +181,40 @@ def test_online_updates_batches_and_one_shot_agree():
     assert torch.allclose(single_low, low[1]) and torch.allclose(single_high, high[1])
 
 
+# ---------------------------------------------------------------- a cascade's all-steps verdict
+
+def test_cascade_fails_at_the_first_step_that_decides_and_passes_only_when_every_step_does():
+    g = _gen(21)
+    base = torch.rand(3, 512, generator=g, dtype=torch.float64) * 0.4 - 0.2          # mean 0.0 at each step
+    ok = sequential_decision_steps((base[:, j:j + 16] for j in range(0, 512, 16)), 0.3, "below")
+    assert (ok.status, ok.stop) == ("pass", "decided") and ok.rounds <= 8 and ok.n == 16 * ok.rounds
+    bad = base.clone()
+    bad[1] += 0.6                                                                     # step 1 stays similar
+    d = sequential_decision_steps((bad[:, j:j + 16] for j in range(0, 512, 16)), 0.3, "below")
+    assert (d.status, d.stop, d.step) == ("fail", "decided", 1) and d.ci_low >= 0.3 and "step 1" in d.reason
+    # one step at the threshold keeps the verdict open until the budget is spent, and says so
+    edge = base.clone()
+    edge[2] += 0.3
+    u = sequential_decision_steps((edge[:, j:j + 16] for j in range(0, 512, 16)), 0.3, "below", budget=64)
+    assert (u.status, u.stop, u.n, u.step) == ("undecided", "budget", 64, 2) and u.ci_low < 0.3 < u.ci_high
+
+
+def test_cascade_family_wise_false_failure_at_the_threshold_stays_below_alpha():
+    steps, round_size, rounds = 4, 16, 16
+    shared = _beta(13, 7, (R, 1, rounds * round_size), 31)            # the image's effect, shared by the steps
+    own = _beta(13, 7, (R, steps, rounds * round_size), 32)
+    x = shared + own - 1                                              # mean exactly 0.3 at every step, correlated
+    ends = torch.arange(round_size - 1, rounds * round_size, round_size)
+    cs = BettingCS(alpha=ALPHA / steps, batch_shape=(R, steps), grid_size=201)
+    low, high = (b[..., ends] for b in cs.update(x))
+    fails = (low >= 0.3).any(dim=-1).any(dim=-1)
+    assert fails.double().mean().item() <= ALPHA + SLACK
+    for i in range(4):   # the public API decides exactly as the batched path
+        d = sequential_decision_steps((x[i, :, j:j + round_size] for j in range(0, x.shape[-1], round_size)),
+                                      0.3, "below", ALPHA, grid_size=201)
+        assert (d.status == "fail") == bool(fails[i])
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_scores_outside_the_bounds_or_nan_are_a_data_error_naming_the_value():
@@ -207,3 +242,5 @@ def test_bad_gate_arguments_are_a_config_error():
         sequential_decision([[0.1]], 1.0)
     with pytest.raises(ConfigError, match="budget"):
         sequential_decision([[0.1]], 0.3, budget=0)
+    with pytest.raises(DataError, match=r"\(S steps, k images\)"):
+        sequential_decision_steps([[0.1, 0.2]], 0.3)
