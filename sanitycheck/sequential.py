@@ -156,9 +156,8 @@ class BettingCS:
         lows, highs = [], []
         for s in range(0, k, per_step):
             lo, hi = self._bounds(self._update_chunk(y[..., s:s + per_step]))
-            if self.running_intersection:  # exact monotonicity (the widened grid bounds already are monotone)
-                lo = torch.maximum(torch.cummax(lo, dim=-1).values, self.low.unsqueeze(-1))
-                hi = torch.minimum(torch.cummin(hi, dim=-1).values, self.high.unsqueeze(-1))
+            if self.running_intersection:
+                lo, hi = self._intersect(lo, hi)
             self.low, self.high = lo[..., -1], hi[..., -1]
             lows.append(lo)
             highs.append(hi)
@@ -166,6 +165,29 @@ class BettingCS:
             empty = torch.empty(self.batch_shape + (0,), dtype=self.dtype, device=self.device)
             return empty, empty.clone()
         return torch.cat(lows, dim=-1), torch.cat(highs, dim=-1)
+
+    def _intersect(self, lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor]:
+        """Running intersection of the per-step intervals ``(..., k)`` with the state's interval.
+
+        If it becomes empty (possible only on an event of probability <= alpha: no single mean in
+        ``[lower, upper]`` is consistent with the data at this confidence, e.g. a drifting stream), the CS
+        freezes at one point: the midpoint of the crossing bounds, clamped into the last non-empty interval,
+        so the sequence stays nested and ``low <= high`` always.
+        """
+        prev_lo, prev_hi = self.low.unsqueeze(-1), self.high.unsqueeze(-1)
+        lo = torch.maximum(torch.cummax(lo, dim=-1).values, prev_lo)
+        hi = torch.minimum(torch.cummin(hi, dim=-1).values, prev_hi)
+        inv = lo > hi  # once empty, empty from then on (lo only rises, hi only falls)
+        if bool(inv.any()):
+            k = lo.shape[-1]
+            first = torch.where(inv.any(dim=-1), inv.to(torch.int64).argmax(dim=-1), k - 1).unsqueeze(-1)
+            before = (first - 1).clamp(min=0)
+            was_lo = torch.where(first == 0, prev_lo, lo.gather(-1, before))
+            was_hi = torch.where(first == 0, prev_hi, hi.gather(-1, before))
+            point = (0.5 * (lo.gather(-1, first) + hi.gather(-1, first))).clamp(min=was_lo, max=was_hi)
+            lo = torch.where(inv, point, lo)
+            hi = torch.where(inv, point, hi)
+        return lo, hi
 
     def _update_chunk(self, y: Tensor) -> Tensor:
         """Advance ``k`` steps of ``y`` (in [0, 1]); return the grid statistic ``(..., k, G)`` (log capital,

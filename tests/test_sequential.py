@@ -170,6 +170,23 @@ def test_undecided_when_the_budget_is_spent_or_the_rounds_run_out():
     assert (d.status, d.stop, d.n) == ("undecided", "exhausted", 64)
 
 
+def test_a_drifting_stream_whose_intersection_empties_keeps_a_nested_non_empty_sequence():
+    # 300 scores at -0.9 then 3000 at 0.9 (across chunk boundaries): no single mean fits, the running
+    # intersection empties, and the CS freezes at one point inside its last non-empty interval
+    x = torch.cat([torch.full((300,), -0.9), torch.full((3000,), 0.9)]).double()
+    for cs_low, cs_high in (betting_cs(x), _online(x, 7)):
+        assert bool((cs_low <= cs_high).all())
+        assert bool((cs_low.diff() >= 0).all()) and bool((cs_high.diff() <= 0).all())
+        assert cs_low[-1] == cs_high[-1]
+    assert torch.allclose(betting_cs(x)[0], _online(x, 7)[0])
+
+
+def _online(x: torch.Tensor, k: int):
+    cs = BettingCS()
+    parts = [cs.update(x[j:j + k]) for j in range(0, x.shape[-1], k)]
+    return torch.cat([p[0] for p in parts], -1), torch.cat([p[1] for p in parts], -1)
+
+
 def test_online_updates_batches_and_one_shot_agree():
     x = 2 * _beta(3, 4, (3, 100), 17) - 1
     low, high = betting_cs(x)
