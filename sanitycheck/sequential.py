@@ -252,6 +252,8 @@ def log_capital(x: Any, m: Any, *, alpha: float = 0.05, lower: float = -1.0, upp
     """
     _check_params(alpha, lower, upper, c, theta, 3)
     xt = _as_values(x, float(lower), float(upper), dtype, "cpu" if not isinstance(x, Tensor) else x.device)
+    if xt.dim() == 0:
+        xt = xt.reshape(1)
     mt = torch.as_tensor(m, dtype=dtype, device=xt.device)
     scalar = mt.dim() == 0
     mt = mt.reshape(-1)
