@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_      ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export MALLOC_TOP_PAD_       ?= 268435456
 
-.PHONY: run audits test bench env data browser bwrap clean-runs
+.PHONY: run audits test bench bench-quantus env data browser bwrap clean-runs
 
 # The default audit (suite adebayo2018); its built-in explainers published as leaderboard files; the board.
 run: env data bwrap
@@ -58,6 +58,11 @@ bwrap:
 
 bench: env data
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only $(PYTEST_ARGS)
+
+# The side-by-side audit with Quantus 0.6 (optional, pinned extra: pip install -e '.[bench]').
+bench-quantus: env data
+	$(BIN)/pip install -e '.[bench]'
+	$(BIN)/python benchmarks/bench_quantus.py --table --rounds 2
 
 env: $(STAMP)
 
