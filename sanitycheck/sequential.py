@@ -297,6 +297,18 @@ class SequentialDecision:
         return asdict(self)
 
 
+def _check_gate(threshold: float, direction: str, lower: float, upper: float, budget: Optional[int]) -> None:
+    """The gate's arguments: a known direction, a threshold strictly inside the bounds, a positive budget."""
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"unknown direction {direction!r}; use one of {DIRECTIONS} (the side of the "
+                          f"threshold on which the check passes)")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not float(lower) < float(threshold) < float(upper):
+        raise ConfigError(f"threshold must be a number strictly inside ({lower}, {upper}), got {threshold!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ConfigError(f"budget must be a positive integer (the most scores to consume) or None, got {budget!r}")
+
+
 def sequential_decision(x_rounds: Iterable[Any], threshold: float, direction: str = "below", alpha: float = 0.05,
                         *, lower: float = -1.0, upper: float = 1.0, budget: Optional[int] = None,
                         grid_size: int = 1000, c: float = 0.5, theta: float = 0.5) -> SequentialDecision:
@@ -312,14 +324,7 @@ def sequential_decision(x_rounds: Iterable[Any], threshold: float, direction: st
     a wrong decided verdict is at most ``alpha`` however many rounds are read.
     """
     _check_params(alpha, lower, upper, c, theta, grid_size)
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"unknown direction {direction!r}; use one of {DIRECTIONS} (the side of the "
-                          f"threshold on which the check passes)")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not float(lower) < float(threshold) < float(upper):
-        raise ConfigError(f"threshold must be a number strictly inside ({lower}, {upper}), got {threshold!r}")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ConfigError(f"budget must be a positive integer (the most scores to consume) or None, got {budget!r}")
+    _check_gate(threshold, direction, lower, upper, budget)
     threshold = float(threshold)
     cs = BettingCS(alpha=alpha, lower=lower, upper=upper, grid_size=grid_size, c=c, theta=theta)
     conf = f"{100 * (1 - alpha):g}% confidence sequence"
@@ -373,14 +378,7 @@ def sequential_decision_steps(x_rounds: Iterable[Any], threshold: float, directi
     the failing side).
     """
     _check_params(alpha, lower, upper, c, theta, grid_size)
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"unknown direction {direction!r}; use one of {DIRECTIONS} (the side of the "
-                          f"threshold on which the check passes)")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not float(lower) < float(threshold) < float(upper):
-        raise ConfigError(f"threshold must be a number strictly inside ({lower}, {upper}), got {threshold!r}")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ConfigError(f"budget must be a positive integer (the most scores to consume) or None, got {budget!r}")
+    _check_gate(threshold, direction, lower, upper, budget)
     threshold, below = float(threshold), direction == "below"
     cs: Optional[BettingCS] = None
     rounds = 0
