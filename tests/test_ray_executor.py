@@ -116,20 +116,25 @@ def flaky(marks, row4, model, x, target):
         attempts = len(list(marks.glob("attempt-*")))
         (marks / f"attempt-{uuid.uuid4().hex}").touch()
         if attempts < int((marks / "fail_times").read_text()):
+            if (marks / "die").exists():
+                os._exit(1)  # the worker process dies mid-unit
             raise RuntimeError("out of luck")
     return get_explainer("gradient")(model, x, target)
 
 
-def flaky_explainers(marks, dataset, fail_times):
+def flaky_explainers(marks, dataset, fail_times, die=False):
     marks.mkdir(exist_ok=True)
+    if die:
+        (marks / "die").touch()
     (marks / "fail_times").write_text(str(fail_times))
     return {"gradient": get_explainer("gradient"),
             "flaky": FunctionExplainer(functools.partial(flaky, marks, dataset.images[4].clone()), name="flaky")}
 
 
-def test_a_unit_that_raises_once_is_retried_and_changes_nothing(tmp_path, dataset, cluster):
+@pytest.mark.parametrize("die", [False, True], ids=["raises", "worker-dies"])
+def test_a_unit_that_fails_once_is_retried_and_changes_nothing(tmp_path, dataset, cluster, die):
     marks = tmp_path / "marks"
-    done = run(tmp_path / "ray", dataset, flaky_explainers(marks, dataset, 1), "ray", workers=2)
+    done = run(tmp_path / "ray", dataset, flaky_explainers(marks, dataset, 1, die), "ray", workers=2)
     assert len(list(marks.glob("attempt-*"))) > 1  # it failed, and the retry went through
     plain = run(tmp_path / "plain", dataset, flaky_explainers(tmp_path / "m2", dataset, 0), "ray", workers=2)
     assert done["records"] == plain["records"] and done["verdicts"] == plain["verdicts"]
