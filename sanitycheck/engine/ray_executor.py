@@ -101,10 +101,11 @@ def _worker_class(ray: Any) -> Any:
     class UnitWorker:
         """One per worker: holds the audited inputs and a small LRU of the models, explainers and targets sent."""
 
-        def __init__(self, payload: Dict[str, Any], threads: int):
+        def __init__(self, boxed_payload: List[Any], threads: int):
             import torch
 
             torch.set_num_threads(int(threads))
+            payload = ray.get(boxed_payload[0])  # boxed: fetched here, once per worker (and again on a restart)
             self.modality = payload["modality"]
             self.inputs = payload["inputs"]
             self.batch_size = payload["batch_size"]
@@ -187,7 +188,7 @@ class RayExecutor:
                                            "batch_size": self.run.batch_size})
         cls = ray.remote(_worker_class(ray)).options(num_cpus=self.threads, max_restarts=self.retries,
                                                     max_task_retries=self.retries)
-        self.actors = [cls.remote(payload, self.threads) for _ in range(n)]
+        self.actors = [cls.remote([payload], self.threads) for _ in range(n)]
         self._load = [0] * n
 
     def close(self) -> None:
