@@ -127,6 +127,12 @@ RESULT_SCHEMA: Dict[str, Any] = {
                       "properties": {"peak_rss_mb": {"type": "number", "minimum": 0},
                                      "rss_at_start_mb": _num_or_null, "rss_at_end_mb": _num_or_null,
                                      "gpu_peak_mb": {"type": "number", "minimum": 0},
+                                     "batch_size": {"type": "object", "required": ["value", "source"],
+                                                    "description": "the batch size the run used, where it came "
+                                                                   "from (suite, option, auto) and why",
+                                                    "properties": {"value": {"type": "integer", "minimum": 1},
+                                                                   "source": {"enum": ["suite", "option", "auto"]},
+                                                                   "why": {"type": "string"}}},
                                      "note": {"type": "string"}}},
         "gate": {"type": "object", "description": "gate mode (--strict) only: the sequential gate's rounds, budget, "
                                                   "alpha and its model evaluations against the full run's",
