@@ -83,7 +83,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite or DEFAULT_SUITE)
     out_dir = Path(args.out) if args.out else default_out_dir(suite.name)
-    results = audit_run_for(suite, out_dir=out_dir, **run_kwargs(args)).execute()
+    if args.strict:  # gate mode: images in rounds, each verdict stopped once its confidence sequence decides it
+        from .engine.gate import run_gate
+
+        kwargs = run_kwargs(args)
+        kwargs.pop("figures", None)
+        results = run_gate(suite, out_dir=out_dir, budget=args.budget, **kwargs)
+    else:
+        results = audit_run_for(suite, out_dir=out_dir, **run_kwargs(args)).execute()
     _print_summary(results, out_dir)
     if results.get("model", {}).get("reference_weights") is False:
         print(f"note: {results['model']['name']} is not the shipped reference model (weights sha256 "
@@ -277,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(results.json keeps both); an existing file or a read-only path is refused")
     add_run_options(run)
     add_gate_options(run)
+    run.add_argument("--budget", type=int, default=None, metavar="N",
+                     help="with --strict: the most images the sequential gate may use per verdict (default: the "
+                          "suite's n or --n)")
     run.set_defaults(func=cmd_run)
 
     sub_p = sub.add_parser("submit", help="run a method on every suite of its input kind (sandboxed) and write "

@@ -41,6 +41,13 @@ def _key_value(value: str) -> tuple:
 
 
 _positive_int = _int_at_least(1, "count")
+
+
+def _batch_size(text: str) -> Any:
+    """A positive batch size, or ``auto`` (chosen from the model and the free memory at run time)."""
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        return "auto"
+    return _positive_int(text)
 _seed = _int_at_least(0, "seed")
 
 
@@ -82,7 +89,9 @@ RUN_OPTIONS: List[Option] = [
     Option("data-root", "folder of the dataset (root= of its loader)", str, metavar="DIR"),
     Option("n", "number of images (default: the suite's)", _positive_int, metavar="N"),
     Option("seed", "run seed (default: the suite's)", _seed, metavar="S"),
-    Option("batch-size", "inputs per explainer call (default: the suite's)", _positive_int, metavar="B"),
+    Option("batch-size", "inputs per explainer call, or 'auto': the largest batch whose explainer calls fit a "
+           "quarter of the free memory, from a probe of the model (default: the suite's, which the published "
+           "numbers use)", _batch_size, metavar="B|auto"),
     Option("device", "torch device (default: cpu)", str, "cpu", metavar="DEV"),
     Option("shard-size", "inputs per work unit (default: all inputs in one); rounded up to whole batches, so the "
            "numbers do not change", _positive_int, metavar="N"),

@@ -289,8 +289,16 @@ class SanityFixture:
         kwargs.setdefault("figures", saving)
         kwargs.setdefault("model_name", getattr(model, "sanitycheck_name", None) or type(model).__name__)
         context = {"random_label_model": random_label_model} if random_label_model is not None else None
-        results = audit_run_for(suite_obj, out_dir=out_dir, model=model, dataset=dataset, explainer_objects=objects,
-                                n=n, seed=seed, checks=checks, context=context, **kwargs).execute()
+        if self.config.getoption(_DEST + "strict"):  # gate mode: verdicts stop when their CS decides them
+            from .engine.gate import run_gate
+
+            kwargs.pop("figures", None)
+            results = run_gate(suite_obj, out_dir=out_dir, model=model, dataset=dataset, explainer_objects=objects,
+                               n=n, seed=seed, checks=checks, context=context, **kwargs)
+        else:
+            results = audit_run_for(suite_obj, out_dir=out_dir, model=model, dataset=dataset,
+                                    explainer_objects=objects, n=n, seed=seed, checks=checks, context=context,
+                                    **kwargs).execute()
         report = SanityReport(results, out_dir, inconclusive=gate_inconclusive(self.config.option, _DEST))
         self.reports.append(report)
         return report

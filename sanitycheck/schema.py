@@ -92,7 +92,23 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "threshold": {"type": "number"}, "measured": _num_or_null, "step": _str_or_null,
                            "status": {"enum": list(VERDICT_STATUSES)},
                            "direction": {"enum": ["below", "above"]},
-                           "n": {"type": "integer", "minimum": 0}, "min_n": {"type": "integer", "minimum": 2}}}},
+                           "n": {"type": "integer", "minimum": 0}, "min_n": {"type": "integer", "minimum": 2},
+                           # gate mode (--strict) only: how the sequential gate stopped this verdict
+                           "sequential": {
+                               "type": "object", "required": ["stopped", "stop", "n_images", "cs_low", "cs_high",
+                                                              "reason"],
+                               "description": "gate mode only: stopped is true when the verdict was decided before "
+                                              "the budget; stop: decided | budget | not_gated (no confidence "
+                                              "sequence: undefined or insufficient data, or unbounded scores); "
+                                              "n_images: images the verdict consumed; cs_low/cs_high: the "
+                                              "betting confidence sequence at the deciding step when it stopped; "
+                                              "reason: e.g. 'decided: upper CS bound 0.31 < 0.5 after 32 images'",
+                               "properties": {"stopped": {"type": "boolean"},
+                                              "stop": {"enum": ["decided", "budget", "not_gated"]},
+                                              "n_images": {"type": "integer", "minimum": 0},
+                                              "cs_low": _num_or_null, "cs_high": _num_or_null,
+                                              "confidence": {"type": "number"},
+                                              "reason": {"type": "string"}}}}}},
         "per_sample": {"type": "object", "description": "{explainer: {check: {step: {metric: [score|null]}}}}",
                        "additionalProperties": {"type": "object", "additionalProperties": {
                            "type": "object", "additionalProperties": {
@@ -111,7 +127,19 @@ RESULT_SCHEMA: Dict[str, Any] = {
                       "properties": {"peak_rss_mb": {"type": "number", "minimum": 0},
                                      "rss_at_start_mb": _num_or_null, "rss_at_end_mb": _num_or_null,
                                      "gpu_peak_mb": {"type": "number", "minimum": 0},
+                                     "batch_size": {"type": "object", "required": ["value", "source"],
+                                                    "description": "the batch size the run used, where it came "
+                                                                   "from (suite, option, auto) and why",
+                                                    "properties": {"value": {"type": "integer", "minimum": 1},
+                                                                   "source": {"enum": ["suite", "option", "auto"]},
+                                                                   "why": {"type": "string"}}},
                                      "note": {"type": "string"}}},
+        "gate": {"type": "object", "description": "gate mode (--strict) only: the sequential gate's rounds, budget, "
+                                                  "alpha and its model evaluations against the full run's",
+                 "required": ["alpha", "budget", "rounds", "model_evaluations"],
+                 "properties": {"alpha": {"type": "number"}, "budget": {"type": "integer", "minimum": 1},
+                                "rounds": {"type": "array"}, "model_evaluations": {
+                                    "type": "object", "required": ["gate", "full_run", "definition"]}}},
         "examples": {"type": "object", "required": ["explainers"],
                      "description": "input 0 ('image', or the 'text' tokens of a text suite) and its maps per state",
                      "properties": {"image": _array, "text": {"type": "array", "items": {"type": "string"}},

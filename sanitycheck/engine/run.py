@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..checks.base import ORIGINAL_MAPS, TWIN_MODEL, Check, CheckOutput, get_check
 from ..devices import ResourceMonitor, check_device
+from .batching import AUTO, batch_size_arg as _batch_size_arg, choose_run_batch_size
 from ..errors import ConfigError, NotApplicableError, SanityCheckError
 from ..explainers.base import ExplainerError
 from ..io import CorruptCacheError, atomic_write_json, load_checked, read_json, save_checked
@@ -135,6 +136,7 @@ class AuditRun:
                  model_params: Optional[Dict[str, Any]] = None, shard_size: Optional[int] = None,
                  executor: str = "local", executor_options: Optional[Dict[str, Any]] = None):
         check_device(device)  # before any work: `--device cuda` without a GPU is a clear error
+        batch_size = _batch_size_arg(batch_size)
         self.suite = suite
         self.modality = modality_for(suite.input_kind)
         self.settings = RunSettings(
@@ -186,7 +188,11 @@ class AuditRun:
     # ---------------------------------------------------------------- inputs
     def load_inputs(self) -> None:
         t0 = time.perf_counter()
+        auto = self.settings.batch_size == AUTO
+        if auto:  # the model is probed once loaded; its logits are computed at the suite's batch size
+            self.settings.batch_size = self.suite.batch_size
         self.inputs = self.modality.load(self.settings)
+        self.batch_choice = choose_run_batch_size(self, auto)
         self.log.timing["load_seconds"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- cache
@@ -603,7 +609,7 @@ class AuditRun:
         records, verdicts = self.aggregate(originals, scored)
         self.log.timing["total_seconds"] = time.perf_counter() - t_start
         results = self.results_dict(records, verdicts, originals, scored)
-        results["resources"] = monitor.report()
+        results["resources"] = {**monitor.report(), "batch_size": self.batch_choice.to_json()}
         if self.log.recomputed:
             results["cache_recomputed"] = list(self.log.recomputed)
         previous = self.previous_results()
