@@ -95,7 +95,13 @@ RUN_OPTIONS: List[Option] = [
     Option("device", "torch device (default: cpu)", str, "cpu", metavar="DEV"),
     Option("shard-size", "inputs per work unit (default: all inputs in one); rounded up to whole batches, so the "
            "numbers do not change", _positive_int, metavar="N"),
-    Option("executor", "where the work units run (default: local)", str, "local", metavar="NAME"),
+    Option("executor", "where the work units run: local, or ray (pip install 'sanitycheck[ray]') (default: local)",
+           str, "local", metavar="NAME"),
+    Option("address", "--executor ray: the Ray cluster to join, host:port or ray://host:port (default: a local "
+           "cluster)", str, metavar="ADDR"),
+    Option("workers", "--executor ray: number of workers (default: the local cluster's CPUs)", _positive_int,
+           metavar="N"),
+    Option("worker-threads", "--executor ray: torch threads per worker (default: 1)", _positive_int, metavar="T"),
     Option("cache-dir", "model cache (default: $SANITYCHECK_CACHE or ~/.cache/sanitycheck)", str, metavar="DIR"),
     Option("no-progress", "hide progress bars", action="store_true", default=False),
     Option("no-figures", "skip the PNG figures", action="store_true", default=False),
@@ -114,7 +120,9 @@ def run_kwargs(ns: Any) -> Dict[str, Any]:
             "dataset_name": ns.dataset, "data_root": ns.data_root,
             "batch_size": ns.batch_size, "device": ns.device, "cache_dir": ns.cache_dir,
             "progress": not ns.no_progress, "figures": not ns.no_figures,
-            "shard_size": getattr(ns, "shard_size", None), "executor": getattr(ns, "executor", None) or "local"}
+            "shard_size": getattr(ns, "shard_size", None), "executor": getattr(ns, "executor", None) or "local",
+            "executor_options": {"address": getattr(ns, "address", None), "workers": getattr(ns, "workers", None),
+                                 "threads": getattr(ns, "worker_threads", None)}}
 
 
 # ---------------------------------------------------------------------------------------------- the gate

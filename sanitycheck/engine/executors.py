@@ -1,5 +1,5 @@
-"""Executors run work units. ``local`` runs them in this process, in plan order; a distributed executor
-(issue 12: Ray) runs the same units elsewhere and must return bit-identical results.
+"""Executors run work units. ``local`` runs them in this process, in plan order; ``ray``
+(:mod:`sanitycheck.engine.ray_executor`) runs the same units on a Ray cluster and returns bit-identical results.
 
 An executor sees two shapes of work:
 
@@ -39,11 +39,25 @@ class LocalExecutor:
         return out
 
 
-EXECUTORS = {"local": LocalExecutor}
+def _ray_executor(**options: Any) -> Any:
+    """The Ray executor, imported only when used (ray is an optional extra: ``pip install 'sanitycheck[ray]'``)."""
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(**options)
 
 
-def get_executor(name: str = "local") -> Any:
+EXECUTORS = {"local": LocalExecutor, "ray": _ray_executor}
+
+
+def get_executor(name: str = "local", **options: Any) -> Any:
+    """The executor ``name`` built with ``options`` (``ray``: address, workers, threads, retries); options
+    that are None are left to the executor's defaults, and ``local`` takes none."""
     try:
-        return EXECUTORS[name]()
+        factory = EXECUTORS[name]
     except KeyError:
         raise ConfigError(f"unknown executor {name!r}; known: {', '.join(sorted(EXECUTORS))}") from None
+    options = {k: v for k, v in options.items() if v is not None}
+    if name == "local" and options:
+        raise ConfigError(f"--executor local takes no {', '.join('--' + k for k in sorted(options))}; use "
+                          "--executor ray for a cluster")
+    return factory(**options)

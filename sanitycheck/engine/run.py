@@ -134,7 +134,7 @@ class AuditRun:
                  context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
                  dataset_name: Optional[str] = None, data_root: Optional[str] = None,
                  model_params: Optional[Dict[str, Any]] = None, shard_size: Optional[int] = None,
-                 executor: str = "local"):
+                 executor: str = "local", executor_options: Optional[Dict[str, Any]] = None):
         check_device(device)  # before any work: `--device cuda` without a GPU is a clear error
         batch_size = _batch_size_arg(batch_size)
         self.suite = suite
@@ -164,7 +164,9 @@ class AuditRun:
                                   f"(it has {[c.name for c in suite.checks]})")
         self.metrics = {name: METRICS.get(name) for name in suite.metrics}
         self.log = RunLog()
-        self.executor = get_executor(executor)
+        self.executor = get_executor(executor, **(executor_options or {}))
+        if hasattr(self.executor, "bind"):  # a distributed executor ships this run's inputs to its workers
+            self.executor.bind(self)
         self.inputs: Any = None
 
     # ---------------------------------------------------------------- convenient views
@@ -340,7 +342,11 @@ class AuditRun:
                         disable=not self.progress, leave=False)
 
         def compute(u: WorkUnit) -> Optional[Tensor]:
-            bar.update(1)
+            m = compute_one(u)
+            bar.update(1)  # after the unit (a distributed executor may call a unit whose maps are not back yet)
+            return m
+
+        def compute_one(u: WorkUnit) -> Optional[Tensor]:
             if u.explainer in self.skipped:
                 return None
             path = u.cache_path(self._cache_path())
@@ -584,6 +590,13 @@ class AuditRun:
 
     # ---------------------------------------------------------------- main
     def execute(self) -> Dict[str, Any]:
+        try:
+            return self._execute()
+        finally:  # a distributed executor releases its workers (finished units are in the cache)
+            if hasattr(self.executor, "close"):
+                self.executor.close()
+
+    def _execute(self) -> Dict[str, Any]:
         t_start = time.perf_counter()
         monitor = ResourceMonitor(self.settings.device)
         check_out_dir(self.out_dir)

@@ -1,0 +1,200 @@
+"""The Ray executor (issue 12): bit-identical to local, objects sent once, failures retried then named, finished
+units cached, a dead --address refused within seconds, a clear error when ray is missing. One local two-worker
+cluster is shared by the module (ray start-up is slow); tests skip with the reason when ray is absent."""
+
+import functools
+import os
+import socket
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+from helpers import digits_batch, make_tiny_cnn
+from sanitycheck.data import ImageDataset
+from sanitycheck.engine.executors import get_executor
+from sanitycheck.errors import ConfigError
+from sanitycheck.explainers import ExplainerError, FunctionExplainer, get_explainer
+from sanitycheck.runner import AuditRun
+from sanitycheck.suites import parse_suite
+
+
+def suite():
+    return parse_suite({
+        "name": "unit", "version": "0.0.1", "description": "ray executor tests",
+        "dataset": {"name": "digits"}, "model": {"name": "digits_cnn"}, "batch_size": 4, "figure_images": 2,
+        "explainers": ["gradient", "sobel"], "metrics": ["spearman_abs", "ssim"],
+        "checks": [{"name": "cascading_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5}}],
+    })
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    x, y = digits_batch(8)
+    return ImageDataset("digits16", x, y, [str(i) for i in range(10)], "sklearn", "test")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'sanitycheck[ray]')")
+    # the workers import this test's tiny models (tests/helpers.py) and this checkout of sanitycheck
+    here = os.path.dirname(os.path.abspath(__file__))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here)] + ([old] if old else []))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+def run(out, dataset, explainers, executor="local", **options):
+    return AuditRun(suite(), out_dir=out, model=make_tiny_cnn(0), dataset=dataset, explainer_objects=explainers,
+                    shard_size=4, progress=False, figures=False, executor=executor,
+                    executor_options=options).execute()
+
+
+def explainers():
+    return {"gradient": get_explainer("gradient"), "sobel": get_explainer("sobel"),
+            "ig": get_explainer("integrated_gradients")}
+
+
+def comparable(doc):
+    return {k: doc[k] for k in ("records", "verdicts", "per_sample", "state_info", "skipped")}
+
+
+def test_ray_gives_the_local_executors_scores_records_and_verdicts(tmp_path, dataset, cluster):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: float sums are then computed in the same order
+    try:
+        local = run(tmp_path / "local", dataset, explainers())
+    finally:
+        torch.set_num_threads(threads)
+    remote = run(tmp_path / "ray", dataset, explainers(), "ray", workers=2)
+    assert remote["per_sample"] and remote["verdicts"]
+    assert comparable(remote) == comparable(local)
+    # every unit was saved by the driver: a rerun computes nothing and gives the same document
+    units = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray" / "cache" / "units").rglob("*.pt"))
+    assert units == sorted(p.relative_to(tmp_path / "local")
+                           for p in (tmp_path / "local" / "cache" / "units").rglob("*.pt"))
+    again = run(tmp_path / "ray", dataset, explainers(), "ray", workers=2)
+    assert comparable(again) == comparable(remote)
+
+
+def test_each_model_state_and_explainer_is_put_once_not_once_per_unit(tmp_path, dataset, cluster):
+    puts = []
+    real = cluster.put
+
+    def counting_put(obj, *a, **k):
+        puts.append(type(obj).__name__)
+        return real(obj, *a, **k)
+
+    cluster.put = counting_put
+    try:
+        run(tmp_path / "out", dataset, explainers(), "ray", workers=2)
+    finally:
+        cluster.put = real
+    # 22 units went to the workers (3 explainers x 2 shards of original maps, 2 model-dependent explainers x 2
+    # shards x 4 cascade states; the sobel control reuses its original maps) but only 13 objects were put
+    assert Counter(puts) == {"dict": 1,  # the audited inputs, once per run
+                             "TinyCNN": 5,  # the trained model once, each of the 4 cascade states once
+                             "ClassTarget": 2, "Gradient": 2, "IntegratedGradients": 2,  # once per executor call
+                             "SobelEdges": 1}, puts
+
+
+def flaky(marks, row4, model, x, target):
+    """Gradient maps; on the batch of rows 4..7 it raises until ``marks/disarm`` exists or ``marks/fail_times``
+    attempts were made (each attempt leaves a file: workers are other processes)."""
+    import uuid
+
+    (marks / f"call-{uuid.uuid4().hex}").touch()
+    if torch.equal(x[0], row4) and not (marks / "disarm").exists():
+        attempts = len(list(marks.glob("attempt-*")))
+        (marks / f"attempt-{uuid.uuid4().hex}").touch()
+        if attempts < int((marks / "fail_times").read_text()):
+            if (marks / "die").exists():
+                os._exit(1)  # the worker process dies mid-unit
+            raise RuntimeError("out of luck")
+    return get_explainer("gradient")(model, x, target)
+
+
+def flaky_explainers(marks, dataset, fail_times, die=False):
+    marks.mkdir(exist_ok=True)
+    if die:
+        (marks / "die").touch()
+    (marks / "fail_times").write_text(str(fail_times))
+    return {"gradient": get_explainer("gradient"),
+            "flaky": FunctionExplainer(functools.partial(flaky, marks, dataset.images[4].clone()), name="flaky")}
+
+
+@pytest.mark.parametrize("die", [False, True], ids=["raises", "worker-dies"])
+def test_a_unit_that_fails_once_is_retried_and_changes_nothing(tmp_path, dataset, cluster, die):
+    marks = tmp_path / "marks"
+    done = run(tmp_path / "ray", dataset, flaky_explainers(marks, dataset, 1, die), "ray", workers=2)
+    assert len(list(marks.glob("attempt-*"))) > 1  # it failed, and the retry went through
+    plain = run(tmp_path / "plain", dataset, flaky_explainers(tmp_path / "m2", dataset, 0), "ray", workers=2)
+    assert done["records"] == plain["records"] and done["verdicts"] == plain["verdicts"]
+
+
+def test_a_unit_that_keeps_failing_is_named_the_rest_is_cached_and_a_rerun_resumes(tmp_path, dataset, cluster):
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    with pytest.raises(ExplainerError) as info:
+        run(out, dataset, flaky_explainers(marks, dataset, 99), "ray", workers=2)
+    msg = str(info.value)
+    for part in ("'flaky'", "inputs 4..7", "RuntimeError: out of luck", "re-run with the same --out"):
+        assert part in msg, msg
+    assert len(list(marks.glob("attempt-*"))) == 3  # the first try and 2 retries
+    # the other original-maps units finished and were saved by the driver
+    cached = list((out / "cache" / "units" / "original").rglob("*.pt"))
+    assert len(cached) == 3, cached  # gradient rows 0..3 and 4..7, flaky rows 0..3
+    for f in marks.glob("call-*"):
+        f.unlink()
+    (marks / "disarm").touch()
+    resumed = run(out, dataset, flaky_explainers(marks, dataset, 99), "ray", workers=2)
+    # flaky's rows 4..7 of the trained model, then 4 cascade states x 2 shards: rows 0..3 came from the cache
+    assert len(list(marks.glob("call-*"))) == 1 + 4 * 2
+    assert resumed["verdicts"]
+
+
+def test_an_unreachable_address_is_a_clear_error_within_seconds(monkeypatch):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'sanitycheck[ray]')")
+    with socket.socket() as s:  # a port nothing listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at --address '127.0.0.1:{port}'"):
+        get_executor("ray", address=f"127.0.0.1:{port}")
+    # a host that never answers: the connection attempt is bounded by the timeout, before ray.init can hang
+    seen = []
+
+    def silent(address, timeout=None):
+        seen.append((address, timeout))
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(ConfigError, match=r"cannot reach.*'ray://head' \(head:10001: timed out, waited at most 3 s\)"):
+        get_executor("ray", address="ray://head")
+    assert seen == [(("head", 10001), 3.0)]
+    with pytest.raises(ConfigError, match="not host:port"):
+        get_executor("ray", address="nonsense:port")
+
+
+def test_without_ray_the_executor_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'sanitycheck\[ray\]'"):
+        get_executor("ray")
+
+
+def test_local_refuses_cluster_options_and_the_cli_passes_them():
+    with pytest.raises(ConfigError, match="--executor local takes no --address"):
+        get_executor("local", address="localhost:6379")
+    from sanitycheck.cli import build_parser
+    from sanitycheck.options import run_kwargs
+
+    ns = build_parser().parse_args(["run", "adebayo2018", "--executor", "ray", "--address", "h:1", "--workers",
+                                    "2", "--worker-threads", "3"])
+    kw = run_kwargs(ns)
+    assert kw["executor"] == "ray" and kw["executor_options"] == {"address": "h:1", "workers": 2, "threads": 3}
