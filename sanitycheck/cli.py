@@ -111,14 +111,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     docs = submit(args.method, suites=args.suites, root=Path(args.dir), name=args.name,
                   timeout_s=args.timeout, memory_mb=args.memory_mb, progress=not args.no_progress,
-                  n=args.n, seed=args.seed, trust_code=args.trust_code)
+                  n=args.n, seed=args.seed, trust_code=args.trust_code, gate=bool(args.strict))
     if not docs:
         print("sanitycheck: error: no suite takes this method's input kind", file=sys.stderr)
         return 2
     status = 0
     for suite, doc in docs.items():
         name = doc["method"]["name"]
-        print(f"{suite}: wrote {Path(args.dir) / 'submissions' / name / (suite + '.json')}")
+        if doc.get("refused_by_gate"):
+            print(f"{suite}: refused by the sequential gate, nothing written to the board "
+                  f"({doc['refused_by_gate']['reason']})")
+        else:
+            print(f"{suite}: wrote {Path(args.dir) / 'submissions' / name / (suite + '.json')}")
         for v in doc["verdicts"]:
             print(f"  {_STATUS_CELL[verdict_status(v)]} {v['check']}: {v['reason']}")
         status = max(status, _gate(doc, args))

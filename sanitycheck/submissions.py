@@ -265,11 +265,17 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
            params: Optional[Dict[str, Any]] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
            memory_mb: int = DEFAULT_MEMORY_MB, progress: bool = True, n: Optional[int] = None,
            seed: Optional[int] = None, cache_dir: Optional[str] = None,
-           trust_code: bool = False) -> Dict[str, Dict[str, Any]]:
+           trust_code: bool = False, gate: bool = False) -> Dict[str, Dict[str, Any]]:
     """Run ``spec`` on every applicable suite; returns {suite: result document} and writes them.
 
     The method runs under bubblewrap; where that is impossible, only with ``trust_code=True`` (audit hook
-    only). ``method.sandbox`` in each document records which."""
+    only). ``method.sandbox`` in each document records which.
+
+    ``gate=True`` (``submit --strict``) runs the sequential gate (:mod:`sanitycheck.engine.gate`) on each
+    suite first. A verdict the gate decides as failed refuses the claim in a fraction of the full run's
+    model evaluations: the gate's document (with its ``gate`` block and ``sequential`` verdicts) is returned,
+    and nothing is written to the board for that suite. Otherwise the full run follows and is written as
+    usual — the board compares methods at the suite's n, which a gate document does not have."""
     from .results import split_by_explainer
     from .engine import AuditRun
     from .suites import load_suite
@@ -283,6 +289,12 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
                          trust_code=trust_code, hide=hide) as remote:
         for suite_name in suites_for(remote.input_kind, suites):
             suite = load_suite(suite_name)
+            if gate:
+                refused = _gate_refusal(suite, remote, block, work, progress=progress, n=n, seed=seed,
+                                        cache_dir=cache_dir)
+                if refused is not None:
+                    documents[suite.name] = refused
+                    continue
             run = AuditRun(suite, out_dir=work / suite.name, explainer_objects={block["name"]: remote},
                            progress=progress, figures=False, n=n, seed=seed, cache_dir=cache_dir)
             doc = split_by_explainer(run.execute())[block["name"]]
@@ -294,6 +306,26 @@ def submit(spec: str, *, suites: Optional[Sequence[str]] = None, root: Path = Pa
             atomic_write_json(Path(root) / "submissions" / block["name"] / f"{suite.name}.json", doc)
             documents[suite.name] = doc
     return documents
+
+
+def _gate_refusal(suite: Any, remote: Any, block: Dict[str, Any], work: Path, **run_kwargs: Any
+                  ) -> Optional[Dict[str, Any]]:
+    """The gate's document when it decided some verdict as failed (the claim is refused), else None."""
+    from .engine.gate import run_gate
+    from .options import verdict_status
+    from .results import split_by_explainer
+
+    doc = run_gate(suite, out_dir=work / suite.name / "gate", explainer_objects={block["name"]: remote},
+                   **run_kwargs)
+    doc = split_by_explainer(doc).get(block["name"], doc)
+    decided_fail = [v for v in doc["verdicts"] if verdict_status(v) == "fail"
+                    and (v.get("sequential") or {}).get("stop") == "decided"]
+    if not decided_fail:
+        return None
+    doc["method"] = {**block, "sandbox": remote.sandbox}
+    doc["refused_by_gate"] = {"suite": suite.name, "not_written": True,
+                              "reason": "; ".join(f"{v['check']}: {v['sequential']['reason']}" for v in decided_fail)}
+    return doc
 
 
 def publish_run(results: Dict[str, Any], *, root: Path = Path("leaderboard")) -> List[Path]:
