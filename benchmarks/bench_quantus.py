@@ -80,31 +80,77 @@ CHECKS: Dict[str, Dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------------------------- workload
+WORKLOADS = ("fmnist", "resnet18")
+RESNET_N, RESNET_SIZE, RESNET_DELETION_STEPS = 32, 64, 32  # 32 steps of 128 pixels on 64x64 images
+
+
 class Workload:
-    """The model, the 128 images and their predicted classes, loaded once."""
+    """The model, the images and their predicted classes, loaded once.
 
-    def __init__(self, n: int = N_IMAGES):
-        from sanitycheck.data import load_dataset
-        from sanitycheck.models import load_model
+    ``fmnist``: ``fmnist_cnn`` (shipped weights) and the first ``n`` (128) Fashion-MNIST test images.
+    ``resnet18``: torchvision ResNet-18, random init (seeded: ``torch.random.fork_rng`` around
+    ``manual_seed(0)``, the global RNG is left as it was), 10 classes, and 32 uniform-random 3x64x64 images
+    drawn from a ``sanitycheck.seeding`` generator; deletion runs 32 steps of 128 pixels (Quantus'
+    ``features_in_step`` must divide the 4096 pixels)."""
 
+    def __init__(self, n: Optional[int] = None, kind: str = "fmnist"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.model = load_model("fmnist_cnn").eval()
-        self.dataset = load_dataset("fashion_mnist", split="test")
-        self.n = n
-        self.x = self.dataset.images[:n].contiguous()
+        if kind not in WORKLOADS:
+            raise ValueError(f"unknown workload {kind!r}; choose one of {', '.join(WORKLOADS)}")
+        self.kind = kind
+        if kind == "fmnist":
+            from sanitycheck.data import load_dataset
+            from sanitycheck.models import load_model
+
+            self.model = load_model("fmnist_cnn").eval()
+            self.dataset = load_dataset("fashion_mnist", split="test")
+            self.n = n or N_IMAGES
+            self.deletion_steps = DELETION_STEPS
+        else:
+            self.n = n or RESNET_N
+            self.model, self.dataset = resnet18_workload(self.n)
+            self.deletion_steps = RESNET_DELETION_STEPS
+        self.x = self.dataset.images[:self.n].contiguous()
         with torch.no_grad():
             self.y = self.model(self.x).argmax(1)
-        self.n_layers = sum(1 for _, m in self.model.named_modules() if hasattr(m, "reset_parameters"))
+        from sanitycheck.checks.randomization import parameter_layers
+
+        self.n_layers = len(parameter_layers(self.model, self.x[:1]))
+        self.pixels_per_step = self.x.shape[-2] * self.x.shape[-1] // self.deletion_steps
 
 
-def _suite(checks: List[str], explainers: List[str]):
+def resnet18_workload(n: int = RESNET_N, size: int = RESNET_SIZE):
+    """(torchvision ResNet-18 with 10 classes, random init seeded; ``n`` seeded random images size x size)."""
+    import hashlib
+
+    from sanitycheck._compat import import_torchvision
+    from sanitycheck.data import ImageDataset
+    from sanitycheck.seeding import generator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = import_torchvision().models.resnet18(weights=None, num_classes=10).eval()
+    g = generator("bench_quantus", "resnet18", "images")
+    images = torch.rand(n, 3, size, size, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    ds = ImageDataset(name="random_64", images=images, labels=labels, classes=[str(i) for i in range(10)],
+                      source="generated: sanitycheck.seeding.generator('bench_quantus', 'resnet18', 'images')",
+                      checksum=hashlib.sha256(images.numpy().tobytes()).hexdigest())
+    return model, ds
+
+
+def _suite(checks: List[str], explainers: List[str], w: Optional["Workload"] = None):
     from sanitycheck.suites import parse_suite
 
+    n = w.n if w is not None else N_IMAGES
+    steps = w.deletion_steps if w is not None else DELETION_STEPS
+    specs = [dict(CHECKS[c], params={**CHECKS[c]["params"], "n_steps": steps}) if c == "deletion" else CHECKS[c]
+             for c in checks]
     return parse_suite({
         "name": "bench_quantus", "version": "0.0.1", "description": "side-by-side benchmark",
-        "dataset": {"name": "fashion_mnist", "split": "test", "n": N_IMAGES}, "model": {"name": "fmnist_cnn"},
+        "dataset": {"name": "fashion_mnist", "split": "test", "n": n}, "model": {"name": "fmnist_cnn"},
         "explainers": [{e: EXPLAINERS[e]} if EXPLAINERS[e] else e for e in explainers],
-        "metrics": ["spearman_abs"], "batch_size": 128, "checks": [CHECKS[c] for c in checks],
+        "metrics": ["spearman_abs"], "batch_size": 128, "checks": specs,
     })
 
 
@@ -117,7 +163,7 @@ def run_sanitycheck_audit(w: Workload, checks: List[str], explainers: List[str],
     """The audit as a user runs it: one engine run of every check and explainer (trained maps shared)."""
     from sanitycheck.engine import AuditRun
 
-    return AuditRun(_suite(checks, explainers), out_dir=out, model=w.model, dataset=w.dataset, n=w.n,
+    return AuditRun(_suite(checks, explainers, w), out_dir=out, model=w.model, dataset=w.dataset, n=w.n,
                     indices=list(range(w.n)), progress=False, figures=False).execute()
 
 
@@ -138,7 +184,7 @@ def _explain_func(explainer: str) -> Callable:
     return explain
 
 
-def quantus_metric(check: str):
+def quantus_metric(check: str, w: Optional[Workload] = None):
     import quantus
 
     common = dict(disable_warnings=True, display_progressbar=False)
@@ -149,7 +195,8 @@ def quantus_metric(check: str):
         return quantus.RandomLogit(num_classes=10, similarity_func=quantus.similarity_func.correlation_spearman,
                                    abs=True, normalise=False, **common)
     if check == "deletion":
-        return quantus.PixelFlipping(features_in_step=DELETION_STEPS, perturb_baseline="black",
+        return quantus.PixelFlipping(features_in_step=w.pixels_per_step if w is not None else 28,
+                                     perturb_baseline="black",
                                      abs=False, normalise=False, **common)
     if check == "faithfulness_correlation":
         return quantus.FaithfulnessCorrelation(nr_runs=FC_SUBSETS, subset_size=FC_SUBSET_SIZE,
@@ -159,11 +206,11 @@ def quantus_metric(check: str):
 
 
 def run_quantus(w: Workload, check: str, explainer: str) -> Any:
-    metric = quantus_metric(check)
+    metric = quantus_metric(check, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return metric(model=w.model, x_batch=w.x.numpy(), y_batch=w.y.numpy(), a_batch=None,
-                      explain_func=_explain_func(explainer), device="cpu", batch_size=N_IMAGES)
+                      explain_func=_explain_func(explainer), device="cpu", batch_size=w.n)
 
 
 # -------------------------------------------------------------------------------------------------- floor
@@ -174,7 +221,7 @@ def _fwd_bwd(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
     torch.autograd.grad(out.gather(1, target[:, None]).sum(), x)
 
 
-def _fwd(model: nn.Module, x: torch.Tensor, batch: int = N_IMAGES) -> None:
+def _fwd(model: nn.Module, x: torch.Tensor, batch: int = 128) -> None:
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
             model(x[i:i + batch])
@@ -203,7 +250,7 @@ def floor_seconds(w: Workload, check: str, explainer: str) -> float:
             for _ in range(passes):
                 _fwd_bwd(model, x, y)
     if check == "deletion":
-        _fwd(model, x.repeat(DELETION_STEPS + 1, 1, 1, 1))
+        _fwd(model, x.repeat(w.deletion_steps + 1, 1, 1, 1))
     elif check == "faithfulness_correlation":
         _fwd(model, x.repeat(FC_SUBSETS + 1, 1, 1, 1))
     return time.perf_counter() - t0
@@ -225,7 +272,7 @@ def floor_audit_seconds(w: Workload, checks: List[str], explainers: List[str]) -
                 for _ in range(passes):
                     _fwd_bwd(model, x, y)
         if "deletion" in checks:
-            _fwd(model, x.repeat(DELETION_STEPS + 1, 1, 1, 1))
+            _fwd(model, x.repeat(w.deletion_steps + 1, 1, 1, 1))
         if "faithfulness_correlation" in checks:
             _fwd(model, x.repeat(FC_SUBSETS + 1, 1, 1, 1))
     return time.perf_counter() - t0
@@ -283,11 +330,11 @@ except ImportError:  # script mode without pytest
     pytest = None
 
 if pytest is not None and "pytest" in sys.modules and __name__ != "__main__":
-    @pytest.fixture(scope="module")
-    def workload():
+    @pytest.fixture(scope="module", params=WORKLOADS)
+    def workload(request):
         pytest.importorskip("quantus", reason="Quantus 0.6 is an optional benchmark dependency: "
                                               "pip install 'sanitycheck[bench]'")
-        return Workload()
+        return Workload(kind=request.param)
 
     @pytest.mark.parametrize("explainer", list(EXPLAINERS))
     @pytest.mark.parametrize("check", list(CHECKS))
@@ -328,13 +375,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="rounds per cell; the minimum is reported")
     ap.add_argument("--checks", nargs="*", default=list(CHECKS))
     ap.add_argument("--explainers", nargs="*", default=list(EXPLAINERS))
+    ap.add_argument("--workload", choices=WORKLOADS, default="fmnist",
+                    help="fmnist: fmnist_cnn, 128 Fashion-MNIST images; resnet18: torchvision ResNet-18 (random "
+                         "init, seeded, 10 classes), 32 seeded random 64x64 images")
     args = ap.parse_args(argv)
     try:
         import quantus  # noqa: F401
     except ImportError:
         print("Quantus is not installed: pip install 'sanitycheck[bench]'", file=sys.stderr)
         return 2
-    w = Workload()
+    w = Workload(kind=args.workload)
     run_sanitycheck(w, args.checks[0], args.explainers[0], Path(tempfile.mkdtemp()) / "warmup")  # imports, caches
     cells = []
     for check in args.checks:
@@ -349,8 +399,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     run_sanitycheck_audit(w, args.checks, args.explainers, Path(tempfile.mkdtemp()) / "audit")
     audit_s = time.perf_counter() - t0
     if args.table:
-        print(f"torch threads: {torch.get_num_threads()}; {w.n} images; {w.n_layers} layers randomized by "
-              f"the cascade; IG {IG_STEPS} steps (Quantus 0.6 hard-codes 10)\n")
+        print(f"workload {w.kind}; torch threads: {torch.get_num_threads()}; {w.n} images "
+              f"{'x'.join(map(str, w.x.shape[1:]))}; {w.n_layers} layers randomized by the cascade; deletion "
+              f"{w.deletion_steps} steps of {w.pixels_per_step} pixels; IG {IG_STEPS} steps (Quantus 0.6 "
+              f"hard-codes 10)\n")
         print(markdown_table(cells))
         both = [c for c in cells if c["quantus_s"] is not None]
         qs = sum(c["quantus_s"] for c in both)

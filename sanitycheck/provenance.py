@@ -23,12 +23,40 @@ def source_text(obj: Any, fallback: Optional[str] = None) -> str:
     (:func:`content_key`) and explainer code hashes (:func:`source_key`) read source through it."""
     import inspect
 
+    stamp = _source_stamp(obj)
+    if stamp is not None and _SOURCE_MEMO.get(obj, (None,))[0] == stamp:
+        return _SOURCE_MEMO[obj][1]
     try:
-        return inspect.getsource(obj)
+        text = inspect.getsource(obj)
     except (OSError, TypeError):  # pragma: no cover - e.g. frozen builds
         if fallback is not None:
             return fallback
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    if stamp is not None:
+        _SOURCE_MEMO[obj] = (stamp, text)
+    return text
+
+
+#: ``obj`` -> (stamp of its source file, its source): :func:`source_text` once per process and file version
+#: (``inspect.getsource`` of a class parses its whole module, a fixed cost of every run; see issue 12)
+_SOURCE_MEMO: Dict[Any, Tuple[Tuple[str, int, int], str]] = {}
+
+
+def _source_stamp(obj: Any) -> Optional[Tuple[str, int, int]]:
+    """(file, mtime in ns, size) of the file ``obj``'s source is read from, the memo's validity: an edited
+    file has a new stamp and is read again. None (no memo) where there is no file or ``obj`` is unhashable."""
+    import inspect
+    import os
+
+    try:
+        hash(obj)
+        path = inspect.getsourcefile(obj)
+        if path is None:
+            return None
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return path, st.st_mtime_ns, st.st_size
 
 
 def text_key(text: str) -> str:

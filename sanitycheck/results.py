@@ -38,7 +38,7 @@ import platform
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -268,6 +268,59 @@ def decide(rule: VerdictRule, explainer: str, check: str, records: Sequence[Reco
 
 
 def git_hash(path: Optional[Path] = None) -> Optional[str]:
+    """The commit of the code (``-dirty`` when tracked files differ from it), or None outside git. Asked of
+    git once per process and tree state (two subprocesses: a fixed cost of every run, issue 12), again
+    whenever :func:`_git_stamp` changes: a commit, checkout or ``git add`` (the git dir's ``logs/HEAD`` and
+    ``index``) or an edit under the package directory."""
+    cwd = path or Path(__file__).resolve().parent
+    memo = _GIT_MEMO.get(str(cwd))
+    if memo is not None and memo[0] is not None and memo[0] == _git_stamp(cwd, memo[1]):
+        return memo[2]
+    value = _git_hash(path)
+    gitdir = None
+    if value is not None:
+        try:
+            out = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=cwd, capture_output=True,
+                                 text=True, timeout=5)
+            gitdir = out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            gitdir = None
+    _GIT_MEMO[str(cwd)] = (_git_stamp(cwd, gitdir) if gitdir else None, gitdir, value)
+    return value
+
+
+#: str(cwd) -> (stamp, git dir, git_hash); no memo (stamp None) outside git
+_GIT_MEMO: Dict[str, Tuple[Any, Optional[str], Optional[str]]] = {}
+
+
+def _git_stamp(cwd: Path, gitdir: Optional[str]) -> Any:
+    """What :func:`git_hash`'s answer depends on, cheaply: (mtime, size) of the git dir's ``HEAD``,
+    ``logs/HEAD`` (appended at every commit, checkout, reset) and ``index``, and of every file under ``cwd``
+    (the package: an edit there can make the tree dirty). Edits to tracked files elsewhere in the repository
+    are seen at the next commit or ``git add``."""
+    import os
+
+    if gitdir is None:
+        return None
+    stamp: List[Any] = []
+    for name in ("HEAD", "logs/HEAD", "index"):
+        try:
+            st = os.stat(os.path.join(gitdir, name))
+            stamp.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamp.append((name, None))
+    for root, dirs, files in os.walk(cwd):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for f in sorted(files):
+            try:
+                st = os.stat(os.path.join(root, f))
+            except OSError:
+                continue
+            stamp.append((root, f, st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
+
+
+def _git_hash(path: Optional[Path] = None) -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path or Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
@@ -281,6 +334,18 @@ def git_hash(path: Optional[Path] = None) -> Optional[str]:
 
 
 def package_versions() -> Dict[str, Optional[str]]:
+    """Versions of Python and the packages the numbers depend on; read once per process (the metadata
+    search is a fixed cost of every run, issue 12; installing a package mid-process is not a supported way
+    to change them)."""
+    if not _VERSIONS_MEMO:
+        _VERSIONS_MEMO.append(_package_versions())
+    return dict(_VERSIONS_MEMO[0])
+
+
+_VERSIONS_MEMO: List[Dict[str, Optional[str]]] = []
+
+
+def _package_versions() -> Dict[str, Optional[str]]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions: Dict[str, Optional[str]] = {"python": platform.python_version()}

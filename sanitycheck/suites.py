@@ -146,12 +146,30 @@ def _parts(items: List[Any]) -> List[Tuple[str, Dict[str, Any]]]:
     return out
 
 
+_SUITE_VALIDATOR: List[Any] = []
+
+
+def _suite_validate(data: Any) -> None:
+    """``jsonschema.validate(data, SUITE_SCHEMA)`` with the schema checked and its validator built once per
+    process, not once per suite (``validate`` re-checks the schema on every call: a fixed cost of every run,
+    issue 12). Raises the same error ``validate`` raises (the best match)."""
+    import jsonschema
+
+    if not _SUITE_VALIDATOR:
+        cls = jsonschema.validators.validator_for(SUITE_SCHEMA)
+        cls.check_schema(SUITE_SCHEMA)
+        _SUITE_VALIDATOR.append(cls(SUITE_SCHEMA))
+    error = jsonschema.exceptions.best_match(_SUITE_VALIDATOR[0].iter_errors(data))
+    if error is not None:
+        raise error
+
+
 def parse_suite(data: Any, *, path: Optional[str] = None, sha256: str = "") -> Suite:
     import jsonschema
 
     where = path or "<suite>"
     try:
-        jsonschema.validate(data, SUITE_SCHEMA)
+        _suite_validate(data)
     except jsonschema.ValidationError as err:
         loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"malformed suite {where}: at {loc}: {err.message}") from None

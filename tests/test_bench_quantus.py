@@ -41,3 +41,26 @@ def test_table_reports_ratios_and_cells_quantus_cannot_compute(bench):
     assert "cannot: ValueError: attributions all zero / x" in row and row.endswith("| 2.00x | — |")
     # the total compares only the cells both tools computed
     assert lines[-1] == "| **all** | | 3.00 | 1.500 | 4.00 (1 cells) | 2.00x | 2.00x (same 1 cells) |"
+
+
+def test_resnet18_workload_is_seeded_and_leaves_the_global_rng_alone(bench):
+    import torch
+
+    state = torch.random.get_rng_state()
+    a = bench.Workload(n=2, kind="resnet18")
+    assert torch.equal(torch.random.get_rng_state(), state), "the workload must not move the global RNG"
+    b = bench.Workload(n=2, kind="resnet18")
+    assert torch.equal(a.x, b.x) and a.x.shape == (2, 3, 64, 64)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert a.n_layers == 41  # 20 convolutions, 20 batch norms, the classifier
+    assert (a.deletion_steps, a.pixels_per_step) == (32, 128)
+    suite = bench._suite(["deletion"], ["gradient"], a)
+    assert suite.checks[0].params["n_steps"] == 32
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.Workload(kind="vit")
+
+
+def test_resnet18_cell_runs_through_the_engine(bench, tmp_path):
+    w = bench.Workload(n=2, kind="resnet18")
+    results = bench.run_sanitycheck(w, "random_logit", "gradient", tmp_path / "cell")
+    assert results["records"] and results["dataset"]["n"] == 2
