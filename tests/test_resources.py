@@ -112,3 +112,41 @@ def test_a_cuda_run_records_its_gpu_peak(tmp_path):
     res = AuditRun(tiny_suite(), out_dir=tmp_path / "out", model=make_tiny_cnn(0).cuda(), dataset=dataset,
                    explainer_objects=objects, progress=False, figures=False, device="cuda").execute()["resources"]
     assert res["gpu_peak_mb"] > 0
+
+
+def _four_metric_run(tmp_path, name):
+    x, y = digits_batch(24)
+    dataset = ImageDataset("digits24", x, y, [str(i) for i in range(10)], "sklearn", "test")
+    suite = parse_suite({
+        "name": "unit", "version": "0.0.1", "description": "scoring in chunks", "dataset": {"name": "digits"},
+        "model": {"name": "digits_cnn"}, "batch_size": 24, "figure_images": 2,
+        "explainers": ["gradient", "gradcam", "sobel"], "metrics": ["spearman_abs", "spearman", "ssim", "hog"],
+        "checks": [{"name": "cascading_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5}}],
+    })
+    objects = {e: get_explainer(e) for e in ("gradient", "gradcam", "sobel")}
+    return AuditRun(suite, out_dir=tmp_path / name, model=make_tiny_cnn(0), dataset=dataset,
+                    explainer_objects=objects, progress=False, figures=False).execute()
+
+
+def test_scoring_in_chunks_of_rows_changes_no_score(tmp_path, monkeypatch):
+    """Maps stream through the metrics a chunk of rows at a time (bounded memory at N = 10,000): every metric is
+    per row, so the per-sample scores, records and verdicts are bit-identical to scoring all rows at once."""
+    from sanitycheck.engine import run as engine_run
+
+    from sanitycheck.modalities.base import Modality
+
+    whole = _four_metric_run(tmp_path, "whole")
+    rows_seen = []
+    compare = Modality.compare
+
+    def spy(self, metric, reference, other, inputs, rows=slice(None)):
+        rows_seen.append(reference.shape[0])
+        return compare(self, metric, reference, other, inputs, rows=rows)
+
+    monkeypatch.setattr(Modality, "compare", spy)
+    monkeypatch.setattr(engine_run, "SCORE_CHUNK_ROWS", 5)  # 24 rows -> chunks of 5, 5, 5, 5, 4
+    chunked = _four_metric_run(tmp_path, "chunked")
+    assert rows_seen and max(rows_seen) == 5 and 4 in rows_seen
+    assert chunked["per_sample"] == whole["per_sample"]
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    assert strip(chunked["records"]) == strip(whole["records"]) and chunked["verdicts"] == whole["verdicts"]
