@@ -10,7 +10,9 @@ an ``all_steps`` rule (a cascade) goes through :func:`~sanitycheck.sequential.se
 Each round runs the one engine (:class:`~sanitycheck.engine.run.AuditRun`) on that round's new images only
 (``indices`` into the budget's sample, so the images are those of the full run, in the same order), with only
 the checks and explainers still undecided: decided cells cost nothing in later rounds, and no image is
-explained twice. Rounds run in ``<out>/gate/round-<r>-<g>/`` with their own unit cache, so an interrupted
+explained twice in a randomized state. (Checks whose undecided explainers differ run as separate groups in a
+round, and each group recomputes the trained model's maps of that round's images for its explainers; that
+cost is counted in ``model_evaluations``.) Rounds run in ``<out>/gate/round-<r>-<g>/`` with their own unit cache, so an interrupted
 gate resumes.
 
 The document written to ``<out>/results.json`` is a normal result document over the images each cell
