@@ -125,3 +125,34 @@ def test_cli_strict_runs_the_gate(gate_docs, capsys):
     doc = json.loads((tmp / "strict" / "results.json").read_text())
     assert doc["gate"]["budget"] == 16 and all("sequential" in v for v in doc["verdicts"])
     assert code == 1  # --strict: inconclusive and failing verdicts fail the command
+
+
+def test_a_rounds_later_group_reuses_the_trained_maps_of_its_earlier_groups(tmp_path, monkeypatch):
+    """Groups of one round differ only in checks/explainers, which the trained maps' cache key leaves out: maps
+    linked from an earlier group are cache hits (nothing is explained again), and the gate counts them once."""
+    from sanitycheck.engine import AuditRun
+    from sanitycheck.engine.gate import _evaluations, _share_trained_maps
+
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "models"))
+    suite = load_suite(str(tiny_suite(tmp_path, explainers=["gradient", "sobel"],
+                                      dataset={"name": "digits", "split": "test", "n": 32})))
+    common = dict(n=32, indices=list(range(16, 32)), figures=False, progress=False)
+    first = AuditRun(suite, out_dir=tmp_path / "round-1-0", checks=["cascading_randomization"], **common).execute()
+    explained = []
+    original = AuditRun._explain_unit
+
+    def spy(self, name, explainer, model, target, check, step, rows):
+        explained.append((name, check))
+        return original(self, name, explainer, model, target, check, step, rows)
+
+    monkeypatch.setattr(AuditRun, "_explain_unit", spy)
+    _share_trained_maps([tmp_path / "round-1-0"], tmp_path / "round-1-1")
+    second = AuditRun(suite, out_dir=tmp_path / "round-1-1", checks=["data_randomization"], **common).execute()
+    assert explained and not [e for e in explained if e[1] == "original maps"]  # trained maps: all cache hits
+    assert ("gradient", "data_randomization") in explained                       # the new check's state is not
+    # the linked maps are the ones the first group computed, so the scores of a re-run without links agree
+    fresh = AuditRun(suite, out_dir=tmp_path / "fresh", checks=["data_randomization"], **common).execute()
+    assert second["per_sample"] == fresh["per_sample"]
+    costs, free = {"gradient": 1, "sobel": 1}, {"gradient": False, "sobel": True}
+    assert _evaluations(second, costs, free) - _evaluations(second, costs, free, ["gradient", "sobel"]) == 2 * 16
+    assert first["dataset"]["n"] == 16
