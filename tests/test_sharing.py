@@ -151,3 +151,43 @@ def test_subclasses_and_non_default_explainers_do_not_share():
     odd.attribute_kwargs = {"abs": True}
     assert sharing.factor_of(odd) is None
     assert sharing.factor_of(GradCAM(relu=False)) is None
+
+
+def test_engine_run_identical_with_sharing_on_and_off(tmp_path, monkeypatch):
+    """A cascade over a tiny CNN with the four sharing explainers (two shards): per-sample scores, records and
+    verdicts equal with sharing on and off, and with it on the factors were taken from the memo."""
+    from helpers import digits_batch, make_tiny_cnn
+
+    from sanitycheck.data import ImageDataset
+    from sanitycheck.runner import AuditRun
+    from sanitycheck.suites import parse_suite
+
+    suite = parse_suite({
+        "name": "unit", "version": "0.0.1", "description": "sharing", "dataset": {"name": "digits"},
+        "model": {"name": "digits_cnn"}, "batch_size": 4, "figure_images": 2,
+        "explainers": ["gradient", "gradient_x_input", "gradcam", "guided_gradcam", "sobel"],
+        "metrics": ["spearman_abs", "ssim"],
+        "checks": [{"name": "cascading_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5}}]})
+    x, y = digits_batch(8)
+    dataset = ImageDataset("digits16", x, y, [str(i) for i in range(10)], "sklearn", "test")
+    taken = []
+    real_take = sharing.FactorMemo.take
+
+    def take(memo, *args, **kwargs):
+        before = memo.reused
+        out = real_take(memo, *args, **kwargs)
+        taken.append(memo.reused - before)
+        return out
+
+    monkeypatch.setattr(sharing.FactorMemo, "take", take)
+    docs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("SANITYCHECK_SHARE_FACTORS", mode)
+        docs[mode] = AuditRun(suite, out_dir=tmp_path / mode, model=make_tiny_cnn(0), dataset=dataset,
+                              progress=False, figures=False, shard_size=4).execute()
+        if mode == "1":
+            # trained model + 4 cascade states (tiny CNN: fc2, fc1, conv2, conv1), 2 shards of one batch, 2 factors
+            assert sum(taken) == 5 * 2 * 2 and len(taken) == 2 * sum(taken)
+    assert len(taken) == 40  # sharing off: the memo is never consulted
+    for key in ("per_sample", "records", "verdicts", "examples"):
+        assert docs["1"][key] == docs["0"][key], key
