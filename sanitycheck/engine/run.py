@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 import warnings
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -39,6 +40,7 @@ from ..stats import bootstrap_ci_many
 from ..suites import Suite
 from .context import CheckContext
 from .executors import get_executor
+from . import sharing
 from .scoring import bootstrap_label
 from .units import WorkUnit, explainer_cache_key, path_part, shards, unit_key
 
@@ -366,7 +368,8 @@ class AuditRun:
             save_checked(path, m)
             return m
 
-        done = self.executor.map(compute, [u for u, _ in units])
+        with sharing.scope(e for _, e in items):  # the trained model's state: shared factors, freed after
+            done = self.executor.map(compute, [u for u, _ in units])
         bar.close()
         maps: Dict[str, List[Tensor]] = {}
         for u, _ in units:
@@ -447,7 +450,9 @@ class AuditRun:
                 bar.update(1)
                 return cached
 
-            done = self.executor.run_states(check.model_states(ctx), plan, compute, on_state=on_state)
+            # each state in its own sharing scope (closed even when a unit raises)
+            with closing(sharing.per_state(check.model_states(ctx), [explainers[n] for n in live])) as states:
+                done = self.executor.run_states(states, plan, compute, on_state=on_state)
         for step in self.log.steps[spec.name]:
             for name in live:
                 parts = [done[u] for u in plan[step] if u.explainer == name]

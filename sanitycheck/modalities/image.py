@@ -74,6 +74,7 @@ class ImageModality(Modality):
         naming the explainer, ``where`` and the inputs; maps outside float32's range are rescaled by a power of
         two (:func:`~sanitycheck.engine.scoring.to_float32_maps`)."""
         from ..engine.scoring import to_float32_maps
+        from ..engine.sharing import shared
         from ..explainers.base import ModelWatch, call_explainer
 
         device = next((p.device for p in model.parameters()), inputs.x.device)
@@ -81,8 +82,9 @@ class ImageModality(Modality):
         watch = ModelWatch(model)  # weights checksum and train/eval flags, verified after every call
         for sl in self.slices(inputs, batch_size, rows):
             loc = ", ".join(p for p in (where, f"inputs {sl.start}..{sl.stop - 1}") if p)
-            maps = call_explainer(explainer, name, loc, model, inputs.x[sl].to(device), target.select(sl),
-                                  watch=watch)
+            # within an engine scope, explainers that share a factor (input gradient, Grad-CAM) compute it once
+            call = shared(explainer, (watch.checksum, watch.modes), (sl.start, sl.stop), target)
+            maps = call_explainer(call, name, loc, model, inputs.x[sl].to(device), target.select(sl), watch=watch)
             maps, n = to_float32_maps(maps, name, loc)
             rescaled += n
             out.append(maps)
