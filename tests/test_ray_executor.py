@@ -6,7 +6,6 @@ import functools
 import os
 import socket
 import sys
-import time
 from collections import Counter
 
 import pytest

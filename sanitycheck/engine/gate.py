@@ -27,7 +27,6 @@ adds one forward pass per image and curve step.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path

@@ -18,7 +18,7 @@ twice and only the explainer call between them travels:
    run, the trained model once, each model state once per state, each explainer and target once. One
    long-lived actor per worker (``num_cpus=1``, torch threads = ``threads``, default 1) keeps the inputs and
    the objects it was sent in a small LRU, so each reaches each worker once. The worker calls the engine's
-   own :func:`~sanitycheck.engine.run.explain_maps` (the modality's batching and per-call checks).
+   own :func:`~sanitycheck.engine.explaining.explain_maps` (the modality's batching and per-call checks).
 3. *deliver*: as results come back (a ``ray.wait`` loop), the driver calls ``fn(unit)`` again with the hook
    returning the worker's maps (or raising its error); the closure scores them exactly as the local executor
    does and saves the unit in the engine cache at once, so a lost worker or a crash loses no finished unit
@@ -123,7 +123,7 @@ def _worker_class(ray: Any) -> Any:
 
         def explain(self, name: str, explainer: List[Any], model: List[Any], target: List[Any], check: str,
                     step: str, rows: Tuple[int, int]) -> Any:
-            from .run import explain_maps
+            from .explaining import explain_maps
 
             model_obj = self._get(model)
             model_obj.eval()
@@ -316,7 +316,7 @@ class RayExecutor:
                    fn: Callable[[WorkUnit, Any], Any], on_state: Optional[Callable[[Any], None]] = None
                    ) -> Dict[WorkUnit, Any]:
         if self.run is None:
-            from .executors import LocalExecutor
+            from .local_executor import LocalExecutor
 
             return LocalExecutor().run_states(states, units_by_step, fn, on_state)
         self._start()

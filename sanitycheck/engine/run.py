@@ -40,6 +40,7 @@ from ..stats import bootstrap_ci_many
 from ..suites import Suite
 from .context import CheckContext
 from .executors import get_executor
+from .explaining import explain_maps
 from . import sharing
 from .scoring import bootstrap_label
 from .units import WorkUnit, explainer_cache_key, path_part, shards, unit_key
@@ -55,13 +56,6 @@ def _progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
-
-
-def explain_maps(modality: Any, explainer: Any, model: nn.Module, inputs: Any, target: Any, *, batch_size: int,
-                 name: str, where: str = "", rows: Optional[slice] = None) -> Tensor:
-    """Every explainer call of the engine goes through here (the modality batches and checks each call)."""
-    return modality.explain(explainer, model, inputs, target, batch_size=batch_size, name=name, where=where,
-                            rows=rows)
 
 
 def check_out_dir(out_dir: Path) -> None:
