@@ -298,19 +298,25 @@ class RayExecutor:
         pending: Dict[Any, Tuple[WorkUnit, Tuple[Any, ...], int]] = {}
         failures: List[BaseException] = []
         for u in units:
-            try:
-                done, value = self._capture(fn, u, ())
-            except SanityCheckError as err:
-                failures.append(err)
-                continue
-            if done:
-                out[u] = value
-            else:
-                ref, i = self._submit(u, value)
-                pending[ref] = (u, (), i)
+            self._dispatch(fn, u, (), out, pending, failures)
         self._drain(fn, pending, out, failures)
         self._finish(failures)
         return {u: out[u] for u in units if u in out}
+
+    def _dispatch(self, fn: Callable[..., Any], u: WorkUnit, args: Tuple[Any, ...], out: Dict[WorkUnit, Any],
+                  pending: Dict[Any, Tuple[WorkUnit, Tuple[Any, ...], int]], failures: List[BaseException]) -> None:
+        """Capture ``fn(u, *args)``: a cache hit or in-place result goes to ``out``, an explainer call to a worker
+        (``pending``), a failure before any call to ``failures``."""
+        try:
+            done, value = self._capture(fn, u, args)
+        except SanityCheckError as err:
+            failures.append(err)
+            return
+        if done:
+            out[u] = value
+        else:
+            ref, i = self._submit(u, value)
+            pending[ref] = (u, args, i)
 
     def run_states(self, states: Iterable[Any], units_by_step: Dict[str, List[WorkUnit]],
                    fn: Callable[[WorkUnit, Any], Any], on_state: Optional[Callable[[Any], None]] = None
@@ -327,16 +333,7 @@ class RayExecutor:
             if on_state is not None:
                 on_state(state)
             for u in units_by_step.get(state.step, []):
-                try:
-                    done, value = self._capture(fn, u, (state,))
-                except SanityCheckError as err:
-                    failures.append(err)
-                    continue
-                if done:
-                    out[u] = value
-                else:
-                    ref, i = self._submit(u, value)
-                    pending[ref] = (u, (state,), i)
+                self._dispatch(fn, u, (state,), out, pending, failures)
             # bounded look-ahead: a few states in flight, never every state's model at once
             self._drain(fn, pending, out, failures, keep=4 * len(self.actors))
             live = {(u.check, u.step) for u, _, _ in pending.values()} | {(u.check, state.step) for u in
