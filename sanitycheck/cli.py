@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .allocator import tune_for_tensors
+
+    tune_for_tensors()  # what the Makefile's MALLOC_* settings do, for users who call the CLI directly
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
