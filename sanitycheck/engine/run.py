@@ -380,11 +380,11 @@ class AuditRun:
         reasons are read once over all rows, as before."""
         scores, reasons = {}, {}
         start, n = rows.start or 0, ref.shape[0]
+        chunks = [(i, min(i + SCORE_CHUNK_ROWS, n)) for i in range(0, max(n, 1), SCORE_CHUNK_ROWS)]
         for mname, metric in self.metrics.items():
-            s = torch.cat([self.modality.compare(metric, ref[i:i + SCORE_CHUNK_ROWS], maps[i:i + SCORE_CHUNK_ROWS],
-                                                 self.inputs, rows=slice(start + i, start + min(i + SCORE_CHUNK_ROWS, n)))
-                           for i in range(0, n, SCORE_CHUNK_ROWS)]) if n > SCORE_CHUNK_ROWS else \
-                self.modality.compare(metric, ref, maps, self.inputs, rows=rows)
+            parts = [self.modality.compare(metric, ref[a:b], maps[a:b], self.inputs, rows=slice(start + a, start + b))
+                     for a, b in chunks]
+            s = parts[0] if len(parts) == 1 else torch.cat(parts)
             scores[mname] = s
             reasons[mname] = self.modality.undefined_reason(ref, maps, s, self.inputs, rows=rows)
         return scores, reasons
