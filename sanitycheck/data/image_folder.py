@@ -98,10 +98,12 @@ def _open_checked(path: Path, max_pixels: Optional[int]):
 
 
 def read_image_with_notes(path: Union[str, os.PathLike], size: int, *, alpha: str = "white",
-                          min_side: int = MIN_SIDE, max_pixels: Optional[int] = None) -> Tuple[np.ndarray, List[str]]:
+                          min_side: int = MIN_SIDE, max_pixels: Optional[int] = None,
+                          resize: Optional[int] = None) -> Tuple[np.ndarray, List[str]]:
     """One image as ``(3, size, size)`` uint8, and the names of the conversions applied (``CONVERSION_RULES``).
 
-    RGB, shorter side resized to ``size`` (bilinear, antialiased), center crop. 16-bit grayscale is scaled
+    RGB, shorter side resized to ``resize`` (default ``size``; bilinear, antialiased), center crop to
+    ``size`` (ImageNet evaluation: ``resize=256, size=224``). 16-bit grayscale is scaled
     to 8 bits over its full range; grayscale, 1-bit and palette images become RGB; an alpha channel is
     composited over the ``alpha`` background ("white" or "black"), or refused with ``alpha="refuse"``.
     Images whose shorter side is below ``min_side`` pixels, 32-bit float images and images with more than
@@ -123,14 +125,17 @@ def read_image_with_notes(path: Union[str, os.PathLike], size: int, *, alpha: st
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
+    resize = size if resize is None else resize
+    if not (isinstance(resize, int) and resize >= size):
+        raise DataError(f"resize must be an integer number of pixels at least the crop size {size}, got {resize!r}")
     w, h = im.size
     if min(w, h) < min_side:
         raise DataError(f"image {path} is {w}x{h} pixels, smaller than the minimum side of {min_side}: "
                         f"enlarging it to {size}x{size} would invent its content. Remove it, or pass "
                         f"min_side= (dataset parameter) to accept it (the upscaling is recorded).")
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if min(w, h) < size:
+    scale = resize / min(w, h)
+    nw, nh = max(resize, round(w * scale)), max(resize, round(h * scale))
+    if min(w, h) < resize:
         notes.append("upscaled")
     if (nw, nh) != (w, h):
         im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
