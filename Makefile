@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+# darknet's photos (dataset `photos`): the folder sanitycheck.data.photos.darknet_dir() reads
+DARKNET_DIR ?= $(or $(SANITYCHECK_DARKNET),$(if $(SANITYCHECK_DATA),$(SANITYCHECK_DATA)/darknet,$(or $(SANITYCHECK_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sanitycheck)/data/darknet))
+DARKNET_PHOTOS := dog eagle giraffe horses kite person scream
 
 # glibc hands large tensors back to the OS on every step by default; keeping them makes
 # CPU training and batched attribution several times faster (PyTorch CPU performance guide).
@@ -83,6 +86,17 @@ data:
 	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; \
 	else \
 	  echo "Fashion-MNIST not found: set SANITYCHECK_DATA to a folder with its four .gz files (see datasets/fashion_mnist.md)"; \
+	fi
+	@# darknet's seven photos from Debian's package, unpacked (dpkg -x), not installed (datasets/photos.md)
+	@d="$(DARKNET_DIR)"; if [ -f "$$d/scream.jpg" ] || [ -f /usr/share/darknet/data/scream.jpg ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then \
+	  echo "fetching the photos of Debian's darknet package into $$d"; \
+	  t=$$(mktemp -d) && (cd $$t && apt-get download -q darknet >/dev/null 2>&1) && dpkg -x $$t/darknet_*.deb $$t/x \
+	    && mkdir -p "$$d" && cp $(DARKNET_PHOTOS:%=$$t/x/usr/share/darknet/data/%.jpg) $$t/x/usr/share/doc/darknet/copyright "$$d"/ \
+	    || echo "could not fetch darknet's photos (try: sudo apt-get update); the photos suites need them (see datasets/photos.md)"; \
+	  rm -rf $$t; \
+	else \
+	  echo "darknet photos not found: unpack Debian's darknet package and set SANITYCHECK_DARKNET (see datasets/photos.md)"; \
 	fi
 
 clean-runs:

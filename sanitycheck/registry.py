@@ -344,6 +344,9 @@ for _name, _path in {
     "fashion_mnist": "sanitycheck.data.fashion_mnist:load_fashion_mnist",
     "digits": "sanitycheck.data.digits:load_digits",
     "image_folder": "sanitycheck.data.image_folder:load_image_folder",
+    # real photographs for the ImageNet model (datasets/photos.md, datasets/imagenet_val.md)
+    "photos": "sanitycheck.data.photos:photos_dataset",
+    "imagenet_val": "sanitycheck.data.photos:imagenet_val_dataset",
     # text, for attention audits
     "babi1": "sanitycheck.data.text:load_babi1",
     "babi2": "sanitycheck.data.text:load_babi2",
