@@ -47,7 +47,7 @@ def shown_steps(steps: Sequence[str], max_columns: int = MAX_STEP_COLUMNS) -> Tu
         return list(range(n)), ""
     k = -(-(n - 1) // (max_columns - 1))
     idx = list(range(0, n - 1, k)) + [n - 1]
-    return idx, f"steps shown: every {k}-th of the {n} steps from the first, and the last"
+    return idx, f"steps shown: 1 in {k} of the {n} steps from the first, and the last"
 
 
 def plot_state_maps(path: Path, title: str, image: Tensor, explainers: Sequence[str], steps: Sequence[str],

@@ -14,6 +14,12 @@ map's magnitude, scaled by its 99th percentile, as a heat map over the dimmed im
 square), ``grid.png`` (the image and every map), ``maps.pt`` (the raw maps at the model's input
 resolution) and ``summary.json`` (model, query, cosine similarity, per-method seconds and files, and
 the methods that do not apply to this model with the reason).
+
+``sanitycheck explain IMAGE`` (:func:`explain`) is its image-classifier counterpart: the model's top-5
+classes with their softmax probabilities, and each method's map of one class's logit (default: the
+predicted class; ``--target`` an index or a name), written the same way by the same function
+(:func:`explain_one_image`: methods run and timed on the one image, not-applicable ones listed with the
+reason, overlays, grid, ``maps.pt`` and ``summary.json`` written atomically).
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def test_long_cascades_on_photos_show_every_kth_step_and_the_last(tmp_path):
 
     assert shown_steps([str(i) for i in range(5)]) == ([0, 1, 2, 3, 4], "")
     idx, note = shown_steps([f"block{i}" for i in range(20)])
-    assert idx == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 19] and "every 2-th of the 20 steps" in note
+    assert idx == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 19] and "1 in 2 of the 20 steps" in note
     assert shown_steps([str(i) for i in range(12)])[1] == "" and len(shown_steps([str(i) for i in range(13)])[0]) <= 12
     g = torch.Generator().manual_seed(0)
     steps = [f"block{i}" for i in range(20)]
