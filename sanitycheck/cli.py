@@ -1,4 +1,4 @@
-"""``sanitycheck run | submit | publish | validate | ls | leaderboard | clip-saliency | train``."""
+"""``sanitycheck run | submit | publish | validate | ls | leaderboard | clip-saliency | explain | train``."""
 
 from __future__ import annotations
 
@@ -190,6 +190,47 @@ def cmd_clip_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_param(text: str):
+    """``KEY=VALUE`` of ``--model-param``: VALUE as JSON (numbers, true/false), ``none``/``null`` as None, else a
+    string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. weights=none), got {text!r}")
+    if value.strip().lower() in ("none", "null"):
+        return key.strip(), None
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .report.saliency_grid import explain
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    summary = explain(args.image, model=args.model, model_params=dict(args.model_param or []), methods=methods,
+                      out=args.out, target=args.target, size=args.size, device=args.device,
+                      progress=not args.no_progress)
+    out = Path(summary["out"])
+    notes = f" ({', '.join(summary['image_notes'])})" if summary["image_notes"] else ""
+    print(f"{summary['model']}, image {summary['image']} at {summary['input_size'][0]}x{summary['input_size'][1]} "
+          f"(resize {summary['resize']}, crop {summary['crop']}){notes}: top-5")
+    for row in summary["top5"]:
+        print(f"  {row['rank']}. {row['probability']:7.2%}  {row['class']:>4}  {row['name']}")
+    t = summary["target"]
+    print(f"explained: class {t['class']} {t['name']!r} ({t['how']}, p={t['probability']:.4f})")
+    for name, row in summary["methods"].items():
+        print(f"  {name:<24} {row['seconds']:7.2f} s  {out / row['file'] if 'file' in row else ''}")
+    for name, reason in summary["skipped"].items():
+        print(f"  {name:<24} not applicable: {reason}")
+    if summary["grid"]:
+        print(f"grid: {out / summary['grid']}")
+    print(f"summary: {out / 'summary.json'}")
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from .report.run_figures import write_figures
 
@@ -351,6 +392,24 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--no-progress", action="store_true", help="hide the progress bar of training the tiny CLIP "
                                                                 "(first use of --model sanitycheck-tiny-vit only)")
     cs.set_defaults(func=cmd_clip_saliency)
+    ex = sub.add_parser("explain", help="an image classifier's top-5 classes on a photo, and each saliency method's "
+                                        "map of the explained class as PNGs over the photo")
+    ex.add_argument("image", help="a photo (PNG, JPEG, ...); resized and center-cropped as the model expects")
+    ex.add_argument("--model", default="efficientnet_lite0", help="registered image classifier or import path "
+                                                                  "(default: efficientnet_lite0)")
+    ex.add_argument("--model-param", action="append", type=_model_param, metavar="KEY=VALUE",
+                    help="a parameter of the model factory, repeatable; VALUE is JSON or 'none' "
+                         "(e.g. --model resnet18 --model-param weights=none for random weights)")
+    ex.add_argument("--methods", metavar="A,B", help="comma-separated explainers (default: gradient, gradient_x_input, "
+                                                     "smoothgrad, vargrad, integrated_gradients, guided_backprop, "
+                                                     "gradcam, guided_gradcam, occlusion, sobel, noise)")
+    ex.add_argument("--target", help="the class to explain: an index (0..n_classes-1) or a class name (exact or a "
+                                     "unique part of one) (default: the predicted class)")
+    ex.add_argument("--out", help="output directory (default: runs/explain-<image>-<time>)")
+    ex.add_argument("--size", type=int, default=224, help="side of the written PNGs in pixels (default: 224)")
+    ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ex.add_argument("--no-progress", action="store_true", help="hide the progress bar over methods")
+    ex.set_defaults(func=cmd_explain)
     fig = sub.add_parser("figures", help="redraw every figure of a run from its results.json and the figure maps "
                                          "it names (no model needed)")
     fig.add_argument("out_dir", help="the --out directory of a run")

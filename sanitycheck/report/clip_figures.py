@@ -172,8 +172,9 @@ def save_overlay_png(path: Path, image: Tensor, m: Tensor, size: int, title: Opt
 
 
 def plot_method_grid(path: Path, image: Tensor, maps: Dict[str, Tensor], query: str, size: int,
-                     subtitle: Optional[str] = None) -> Path:
-    """The image and each method's map over it, one panel each, ``size`` pixels per panel side."""
+                     subtitle: Optional[str] = None, title: Optional[str] = None) -> Path:
+    """The image and each method's map over it, one panel each, ``size`` pixels per panel side; titled
+    ``title`` (default ``query: '<query>'``) and ``subtitle``."""
     plt = _plt()
     names = list(maps)
     n = 1 + len(names)
@@ -191,7 +192,8 @@ def plot_method_grid(path: Path, image: Tensor, maps: Dict[str, Tensor], query: 
         ax.set_title(name, fontsize=8)
     for j in range(n, rows * cols):
         axes[j // cols, j % cols].axis("off")
-    fig.suptitle(f"query: {query!r}" + (f" — {subtitle}" if subtitle else ""), fontsize=9)
+    title = f"query: {query!r}" if title is None else title
+    fig.suptitle(title + (f" — {subtitle}" if subtitle else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

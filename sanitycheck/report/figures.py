@@ -35,17 +35,40 @@ def _image_for_display(x: Tensor):
     return x.permute(1, 2, 0).clamp(0, 1).numpy(), None
 
 
+#: at most this many model-state columns in a maps figure; longer cascades show every k-th step and the last
+MAX_STEP_COLUMNS = 12
+
+
+def shown_steps(steps: Sequence[str], max_columns: int = MAX_STEP_COLUMNS) -> Tuple[List[int], str]:
+    """Indices of the steps a maps figure draws, and a note saying which (empty when all are drawn): all of
+    them up to ``max_columns``, else every k-th (from the first) and the last, at most ``max_columns``."""
+    n = len(steps)
+    if n <= max_columns:
+        return list(range(n)), ""
+    k = -(-(n - 1) // (max_columns - 1))
+    idx = list(range(0, n - 1, k)) + [n - 1]
+    return idx, f"steps shown: 1 in {k} of the {n} steps from the first, and the last"
+
+
 def plot_state_maps(path: Path, title: str, image: Tensor, explainers: Sequence[str], steps: Sequence[str],
                     maps: Dict[str, List[Tensor]]) -> Path:
-    """Rows: explainers; columns: the input, the original model, then each step.
+    """Rows: explainers; columns: the input, the original model, then each step (every k-th and the last
+    when there are more than :data:`MAX_STEP_COLUMNS`; the title says so).
 
     Each |map| is divided by its own 99th percentile and clipped to [0, 1], as in Adebayo et al.'s
     figures: randomized models' gradients are orders of magnitude smaller, and the rank metrics
     being plotted ignore scale, so a shared scale would show black squares instead of structure.
     """
     plt = _plt()
+    idx, note = shown_steps(steps)
+    if note:
+        steps = [steps[i] for i in idx]
+        maps = {name: [ms[0]] + [ms[1 + i] for i in idx] for name, ms in maps.items()}
+        title = f"{title}\n{note}"
+    # photographs (e.g. 224 x 224) get larger panels than 28-pixel digits, so that their maps stay legible
+    panel = 1.25 if int(image.shape[-1]) < 100 else 1.6
     cols = 2 + len(steps)
-    fig, axes = plt.subplots(len(explainers), cols, figsize=(1.25 * cols + 1.2, 1.25 * len(explainers) + 0.8),
+    fig, axes = plt.subplots(len(explainers), cols, figsize=(panel * cols + 1.2, panel * len(explainers) + 0.8),
                              squeeze=False)
     img, cmap = _image_for_display(image)
     for r, name in enumerate(explainers):
@@ -234,11 +257,12 @@ def write_run_figures(out_dir: Path, results: Dict[str, Any],
             refs = figure_maps.originals_of(check)
             names = [e for e in explainers if e in refs]
             by_step = figure_maps.states.get(check, {})
-            maps = {name: [refs[name][0]] + [by_step[s][name][0] for s in steps] for name in names}
-            p = plot_state_maps(out_dir / f"{check}_maps.png",
-                                f"{results.get('suite')} — {check} on {model_name} (image 0; |map| scaled to [0, 1] "
-                                "by its 99th percentile)", figure_maps.inputs[0], names, steps, maps)
-            files.append(p.name)
+            for i in range(figure_maps.k):  # one figure per figure image; image 0 keeps the name it always had
+                maps = {name: [refs[name][i]] + [by_step[s][name][i] for s in steps] for name in names}
+                p = plot_state_maps(out_dir / (f"{check}_maps.png" if i == 0 else f"{check}_maps_{i}.png"),
+                                    f"{results.get('suite')} — {check} on {model_name} (image {i}; |map| scaled to "
+                                    "[0, 1] by its 99th percentile)", figure_maps.inputs[i], names, steps, maps)
+                files.append(p.name)
             names_for_curves = names
         else:
             names_for_curves = [e for e in explainers if any(r.explainer == e for r in check_records)]

@@ -162,3 +162,37 @@ def test_figures_command_on_a_directory_without_results_is_a_clear_error(tmp_pat
 
     assert main(["figures", str(tmp_path)]) == 2
     assert "holds no results.json" in capsys.readouterr().err
+
+
+def test_maps_figures_are_drawn_for_every_figure_image(image_run):
+    """Adebayo et al.'s Figure 2 for several inputs: one maps figure per figure image (the suite's
+    figure_images is 2), image 0 under the name it always had."""
+    from PIL import Image
+
+    out, res = image_run
+    drawn = res["figures"]["cascading_randomization"]
+    assert "cascading_randomization_maps.png" in drawn and "cascading_randomization_maps_1.png" in drawn
+    assert "cascading_randomization_maps_2.png" not in drawn and not (out / "cascading_randomization_maps_2.png").exists()
+    assert "smooth_mprt_maps_1.png" in res["figures"]["smooth_mprt"]
+    first, second = (out / "cascading_randomization_maps.png"), (out / "cascading_randomization_maps_1.png")
+    assert first.read_bytes() != second.read_bytes()  # another image's maps, not a copy
+    with Image.open(first) as a, Image.open(second) as b:
+        assert a.size == b.size
+
+
+def test_long_cascades_on_photos_show_every_kth_step_and_the_last(tmp_path):
+    from PIL import Image
+
+    from sanitycheck.report.figures import plot_state_maps, shown_steps
+
+    assert shown_steps([str(i) for i in range(5)]) == ([0, 1, 2, 3, 4], "")
+    idx, note = shown_steps([f"block{i}" for i in range(20)])
+    assert idx == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 19] and "1 in 2 of the 20 steps" in note
+    assert shown_steps([str(i) for i in range(12)])[1] == "" and len(shown_steps([str(i) for i in range(13)])[0]) <= 12
+    g = torch.Generator().manual_seed(0)
+    steps = [f"block{i}" for i in range(20)]
+    maps = {name: [torch.rand(224, 224, generator=g) for _ in range(21)] for name in ("gradient", "gradcam")}
+    path = plot_state_maps(tmp_path / "m.png", "photo", torch.rand(3, 224, 224, generator=g), list(maps), steps, maps)
+    with Image.open(path) as im:
+        # input + original + 11 of the 20 steps, 1.6-inch panels at 110 dpi
+        assert im.size[0] == round((1.6 * 13 + 1.2) * 110)
