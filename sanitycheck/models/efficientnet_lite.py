@@ -14,7 +14,8 @@ which the tests compare logits against): that package's model reuses *one* ``nn.
 every activation of a block, and another for the stem and the head. Hook-based explainers need one module per
 activation (captum's Guided Backprop hooks each ``ReLU``-like module; a module called several times gets its hook
 state mixed up), a Grad-CAM layer must be a module whose output is one tensor, and the cascading randomization groups
-parameters by module name. Here every activation is its own non-inplace ``nn.ReLU6`` and the names are
+parameters by module name. Here every activation is its own non-inplace ReLU6 module (a subclass of ``nn.ReLU``, so
+that captum's Guided Backprop, which hooks ``nn.ReLU`` modules only, rectifies its gradient) and the names are
 
 ``net.stem.{conv,bn,act}``, ``net.block<i>.{expand,depthwise,project}.{conv,bn[,act]}`` (i = 0..15; block 0 has
 no ``expand``), ``net.head.{conv,bn,act}``, ``net.fc``
@@ -90,6 +91,21 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
 
 
+class ReLU6(nn.ReLU):
+    """``min(max(x, 0), 6)``, as a subclass of ``nn.ReLU``: explainers that override the backward pass of ``nn.ReLU``
+    modules (captum's Guided Backprop, hence guided Grad-CAM) then treat it as the rectifier it is. Its gradient is
+    ``nn.ReLU6``'s (1 on (0, 6), else 0); Guided Backprop additionally zeroes negative gradients."""
+
+    def __init__(self):
+        super().__init__(inplace=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(x)
+
+    def extra_repr(self) -> str:
+        return "max=6"
+
+
 class ConvBN(nn.Module):
     """Convolution, batch norm and (unless ``act=False``) its own ReLU6."""
 
@@ -97,7 +113,7 @@ class ConvBN(nn.Module):
         super().__init__()
         self.conv = Conv2dSame(in_ch, out_ch, kernel, stride, groups)
         self.bn = nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.ReLU6(inplace=False) if act else None
+        self.act = ReLU6() if act else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.bn(self.conv(x))
