@@ -1,8 +1,8 @@
 """Wall time of each image explainer on EfficientNet-Lite0 (issue 13): 4 images of 3x224x224, CPU.
 
 The floor, a batched forward+backward of the same 4 images timed in the same run, is in ``extra_info``
-(``floor_fwd_bwd_s``; the gradient w.r.t. the input only, as the explainers take it), beside the per-image seconds of the explainer (``s_per_image``) and their ratio. The
-parameters are the smallest sensible ones (SmoothGrad/VarGrad 10 samples, IG 16 steps, occlusion 32-pixel
+(``floor_fwd_bwd_s``; the gradient w.r.t. the input only, as the explainers take it), beside the per-image
+seconds of the explainer (``s_per_image``) and their ratio (``x_floor``). The parameters are the smallest sensible ones (SmoothGrad/VarGrad 10 samples, IG 16 steps, occlusion 32-pixel
 windows); the integrator scales them to the suite's.
 
 Run: ``python -m pytest benchmarks/bench_efficientnet.py --benchmark-enable -q``

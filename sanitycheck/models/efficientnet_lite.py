@@ -245,7 +245,8 @@ def _read_state(path: Path) -> Dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise ModelError(f"cannot read weights file {path} for efficientnet_lite0: {type(err).__name__}: {err}") from err
+        raise ModelError(f"cannot read weights file {path} for efficientnet_lite0: "
+                         f"{type(err).__name__}: {err}") from err
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
