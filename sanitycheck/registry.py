@@ -367,6 +367,7 @@ for _name, _path in {
     "resnet50": "sanitycheck.models.torchvision_models:resnet50",
     "vgg16": "sanitycheck.models.torchvision_models:vgg16",
     "inception_v3": "sanitycheck.models.torchvision_models:inception_v3",
+    "efficientnet_lite0": "sanitycheck.models.efficientnet_lite:efficientnet_lite0",  # ImageNet, issue 13
     # attention text classifiers (Jain & Wallace 2019), trained on a registered text dataset
     "text_attention": "sanitycheck.models.text_zoo:text_attention",
     "minilm_attention": "sanitycheck.models.text_zoo:minilm_attention",

@@ -13,6 +13,20 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
+
+def check_class_indices(classes: Tensor, num_classes: int, what: str = "target class") -> None:
+    """Refuse class indices outside ``0 .. num_classes - 1`` (a ``ConfigError`` naming the valid range)."""
+    classes = torch.as_tensor(classes).reshape(-1)
+    if classes.numel() == 0:
+        return
+    bad = classes[(classes < 0) | (classes >= num_classes)]
+    if bad.numel():
+        raise ConfigError(
+            f"{what} {sorted(set(bad.tolist()))[:8]} out of range: the model has {num_classes} classes, so a class "
+            f"index must be in 0..{num_classes - 1}; use a class of this model (its output has {num_classes} logits)")
+
 
 class Target:
     """Maps a model output of batch size B to B scalars."""
@@ -72,6 +86,7 @@ class ClassTarget(Target):
     def score(self, output: Tensor, classes: Tensor) -> Tensor:
         if output.ndim != 2:
             raise ValueError(f"ClassTarget expects model output of shape (batch, classes), got {tuple(output.shape)}")
+        check_class_indices(classes, output.shape[1])
         if self.softmax:
             output = output.softmax(dim=1)
         return output.gather(1, classes.to(output.device).reshape(-1, 1)).squeeze(1)

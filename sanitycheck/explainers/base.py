@@ -240,6 +240,11 @@ def captum_forward_args(model: nn.Module, target: Target, x: Tensor,
     """
     classes = target.class_indices()
     if classes is not None:
+        names = getattr(model, "sanitycheck_class_names", None)  # captum gathers the logits itself: check here
+        if names:
+            from ..targets import check_class_indices
+
+            check_class_indices(classes, len(names))
         return model, {"target": classes.to(x.device)}
     forward = TargetModule(model, target) if needs_module else target_forward(model, target)
     return forward, {"additional_forward_args": tuple(target.per_sample) or None}

@@ -60,6 +60,11 @@ class ImageModality(Modality):
                              extra={"full_dataset": full})
         inputs.logits = self.logits(model, inputs, settings.batch_size, settings.device)
         classes = inputs.predicted if suite.target == "predicted" else dataset.labels
+        if inputs.logits.ndim == 2:
+            from ..targets import check_class_indices
+
+            check_class_indices(classes, inputs.logits.shape[1],
+                                what=f"label(s) of dataset {dataset.name!r} used as target class")
         inputs.target = ClassTarget(classes)
         inputs.accuracy = float((inputs.predicted == dataset.labels).float().mean())
         return inputs
