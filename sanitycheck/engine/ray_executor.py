@@ -23,7 +23,8 @@ correlation's, ROAD's, infidelity's ... model forwards).
    check that reads it) the dataset once per run, each model state once per state, each explainer, target and
    check once per check, each explainer's maps once per evaluation unit. One long-lived actor per worker
    (``num_cpus=1``, torch threads = ``threads``, default 1) keeps the inputs and the objects it was sent in a
-   small LRU, so each reaches each worker once. The worker runs the engine's own code: explainer units call
+   small LRU, so each reaches each worker once (an evaluation unit's maps, used by that unit only, are not
+   kept). The worker runs the engine's own code: explainer units call
    :func:`~sanitycheck.engine.explaining.explain_maps` (the modality's batching and per-call checks);
    evaluation units build a :class:`~sanitycheck.engine.context.CheckContext` over the same inputs, model,
    target, seed and device and call the check's own ``evaluate_maps`` — the check's per-sample scores, curves
@@ -139,8 +140,10 @@ def _worker_class(ray: Any) -> Any:
             self.batch_size = payload["batch_size"]
             self.objects: "OrderedDict[str, Any]" = OrderedDict()
 
-        def _get(self, boxed: List[Any]) -> Any:
+        def _get(self, boxed: List[Any], keep: bool = True) -> Any:
             ref = boxed[0]
+            if not keep:  # used by one unit only (an evaluation unit's maps): not held after it
+                return ray.get(ref)
             key = ref.hex()
             if key not in self.objects:
                 self.objects[key] = ray.get(ref)
@@ -174,7 +177,7 @@ def _worker_class(ray: Any) -> Any:
             if hasattr(inputs, "__dataclass_fields__"):  # sent slim: the model and the dataset travel by reference
                 inputs = replace(inputs, model=model_obj,
                                  dataset=None if dataset is None else self._get(dataset))
-            check_obj, maps_t = self._get(check), self._get(maps)
+            check_obj, maps_t = self._get(check), self._get(maps, keep=False)
 
             def explain(explainer_obj: Any, model_: Any, target: Any, name: Optional[str] = None) -> Any:
                 return explain_maps(self.modality, explainer_obj, model_, inputs, target, batch_size=self.batch_size,
