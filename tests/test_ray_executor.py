@@ -14,6 +14,7 @@ import torch
 
 from helpers import digits_batch, make_tiny_cnn
 from sanitycheck.data import ImageDataset
+from sanitycheck.checks.evaluation import Deletion as DeletionCheck
 from sanitycheck.checks.evaluation import MaxSensitivity as MaxSensitivityCheck
 from sanitycheck.engine import ray_executor
 from sanitycheck.engine.executors import get_executor
@@ -334,3 +335,48 @@ def test_an_evaluation_unit_that_keeps_failing_is_named_and_the_rest_is_cached(t
     assert len(list(marks.glob("attempt-*"))) == 3  # the first try and 2 retries
     # sobel's evaluation unit finished on the other worker and the driver saved it
     assert [p.name.startswith("sobel") for p in (out / "cache" / "units" / "max_sensitivity").rglob("*.pt")] == [True]
+
+
+class OwnScoringDeletion(DeletionCheck):
+    """A check with its own evaluate_maps: scored in place on the driver by the ray executor."""
+
+    def evaluate_maps(self, ctx, explainer, maps):
+        import os
+
+        ev = super().evaluate_maps(ctx, explainer, maps)
+        here = os.getpid() == int(os.environ.get("DRIVER_PID", "-1"))
+        ev.notes = {**(ev.notes or {}), "scored_in": "driver" if here else "worker"}
+        return ev
+
+
+def test_a_check_with_its_own_evaluate_maps_is_scored_on_the_driver(tmp_path, dataset, cluster, monkeypatch):
+    monkeypatch.setenv("DRIVER_PID", str(os.getpid()))
+    doc = {"name": "unit_eval", "version": "0.0.1", "description": "own scoring", "dataset": {"name": "digits"},
+           "model": {"name": "digits_cnn"}, "batch_size": 4, "figure_images": 2, "explainers": ["gradient"],
+           "metrics": ["spearman_abs"], "checks": [{"name": f"{__name__}:OwnScoringDeletion",
+                                                     "params": {"n_steps": 4}}]}
+    res = {}
+    for executor in ("local", "ray"):
+        res[executor] = AuditRun(parse_suite(doc), out_dir=tmp_path / executor, model=make_tiny_cnn(0),
+                                 dataset=dataset, explainer_objects={"gradient": get_explainer("gradient")},
+                                 shard_size=4, progress=False, figures=False, executor=executor,
+                                 executor_options={"workers": 2} if executor == "ray" else {}).execute()
+    assert res["ray"]["state_info"][f"{__name__}:OwnScoringDeletion"]["gradient"]["scored_in"] == "driver"
+    assert comparable(res["ray"]) == comparable(res["local"])
+
+
+def test_only_checks_scored_by_a_builtin_evaluate_maps_ship_to_workers():
+    from sanitycheck.checks.base import TRAIN_SPLIT, get_check
+
+    for name in ("deletion", "insertion", "faithfulness_correlation", "aopc_morf", "pointing_game"):
+        assert ray_executor.ship(get_check(name)), name
+
+    class OwnScoring(MaxSensitivityCheck):  # may read other explainers' maps from its context: the driver
+        def evaluate_maps(self, ctx, explainer, maps):
+            return super().evaluate_maps(ctx, explainer, maps)
+
+    class NeedsTraining(MaxSensitivityCheck):
+        needs = MaxSensitivityCheck.needs | {TRAIN_SPLIT}
+
+    assert not ray_executor.ship(OwnScoring())
+    assert not ray_executor.ship(NeedsTraining())
