@@ -284,6 +284,8 @@ class FlakyMaxSensitivity(MaxSensitivityMetric):
             attempts = len(list(marks.glob("attempt-*")))
             (marks / f"attempt-{uuid.uuid4().hex}").touch()
             if attempts < int((marks / "fail_times").read_text()):
+                if (marks / "die").exists():
+                    os._exit(1)  # the worker process dies mid-unit
                 raise RuntimeError("evaluation out of luck")
         return super().evaluate(model, x, target, maps, seed=seed, explainer=explainer)
 
@@ -304,14 +306,18 @@ def flaky_eval_run(out, dataset, marks, executor="ray", **options):
                     executor_options=options).execute()
 
 
-def test_an_evaluation_unit_that_fails_once_is_retried_and_changes_nothing(tmp_path, dataset, cluster):
+@pytest.mark.parametrize("die", [False, True], ids=["raises", "worker-dies"])
+def test_an_evaluation_unit_that_fails_once_is_retried_and_changes_nothing(tmp_path, dataset, cluster, die):
     assert ray_executor.ship(FlakyMaxSensitivityCheck(marks="x"))
     marks = tmp_path / "marks"
     marks.mkdir()
+    if die:
+        (marks / "die").touch()
     (marks / "fail_times").write_text("1")
     done = flaky_eval_run(tmp_path / "ray", dataset, marks, workers=2)
     assert len(list(marks.glob("attempt-*"))) == 2  # it failed on a worker, and the retry went through
     (marks / "fail_times").write_text("0")
+    (marks / "die").unlink(missing_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
