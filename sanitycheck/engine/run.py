@@ -330,6 +330,11 @@ class AuditRun:
             raise ExplainerError(f"{err}. Work finished before this is cached in {self._cache_path()}: fix the "
                                  "explainer and re-run with the same --out to resume") from (err.__cause__ or err)
 
+    def _evaluate_unit(self, check: Any, ctx: CheckContext, name: str, maps: Tensor) -> Any:
+        """An evaluation check's scoring of one explainer's maps (the call a distributed executor sends to a
+        worker, as :meth:`_explain_unit` is for explainer calls)."""
+        return check.evaluate_maps(ctx, name, maps)
+
     def original_maps(self, explainers: Optional[Dict[str, Any]] = None, check: Optional[Check] = None
                       ) -> Dict[str, Tensor]:
         """Maps of the trained model, once per explainer (``check``: one that transforms its explainers)."""
@@ -466,7 +471,7 @@ class AuditRun:
             if per_step is None:
                 name = u.explainer
                 try:
-                    ev = check.evaluate_maps(ctx, name, originals[name])
+                    ev = self._evaluate_unit(check, ctx, name, originals[name])
                 except (NotApplicableError, ExplainerError):
                     raise
                 except SanityCheckError as err:  # deliberate (e.g. a dataset the check cannot use): same type
