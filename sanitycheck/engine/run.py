@@ -828,6 +828,44 @@ def merge_results(previous: Dict[str, Any], doc: Dict[str, Any]) -> Dict[str, An
     if not pairs:
         return doc
     keep = set(pairs)
+    out = _merge(previous, doc, pairs, keep, explainers, checks, old_explainers, old_checks)
+    return _noise_rule_after_merge(out)
+
+
+def _noise_rule_after_merge(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The noise rule over a merged document: a noise ceiling computed by one run and a randomization by
+    another meet only here. Every verdict of a randomization check is decided again from the merged records by
+    its recorded rule, then the rule applied, exactly as ``validate`` recomputes them. A document without a
+    noise-ceiling check is returned as it is."""
+    from ..checks.base import get_check
+    from ..checks.sampling import split_noise_rule
+    from ..results import VerdictRule
+
+    checks = {}
+    for name, info in (doc.get("checks") or {}).items():
+        try:
+            checks[name] = get_check(name, **(info.get("params") or {}))
+        except SanityCheckError:
+            continue
+    ceilings, randomizations = split_noise_rule(checks)
+    if not ceilings:
+        return doc
+    records = [Record(**r) for r in doc.get("records") or []]
+    fresh = []
+    for v in doc.get("verdicts") or []:
+        rule = (doc["checks"].get(v["check"]) or {}).get("verdict_rule")
+        if v["check"] not in randomizations or not rule or "sequential" in v:
+            fresh.append(v)
+            continue
+        recs = [r for r in records if r.explainer == v["explainer"] and r.check == v["check"]]
+        base = decide(VerdictRule(**rule), v["explainer"], v["check"], recs)
+        fresh.append(verdicts_to_json(apply_noise_ceiling([base], records, ceilings, randomizations))[0])
+    return {**doc, "verdicts": fresh}
+
+
+def _merge(previous: Dict[str, Any], doc: Dict[str, Any], pairs: List[Tuple[str, str]], keep: set,
+           explainers: Dict[str, Any], checks: Dict[str, Any], old_explainers: Dict[str, Any],
+           old_checks: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(doc)
     out["records"] = list(doc.get("records") or []) + [
         r for r in previous.get("records") or [] if (r.get("explainer"), r.get("check")) in keep]

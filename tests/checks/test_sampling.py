@@ -268,3 +268,22 @@ def test_only_the_same_model_checks_may_go_without_a_verdict():
         parse_suite(data)
     data["checks"] = [{"name": "noise_ceiling"}]
     assert parse_suite(data).checks[0].verdict is None
+
+
+def test_a_ceiling_run_after_the_randomization_into_the_same_out_turns_the_merged_verdict_to_noise(tmp_path,
+                                                                                                   one_thread):
+    x, y = digits_batch(12)
+    ds = ImageDataset("digits16", x, y, [str(i) for i in range(10)], "sklearn", "test12")
+    suite = parse_suite(suite_data(True))
+
+    def part(checks):
+        return AuditRun(suite, out_dir=tmp_path / "out", model=make_tiny_cnn(0), dataset=ds, checks=checks,
+                        explainer_objects=explainers([]), progress=False, figures=False).execute()
+
+    first = part(["cascading_randomization"])
+    assert verdicts(first)[("sg2", "cascading_randomization")]["status"] == "pass"  # no ceiling in this run
+    merged = part(["noise_ceiling"])
+    assert verdicts(merged)[("sg2", "cascading_randomization")]["status"] == "noise"
+    assert verdicts(merged)[("gradient", "cascading_randomization")] == \
+        verdicts(first)[("gradient", "cascading_randomization")]
+    assert verdict_problems(merged, suite) == []
