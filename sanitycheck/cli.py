@@ -12,13 +12,42 @@ from .options import add_gate_options, add_run_options, gate_messages, run_kwarg
 
 #: the status of a verdict as the terminal shows it
 _STATUS_CELL = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCL", "undefined": "UNDEF",
-                "insufficient_data": "LOW-N"}
+                "insufficient_data": "LOW-N", "noise": "NOISE"}
 
 
 def _score_cell(r: Optional[dict]) -> str:
     if r is None or r["mean"] is None:
         return "undefined"
     return f"{r['mean']:.3f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]"
+
+
+def _sampling_checks(results: dict) -> List[str]:
+    """The run's noise_ceiling and sampling_convergence checks (issue 14), in suite order."""
+    from .checks.base import get_check
+    from .checks.sampling import NoiseCeiling, SamplingConvergence
+
+    out = []
+    for name, info in (results.get("checks") or {}).items():
+        try:
+            check = get_check(name, **(info.get("params") or {}))
+        except SanityCheckError:
+            continue
+        if isinstance(check, (NoiseCeiling, SamplingConvergence)):
+            out.append(name)
+    return out
+
+
+def _sampling_cell(results: dict, explainer: str, check: str, verdicts: List[dict]) -> str:
+    """``0.61 [0.58,0.64]``: the check's record of the metric the explainer's verdicts read."""
+    recs = [r for r in results["records"] if r["explainer"] == explainer and r["check"] == check
+            and r["step"] != "original"]
+    if not recs:
+        return "-"
+    metrics = [v["metric"] for v in verdicts]
+    r = next((r for m in metrics for r in recs if r["metric"] == m), recs[0])
+    if r["mean"] is None:
+        return "undef"
+    return f"{r['mean']:.2f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]"
 
 
 def _print_summary(results: dict, out_dir: Path) -> None:
@@ -28,19 +57,26 @@ def _print_summary(results: dict, out_dir: Path) -> None:
     width = max(len(e) for e in explainers) + 2
     verdicts = results["verdicts"]
     checks = list(dict.fromkeys(v["check"] for v in verdicts))
+    sampling = _sampling_checks(results)
     if checks:
         table = {(v["explainer"], v["check"]): v for v in verdicts}
-        print(" " * width + "".join(f"{c[:26]:>28}" for c in checks))
+        print(" " * width + "".join(f"{c[:26]:>28}" for c in checks)
+              + "".join(f"{c[:20]:>22}" for c in sampling))
         for e in explainers:
             cells = []
             for c in checks:
                 v = table.get((e, c))
                 m = "-" if v is None else ("undef" if v["measured"] is None else f"{v['measured']:.2f}")
                 cells.append(f"{'-' if v is None else _STATUS_CELL[verdict_status(v)] + ' (' + m + ')':>28}")
+            for c in sampling:  # the noise ceiling (and convergence) beside the randomization scores
+                cells.append(f"{_sampling_cell(results, e, c, [table[k] for k in table if k[0] == e]):>22}")
             print(f"{e:<{width}}" + "".join(cells))
         print("(value: the CI bound that decided the verdict; INCONCL: the 95% CI straddles the threshold, "
-              "UNDEF: the trained model's maps carry no ranking, LOW-N: fewer samples than the rule's min_n; "
-              "only PASS passes; see results.json for the reasons)")
+              "UNDEF: the trained model's maps carry no ranking, LOW-N: fewer samples than the rule's min_n"
+              + ("; NOISE: the noise ceiling's upper CI bound is below the threshold, the maps are dominated by "
+                 "sampling noise; noise_ceiling: the verdicts' metric between two sampling seeds of the trained "
+                 "model, mean [95% CI] (1: a deterministic explainer)" if sampling else "")
+              + "; only PASS passes; see results.json for the reasons)")
     from .modalities import modality_for
 
     if modality_for(results.get("input_kind", "image")).scores_per_record:  # steps differ per check

@@ -183,7 +183,7 @@ def parse_fail_on(expr: str) -> Callable[[Dict[str, Any]], bool]:
 INCONCLUSIVE_POLICIES = ("fail", "pass", "ignore")
 DEFAULT_INCONCLUSIVE = "fail"
 _STATUS_WORDS = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE", "undefined": "UNDEFINED",
-                 "insufficient_data": "INSUFFICIENT DATA"}
+                 "insufficient_data": "INSUFFICIENT DATA", "noise": "NOISE"}
 
 
 def inconclusive_policy(value: str) -> str:
@@ -207,7 +207,7 @@ def gate_outcome(verdict: Dict[str, Any], inconclusive: str = DEFAULT_INCONCLUSI
     """``"pass"``, ``"fail"`` or ``"ignore"``: what a gate or ``assert_passes`` makes of ``verdict``.
 
     Only a ``pass`` passes; ``inconclusive`` follows ``inconclusive`` (:data:`INCONCLUSIVE_POLICIES`);
-    ``fail``, ``undefined`` and ``insufficient_data`` fail.
+    ``fail``, ``undefined``, ``insufficient_data`` and ``noise`` (maps dominated by sampling noise) fail.
     """
     status = verdict_status(verdict)
     if status == "pass":
@@ -241,14 +241,17 @@ def format_verdict(verdict: Dict[str, Any], results: Dict[str, Any]) -> str:
         <mean> [95% CI <lo>, <hi>], n=<n>; threshold: upper CI bound < <thr> (<rule>)
           reason: <the verdict's reason>
 
-    (one line before ``reason``; ``<STATUS>`` is PASSED, FAILED, INCONCLUSIVE, UNDEFINED or
-    INSUFFICIENT DATA; values to 3 decimals, ``undefined`` where no score was defined, threshold to
+    (one line before ``reason``; ``<STATUS>`` is PASSED, FAILED, INCONCLUSIVE, UNDEFINED,
+    INSUFFICIENT DATA or NOISE; values to 3 decimals, ``undefined`` where no score was defined, threshold to
     2 decimals, ``lower CI bound > <thr>`` for rules with direction ``above``; ``<step>`` is the
     deciding step of the verdict).
     """
+    check, step = verdict["check"], verdict["step"]
+    if verdict_status(verdict) == "noise" and isinstance(step, str) and "/" in step:  # decided by the noise ceiling
+        check, step = step.split("/", 1)
     rec = next((r for r in results.get("records", [])
-                if r["explainer"] == verdict["explainer"] and r["check"] == verdict["check"]
-                and r["metric"] == verdict["metric"] and r["step"] == verdict["step"]), None)
+                if r["explainer"] == verdict["explainer"] and r["check"] == check
+                and r["metric"] == verdict["metric"] and r["step"] == step), None)
     mean, lo, hi, n = ((rec["mean"], rec["ci_low"], rec["ci_high"], rec["n"]) if rec else (None, None, None, 0))
     status = _STATUS_WORDS[verdict_status(verdict)]
     bound = "lower CI bound >" if verdict.get("direction") == "above" else "upper CI bound <"

@@ -16,8 +16,8 @@ verdicts that fail the test by themselves, like pytest-benchmark's regression ga
 ``--sanity-inconclusive fail|pass|ignore`` (what an inconclusive verdict counts as; default ``fail``).
 
 Verdict statuses: ``pass``, ``fail``, ``inconclusive`` (the 95 % CI straddles the threshold),
-``undefined`` (the trained model's maps carry no ranking) and ``insufficient_data`` (fewer than the
-rule's ``min_n`` samples). ``assert_passes`` accepts only ``pass`` (and ``inconclusive`` under
+``undefined`` (the trained model's maps carry no ranking), ``insufficient_data`` (fewer than the
+rule's ``min_n`` samples) and ``noise`` (suites with ``noise_ceiling``: the maps are dominated by sampling noise). ``assert_passes`` accepts only ``pass`` (and ``inconclusive`` under
 ``--sanity-inconclusive pass``; ``ignore`` leaves inconclusive verdicts out). ``assert_fails`` accepts
 only a demonstrated ``fail``: an inconclusive, undefined or insufficient-data control has not been shown
 to fail, whatever ``--sanity-inconclusive`` says.
@@ -104,7 +104,7 @@ class SanityReport:
         return all(gate_outcome(v, self.inconclusive) != "fail" for v in self.select(check, explainer))
 
     def status(self, check: Optional[str] = None, explainer: Optional[str] = None) -> str:
-        """The status (pass, fail, inconclusive, undefined, insufficient_data) of exactly one verdict."""
+        """The status (pass, fail, inconclusive, undefined, insufficient_data, noise) of exactly one verdict."""
         return verdict_status(self.verdict(check, explainer))
 
     def record(self, check: str, step: Union[str, int], metric: Optional[str] = None,

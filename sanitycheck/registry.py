@@ -413,6 +413,9 @@ for _name, _path in {
     "random_logit": "sanitycheck.checks.refined:RandomLogit",
     "smooth_mprt": "sanitycheck.checks.refined:SmoothMPRT",
     "efficient_mprt": "sanitycheck.checks.refined:EfficientMPRT",
+    # sampling noise of sampled explainers (issue 14): another seed, and n against 2n samples
+    "noise_ceiling": "sanitycheck.checks.sampling:NoiseCeiling",
+    "sampling_convergence": "sanitycheck.checks.sampling:SamplingConvergence",
     # faithfulness families: evaluations of the trained model's maps (no model states)
     "deletion": "sanitycheck.checks.evaluation:Deletion",
     "insertion": "sanitycheck.checks.evaluation:Insertion",

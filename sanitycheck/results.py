@@ -26,6 +26,12 @@ of the explainers), two lists:
     suite or per verdict rule) defined samples at the originals or a deciding step, or no
     records at all.
 
+  - ``noise`` — only in a suite with the ``noise_ceiling`` check (issue 14): the maps are dominated by
+    sampling noise. The trained model's maps under another sampling seed are already below the threshold
+    (the ceiling's upper 95 % CI bound of the verdict's metric is below it), so a randomization score below
+    it shows nothing about the model; a ``pass`` or ``inconclusive`` of a randomization check becomes
+    ``noise`` (:func:`apply_noise_ceiling`). A suite without the check never gives it.
+
   ``passed`` is ``true`` exactly when ``status`` is ``pass``. Whether an inconclusive verdict
   fails a gate is the gate's choice (``--inconclusive fail|pass|ignore``, default ``fail``);
   undefined and insufficient data never pass.
@@ -64,10 +70,10 @@ class Record:
 
 
 #: the statuses of a verdict; only "pass" is a pass (``Verdict.passed``)
-VERDICT_STATUSES = ("pass", "fail", "inconclusive", "undefined", "insufficient_data")
+VERDICT_STATUSES = ("pass", "fail", "inconclusive", "undefined", "insufficient_data", "noise")
 #: the reason sentence starts with the status in these words
 STATUS_WORDS = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "undefined": "UNDEFINED",
-                "insufficient_data": "INSUFFICIENT DATA"}
+                "insufficient_data": "INSUFFICIENT DATA", "noise": "NOISE"}
 #: fewest defined samples (per image scores) on which a verdict is decided; below it: "insufficient_data".
 #: A percentile-bootstrap interval of fewer values under-covers badly, and one value has a zero-width interval.
 DEFAULT_MIN_N = 10
@@ -265,6 +271,47 @@ def decide(rule: VerdictRule, explainer: str, check: str, records: Sequence[Reco
                                    f"{rule.threshold:.2f} but the other bound is, so neither a pass nor a fail is "
                                    f"shown at this n; {criterion}.{notes}",
                    measured, worst.step, worst.n)
+
+
+#: the verdicts the noise rule may turn into ``noise`` (a fail, undefined or insufficient data stays what it is)
+NOISE_OVERRIDES = ("pass", "inconclusive")
+
+
+def apply_noise_ceiling(verdicts: Sequence[Verdict], records: Sequence[Record], ceiling_checks: Sequence[str],
+                        randomization_checks: Sequence[str]) -> List[Verdict]:
+    """``verdicts`` with the noise rule applied (run by the engine and by ``validate`` alike).
+
+    A verdict of a check in ``randomization_checks`` with ``direction="below"`` and status ``pass`` or
+    ``inconclusive`` becomes ``noise`` when a check in ``ceiling_checks`` has a record of the same explainer and
+    the verdict's metric at its (non-original) step whose upper 95 % CI bound is below the verdict's threshold:
+    the same model under another sampling seed already gives maps that dissimilar, so a randomization score
+    below the threshold cannot show model dependence. ``measured`` and ``n`` become the ceiling's upper bound
+    and n, ``step`` the ceiling's check and step (``noise_ceiling/another_seed``); the reason states the
+    ceiling and what the randomization alone would have said. Without ceiling checks: ``verdicts`` unchanged.
+    """
+    if not ceiling_checks:
+        return list(verdicts)
+    ceilings: Dict[Tuple[str, str], Record] = {}
+    for r in records:
+        if r.check in ceiling_checks and r.step != ORIGINAL_STEP and r.ci_high is not None:
+            key = (r.explainer, r.metric)
+            if key not in ceilings or r.ci_high > ceilings[key].ci_high:  # the highest ceiling, if several
+                ceilings[key] = r
+    out = []
+    for v in verdicts:
+        c = ceilings.get((v.explainer, v.metric))
+        if (c is None or v.check not in randomization_checks or v.direction != "below"
+                or v.status not in NOISE_OVERRIDES or not c.ci_high < v.threshold):
+            out.append(v)
+            continue
+        was = v.reason.split(": ", 1)[1] if ": " in v.reason else v.reason
+        reason = (f"{STATUS_WORDS['noise']}: the maps are dominated by sampling noise: under another sampling "
+                  f"seed the trained model's own maps have {v.metric} {_values(c)} ({c.check}), upper bound below "
+                  f"the threshold {v.threshold:.2f}, so a {v.check} score below it shows nothing about the model; "
+                  f"not a pass. Without the ceiling the verdict would be {v.status}: {was}")
+        out.append(Verdict(v.explainer, v.check, False, reason, v.metric, v.rule, v.threshold, c.ci_high,
+                           f"{c.check}/{c.step}", "noise", v.direction, int(c.n), v.min_n))
+    return out
 
 
 def git_hash(path: Optional[Path] = None) -> Optional[str]:

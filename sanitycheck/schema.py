@@ -82,8 +82,10 @@ RESULT_SCHEMA: Dict[str, Any] = {
             "type": "object", "additionalProperties": False,
             "description": "status: pass | fail | inconclusive (the 95% CI straddles the threshold) | undefined "
                            "(the trained model's maps carry no ranking) | insufficient_data (fewer than min_n "
-                           "defined samples); passed is true exactly for pass; measured is the deciding CI bound "
-                           "at step, n the defined samples behind the decision",
+                           "defined samples) | noise (suites with noise_ceiling only: the maps are dominated by "
+                           "sampling noise, the ceiling's upper CI bound is below the threshold; step is then "
+                           "'<ceiling check>/<its step>'); passed is true exactly for pass; measured is the "
+                           "deciding CI bound at step, n the defined samples behind the decision",
             "required": ["explainer", "check", "passed", "reason", "metric", "rule", "threshold", "measured", "step",
                          "status", "direction", "n", "min_n"],
             "properties": {"explainer": {"type": "string"}, "check": {"type": "string"},

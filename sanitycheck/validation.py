@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .results import ORIGINAL_STEP, Record, clean_json, decide
+from .checks.sampling import noise_rule_checks
+from .results import ORIGINAL_STEP, Record, apply_noise_ceiling, clean_json, decide
 from .schema import RESULT_SCHEMA
 from .stats import bootstrap_ci
 
@@ -164,8 +165,11 @@ def recomputed_verdicts(doc: Dict[str, Any], suite: Any) -> List[Dict[str, Any]]
             recs = records.get((explainer, spec.name), [])
             if not any(r.step != ORIGINAL_STEP for r in recs):
                 continue  # the runner writes no verdict where it wrote no scores (a check that skips this explainer)
-            out.append(_decide(suite, spec, explainer, recs))
-    return out
+            out.append(decide(spec.verdict, explainer, spec.name, recs))
+    # the noise rule, as the runner applies it (a suite without noise_ceiling: unchanged)
+    ceilings, randomizations = noise_rule_checks(suite.checks)
+    out = apply_noise_ceiling(out, [r for rs in records.values() for r in rs], ceilings, randomizations)
+    return [clean_json(asdict(v)) for v in out]
 
 
 def verdict_problems(doc: Dict[str, Any], suite: Any) -> List[str]:

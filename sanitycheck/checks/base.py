@@ -92,6 +92,8 @@ class StateCheck(Check):
     unit = "state"
     #: True when the check compares transformed explainers (e.g. smoothed for smooth MPRT)
     transforms_explainers: bool = False
+    #: False for a state check that measures without deciding (``noise_ceiling``): a suite may give it no verdict
+    needs_verdict: bool = True
 
     def states(self, model: nn.Module, *, seed: int, example_input: Any,
                context: Optional[Dict[str, Any]] = None) -> Iterator[ModelState]:  # pragma: no cover
@@ -111,6 +113,16 @@ class StateCheck(Check):
     def transform_explainer(self, explainer: Any) -> Any:
         """The explainer this check compares (for the original and every state)."""
         return explainer
+
+    def state_explainer(self, explainer: Any) -> Any:
+        """The explainer that explains the check's states (the original maps keep ``explainer``): e.g. the same
+        sampled explainer under another seed (:class:`~sanitycheck.checks.sampling.NoiseCeiling`)."""
+        return explainer
+
+    def same_as_original(self, explainer: Any) -> bool:
+        """True when ``explainer``'s maps in every state of this check are, by construction, the trained model's
+        maps (they are then reused, not recomputed)."""
+        return False
 
     def state_target(self, ctx: "Any") -> Any:
         """The target explained in the check's states (the original maps keep the trained model's target)."""

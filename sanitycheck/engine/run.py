@@ -34,7 +34,9 @@ from ..explainers.base import ExplainerError
 from ..io import CorruptCacheError, atomic_write_json, load_checked, read_json, save_checked
 from ..modalities import modality_for
 from ..registry import METRICS
-from ..results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, clean_json, decide, git_hash,
+from ..checks.sampling import split_noise_rule
+from ..results import (ORIGINAL_STEP, SCHEMA_VERSION, Record, Verdict, apply_noise_ceiling, clean_json, decide,
+                       git_hash,
                        package_versions, records_to_json, verdicts_to_json)
 from ..stats import bootstrap_ci_many
 from ..suites import Suite
@@ -403,6 +405,11 @@ class AuditRun:
         ctx = self.context(check, refs)
         target = check.state_target(ctx)
         live = [n for n in explainers if n not in self.skipped and n in refs]
+        # the explainers of the states (the originals keep theirs): e.g. another sampling seed (noise_ceiling)
+        same, swap = getattr(check, "same_as_original", None), getattr(check, "state_explainer", None)
+        reused = {n for n in live if same is not None and same(explainers[n])}
+        if swap is not None:
+            explainers = {n: swap(e) if n in live else e for n, e in explainers.items()}
         steps = check.planned_steps(ctx)
         rows_all = self.shard_rows()
         k = self.suite.figure_images
@@ -435,7 +442,8 @@ class AuditRun:
                     rows = u.rows_slice
                     ref = refs[u.explainer][rows]
                     explainer = explainers[u.explainer]
-                    if not getattr(explainer, "requires_model", True) and target is self.target:
+                    if u.explainer in reused or (not getattr(explainer, "requires_model", True)
+                                                 and target is self.target):
                         # a model-independent explainer (a control) explains the same inputs and target the same
                         # way in every state: its maps are the trained model's, computed once per run
                         maps = ref
@@ -604,7 +612,10 @@ class AuditRun:
                 records.extend(recs)
                 if spec.verdict is not None:
                     verdicts.append(decide(spec.verdict, name, spec.name, recs))
-        return records, verdicts
+        # the noise rule (issue 14): only a suite with a noise_ceiling check changes any verdict
+        ceilings, randomizations = split_noise_rule({s.name: self.log.checks[s.name] for s in self.check_specs
+                                                     if s.name in self.log.checks})
+        return records, apply_noise_ceiling(verdicts, records, ceilings, randomizations)
 
     # ---------------------------------------------------------------- main
     def execute(self) -> Dict[str, Any]:
@@ -817,6 +828,44 @@ def merge_results(previous: Dict[str, Any], doc: Dict[str, Any]) -> Dict[str, An
     if not pairs:
         return doc
     keep = set(pairs)
+    out = _merge(previous, doc, pairs, keep, explainers, checks, old_explainers, old_checks)
+    return _noise_rule_after_merge(out)
+
+
+def _noise_rule_after_merge(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The noise rule over a merged document: a noise ceiling computed by one run and a randomization by
+    another meet only here. Every verdict of a randomization check is decided again from the merged records by
+    its recorded rule, then the rule applied, exactly as ``validate`` recomputes them. A document without a
+    noise-ceiling check is returned as it is."""
+    from ..checks.base import get_check
+    from ..checks.sampling import split_noise_rule
+    from ..results import VerdictRule
+
+    checks = {}
+    for name, info in (doc.get("checks") or {}).items():
+        try:
+            checks[name] = get_check(name, **(info.get("params") or {}))
+        except SanityCheckError:
+            continue
+    ceilings, randomizations = split_noise_rule(checks)
+    if not ceilings:
+        return doc
+    records = [Record(**r) for r in doc.get("records") or []]
+    fresh = []
+    for v in doc.get("verdicts") or []:
+        rule = (doc["checks"].get(v["check"]) or {}).get("verdict_rule")
+        if v["check"] not in randomizations or not rule or "sequential" in v:
+            fresh.append(v)
+            continue
+        recs = [r for r in records if r.explainer == v["explainer"] and r.check == v["check"]]
+        base = decide(VerdictRule(**rule), v["explainer"], v["check"], recs)
+        fresh.append(verdicts_to_json(apply_noise_ceiling([base], records, ceilings, randomizations))[0])
+    return {**doc, "verdicts": fresh}
+
+
+def _merge(previous: Dict[str, Any], doc: Dict[str, Any], pairs: List[Tuple[str, str]], keep: set,
+           explainers: Dict[str, Any], checks: Dict[str, Any], old_explainers: Dict[str, Any],
+           old_checks: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(doc)
     out["records"] = list(doc.get("records") or []) + [
         r for r in previous.get("records") or [] if (r.get("explainer"), r.get("check")) in keep]

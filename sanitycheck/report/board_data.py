@@ -89,7 +89,7 @@ def _num(v: Optional[float], digits: int = 2) -> str:
 
 
 STATUS_WORDS = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive", "undefined": "undefined",
-                "insufficient_data": "insufficient", "none": "–"}
+                "insufficient_data": "insufficient", "noise": "sampling noise", "none": "–"}
 NOISE = "noise"
 
 
