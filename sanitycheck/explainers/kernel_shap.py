@@ -65,8 +65,9 @@ def constrained_least_squares(Z: Tensor, y: Tensor, total: Tensor, n_features: S
     A = X.transpose(-1, -2) @ X + torch.diag_embed((~valid).to(Z.dtype))    # identity on unused columns
     rhs = (X.transpose(-1, -2) @ t[..., None])[..., 0]
     sol, info = torch.linalg.solve_ex(A, rhs)
-    if bool((info != 0).any()):
-        sol = (torch.linalg.pinv(A) @ rhs[..., None])[..., 0]
+    bad = info != 0
+    if bool(bad.any()):  # per input (batch-invariant): the minimum-norm solution of a singular system
+        sol = torch.where(bad[:, None], (torch.linalg.pinv(A) @ rhs[..., None])[..., 0], sol)
     phi = sol * valid.to(sol.dtype)
     phi = phi.scatter(1, last[:, None], (total - phi.sum(1))[:, None])
     return phi
@@ -89,9 +90,10 @@ class KernelShap(Explainer):
     """KernelSHAP over superpixels (Lundberg & Lee 2017).
 
     Parameters: ``n_samples`` (1000 sampled coalitions per image, besides the image and the baseline; must
-    be >= the number of superpixels M of every image, else :class:`ConfigError`: M - 1 unknowns remain after
-    the efficiency constraint and fewer than M coalitions make the fit under-determined or barely
-    determined), ``seed`` (0), ``baseline`` (a number, default 0 in the model's input space; ``"blur"``: the
+    be >= 2 (M - 1) for the M superpixels of every image, else :class:`ConfigError`: M - 1 unknowns remain
+    after the efficiency constraint, and a coalition and its complement give the same equation up to sign,
+    so n_samples coalitions give at most n_samples / 2 independent equations; a rank-deficient draw falls back
+    to the minimum-norm solution), ``seed`` (0), ``baseline`` (a number, default 0 in the model's input space; ``"blur"``: the
     image blurred with a Gaussian of ``blur_sigma`` pixels, default a tenth of the smaller side; or a
     ``(C, H, W)`` nested list / tensor), the segmentation parameters of
     :class:`~sanitycheck.explainers.superpixels.Superpixels`, ``max_batch`` (perturbed images per forward
@@ -154,11 +156,13 @@ class KernelShap(Explainer):
         out = []
         for i, seg in enumerate(segments):
             m = int(seg.max()) + 1
-            if self.n_samples < m:
+            if self.n_samples < 2 * (m - 1):
                 raise ConfigError(
-                    f"kernel_shap: n_samples={self.n_samples} is below the {m} superpixels of input {i}; KernelSHAP "
-                    f"needs n_samples >= the number of superpixels: raise n_samples to at least {m} or use fewer "
-                    "superpixels (segmentation='slic' with a smaller n_segments)")
+                    f"kernel_shap: n_samples={self.n_samples} is too few for the {m} superpixels of input {i}; "
+                    f"KernelSHAP needs n_samples >= 2 * (superpixels - 1) = {2 * (m - 1)} (paired coalitions: a "
+                    "coalition and its complement give one equation on the superpixels - 1 unknowns left by the "
+                    f"efficiency constraint): raise n_samples to at least {2 * (m - 1)} or use fewer superpixels "
+                    "(segmentation='slic' with a smaller n_segments)")
             u = per_sample_draw(x[i:i + 1], ((self.n_samples + 1) // 2, m + 1), "kernel_shap", self.seed,
                                 kind="uniform")[0]
             out.append(shapley_kernel_coalitions(u, m, self.n_samples))

@@ -89,7 +89,7 @@ class Superpixels:
         if method == "quickshift":
             rgb = np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else hwc
             seg = quickshift(rgb, kernel_size=self.kernel_size, max_dist=self.max_dist, ratio=self.ratio,
-                             random_seed=42)
+                             rng=42)
         else:
             gray = hwc.shape[2] == 1
             compactness = self.compactness if self.compactness is not None else (0.3 if gray else 10.0)
