@@ -385,6 +385,8 @@ for _name, _path in {
     "guided_gradcam": "sanitycheck.explainers.cam:GuidedGradCAM",
     "sobel": "sanitycheck.explainers.controls:SobelEdges",
     "noise": "sanitycheck.explainers.controls:UniformNoise",
+    "lime": "sanitycheck.explainers.lime:Lime",  # Ribeiro et al. 2016 (issue 14)
+    "kernel_shap": "sanitycheck.explainers.kernel_shap:KernelShap",  # Lundberg & Lee 2017 (issue 14)
 }.items():
     EXPLAINERS.register(_name, _path, modalities=_IMAGE)
 
