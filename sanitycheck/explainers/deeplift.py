@@ -56,6 +56,18 @@ def check_has_nonlinearity(name: str, model: nn.Module) -> None:
 class RescaleDeepLift(captum.attr.DeepLift):
     """captum's ``DeepLift`` whose nonlinearities are found by :func:`deeplift_rule` (subclasses included)."""
 
+    def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """captum's ``attribute``; the attributes it sets on modules (``input``, ``output``, ``input_ref``) are
+        removed afterwards even when the forward or the target raised (captum removes only its hooks then)."""
+        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
+        own = [set(vars(m)) for m in modules]
+        try:
+            return super().attribute(inputs, *args, **kwargs)
+        finally:
+            for m, keys in zip(modules, own):
+                for key in set(vars(m)) - keys:
+                    delattr(m, key)
+
     def _is_non_linear(self, module: nn.Module) -> bool:
         return deeplift_rule(module) is not None
 
@@ -81,6 +93,8 @@ class DeepLift(CaptumExplainer):
     """
 
     name = "deeplift"
+    #: hooks nn.Module nonlinearities: image models (not the CLIP similarity, whose activations it does not cover)
+    modalities = ("image",)
 
     def __init__(self, baseline: float = 0.0, channel_reduction: str = "sum"):
         self.baseline = float(baseline)

@@ -57,6 +57,7 @@ class DeepLiftShap(Explainer):
     """
 
     name = "deeplift_shap"
+    modalities = ("image",)
 
     def __init__(self, n_samples: int = 16, seed: int = 0, max_batch: int = 128, channel_reduction: str = "sum"):
         check_sampling(type(self).name, n_samples, max_batch)

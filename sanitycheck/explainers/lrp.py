@@ -139,6 +139,7 @@ class LRP(Explainer):
     """
 
     name = "lrp"
+    modalities = ("image",)
 
     def __init__(self, rules: str = "epsilon_plus", epsilon: float = 1e-6, channel_reduction: str = "sum"):
         if rules not in RULE_SETS:
