@@ -90,3 +90,12 @@ def test_gradient_shap_runs_on_efficientnet_lite0():
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     maps = GradientShap(n_samples=2)(model, x, torch.tensor([7]))
     assert maps.shape == (1, 224, 224) and maps.abs().sum() > 0
+
+
+def test_gradient_shap_explains_a_clip_similarity_image_batch(sim, batch):
+    """Registered for image_text: it needs only the gradient of the similarity score of the image."""
+    x, y = batch
+    e = GradientShap(n_samples=3)
+    maps = e(sim, x, y)
+    assert maps.shape == (4, *x.shape[2:]) and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    torch.testing.assert_close(e(sim, x[1:3], y[1:3]), maps[1:3], rtol=1e-4, atol=1e-6)
