@@ -23,7 +23,7 @@ import torch
 from captum.attr._core import deep_lift as _captum_deep_lift
 from torch import Tensor, nn
 
-from ..errors import NotApplicableError
+from ..errors import ConfigError, NotApplicableError
 from ..targets import Target
 from .base import CaptumExplainer, check_channel_reduction
 
@@ -97,6 +97,10 @@ class DeepLift(CaptumExplainer):
     modalities = ("image",)
 
     def __init__(self, baseline: float = 0.0, channel_reduction: str = "sum"):
+        if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or baseline != baseline:
+            raise ConfigError(
+                f"deeplift: baseline must be one number, the constant input value of the reference image (e.g. 0.0, "
+                f"the black image); got {baseline!r}. A per-pixel or sampled baseline is deeplift_shap.")
         self.baseline = float(baseline)
         super().__init__(RescaleDeepLift, name=type(self).name,
                          channel_reduction=check_channel_reduction(channel_reduction), baselines=self.baseline)

@@ -145,3 +145,11 @@ def test_deeplift_and_deeplift_shap_run_on_efficientnet_lite0():
         delta = (model(x) - model(torch.zeros_like(x)))[0, 7]
     torch.testing.assert_close(maps.sum(), delta, rtol=1e-3, atol=1e-4)  # summation-to-delta through ReLU6 + skips
     assert DeepLiftShap(n_samples=2)(model, x, y).shape == (1, 224, 224)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(1, 16, 16), "black", float("nan"), [0.0, 0.5]])
+def test_a_baseline_that_is_not_one_number_is_a_config_error(bad):
+    from sanitycheck.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline must be one number"):
+        DeepLift(baseline=bad)
