@@ -18,7 +18,9 @@ are reshapes and let it through; the model's own input ``Normalize`` gets the id
 ``isinstance`` (captum matches exact types only, so the ``Conv2dSame``/``ReLU6`` of ``efficientnet_lite0`` would
 be refused). Batch norm is refused (LRP needs it merged into the layer before it, and
 networks with batch norm here have residual sums, which captum's LRP duplicates relevance across; on
-``efficientnet_lite0`` the relevance reached 1e17-1e20 for logits near 10). Any other leaf module — a layer type
+``efficientnet_lite0`` the relevance sums reached 1e17-1e20 for logits of 6 and 9; with its 9 residual sums made
+captum ``Addition_Module``s (proportional split, via ``torch.fx``) they were -11.2 and -2.9 under LRP-epsilon and
+-1e5 under epsilon-plus: batch norm would have to be folded into the bias-free ``Conv2dSame`` convolutions first). Any other leaf module — a layer type
 no rule supports (``LayerNorm``, ``MultiheadAttention``,
 ``GELU``, a custom layer) — is a :class:`~sanitycheck.errors.NotApplicableError` naming the layer, never a silent
 gradient. Operations done as functions (a residual ``y + x``) are not hooked: the gradient passes them, which for
