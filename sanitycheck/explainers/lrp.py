@@ -23,8 +23,10 @@ captum ``Addition_Module``s (proportional split, via ``torch.fx``) they were -11
 -1e5 under epsilon-plus: batch norm would have to be folded into the bias-free ``Conv2dSame`` convolutions first). Any other leaf module — a layer type
 no rule supports (``LayerNorm``, ``MultiheadAttention``,
 ``GELU``, a custom layer) — is a :class:`~sanitycheck.errors.NotApplicableError` naming the layer, never a silent
-gradient. Operations done as functions (a residual ``y + x``) are not hooked: the gradient passes them, which for
-a sum conserves relevance (``a g + b g = (a + b) g``).
+gradient. Operations done as functions are not hooked, and captum passes relevance itself (not relevance per unit
+of activation) between layers, so a functional sum of two activations (a residual ``y + x``) would copy the
+relevance into both terms: a model whose ``torch.fx`` trace (leaf modules kept whole) has such a sum is refused,
+naming it (a model that cannot be traced is not checked for sums).
 
 captum's LRP writes rules into the modules and changes weights in place during the pass; it runs here on a
 ``copy.deepcopy`` of the model, so the model is never touched.
@@ -39,6 +41,7 @@ from typing import Any, Dict, Optional
 
 import captum.attr
 import torch
+from captum.attr._utils.custom_modules import Addition_Module
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, IdentityRule, PropagationRule
 from torch import Tensor, nn
 
@@ -46,14 +49,14 @@ from ..errors import ConfigError, NotApplicableError
 from ..targets import Target
 from .base import Explainer, captum_forward_args, check_channel_reduction
 
-__all__ = ["LRP", "RULE_SETS", "lrp_layer_rules"]
+__all__ = ["LRP", "RULE_SETS", "lrp_layer_rules", "functional_sum"]
 
 RULE_SETS = ("epsilon_plus", "epsilon")
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _EPSILON = (nn.Linear, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
             nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-            nn.AdaptiveAvgPool3d)
+            nn.AdaptiveAvgPool3d, Addition_Module)
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PASS = (nn.ReLU, nn.Dropout, nn.Tanh)  # relevance passes unchanged (captum's activation rule)
 _RESHAPE = (nn.Flatten, nn.Unflatten, nn.Identity)  # not hooked: the gradient of a reshape is the reshape
@@ -99,6 +102,30 @@ def lrp_layer_rules(name: str, model: nn.Module, rules: str, epsilon: float) -> 
                 "activations and flatten/identity); LRP would pass a plain gradient through it. Use another "
                 "explainer for this model, or replace the layer.")
     return {m: r for m, r in out.items() if r is not _SKIP}
+
+
+def functional_sum(model: nn.Module) -> Optional[str]:
+    """The first sum of two activations in ``model``'s forward outside any leaf module (``"y + x in <code>"``),
+    from a ``torch.fx`` trace that keeps leaf modules whole; None when there is none or the model cannot be traced."""
+    import operator
+
+    import torch.fx
+
+    class _LeafTracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return next(iter(m.children()), None) is None
+
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 - data-dependent control flow etc.: nothing to say about sums
+        return None
+    for node in graph.nodes:
+        is_sum = (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)) or \
+            (node.op == "call_method" and node.target in ("add", "add_"))
+        activations = [a for a in node.args[:2] if isinstance(a, torch.fx.Node) and a.op != "get_attr"]
+        if is_sum and len(activations) == 2:  # a parameter or constant added is a bias, not a sum of relevances
+            return f"{node.args[0]} + {node.args[1]} (fx node {node.name!r})"
+    return None
 
 
 class _RuleMapLRP(captum.attr.LRP):
@@ -160,6 +187,12 @@ class LRP(Explainer):
 
     def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         lrp_layer_rules(self.name, model, self.rules, self.epsilon)  # refuse before copying
+        found = functional_sum(model)
+        if found is not None:
+            raise NotApplicableError(
+                f"{self.name}: {type(model).__name__} adds two activations outside a module ({found}); captum's LRP "
+                "would copy the relevance into both terms. Make the sum a captum.attr._utils.custom_modules."
+                "Addition_Module (one per sum) or use another explainer.")
         work = copy.deepcopy(model)
         layer_rules = lrp_layer_rules(self.name, work, self.rules, self.epsilon)
         forward, kwargs = captum_forward_args(work, target, x, needs_module=True)

@@ -103,3 +103,35 @@ def test_lrp_on_efficientnet_lite0_is_not_applicable_naming_its_first_batch_norm
     model = efficientnet_lite0(weights=None)
     with pytest.raises(NotApplicableError, match=r"layer 'net.stem.bn' is a BatchNorm2d"):
         LRP()(model, torch.rand(1, 3, 224, 224), torch.tensor([7]))
+
+
+class Residual(nn.Module):
+    def __init__(self, as_module: bool):
+        super().__init__()
+        from captum.attr._utils.custom_modules import Addition_Module
+
+        self.conv1 = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        self.relu1 = nn.ReLU()
+        self.add = Addition_Module() if as_module else None
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(256, 3, bias=False)
+
+    def forward(self, x):
+        y = self.relu1(self.conv1(x))
+        s = self.add(y, x) if self.add is not None else y + x
+        return self.fc(self.flatten(s))
+
+
+def test_a_functional_residual_sum_is_refused_and_an_addition_module_conserves_relevance():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        functional, module = Residual(False).eval(), Residual(True).eval()
+    module.load_state_dict(functional.state_dict())
+    x, _ = digits_batch(3)
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(NotApplicableError, match=r"adds two activations outside a module \(relu1 \+ x"):
+        LRP(rules="epsilon")(functional, x, y)
+    maps = LRP(rules="epsilon", epsilon=1e-9)(module, x, y)
+    with torch.no_grad():
+        score = module(x).gather(1, y[:, None]).flatten()
+    torch.testing.assert_close(maps.flatten(1).sum(1), score, rtol=1e-3, atol=1e-5)
