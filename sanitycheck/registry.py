@@ -389,6 +389,12 @@ for _name, _path in {
     "kernel_shap": "sanitycheck.explainers.kernel_shap:KernelShap",  # Lundberg & Lee 2017 (issue 14)
 }.items():
     EXPLAINERS.register(_name, _path, modalities=_IMAGE)
+# issue 14: DeepLIFT, DeepLIFT-SHAP and LRP hook nn.Module nonlinearities/layers (image models only); GradientSHAP
+# needs only the gradient of a score, so it also explains the image side of CLIP similarities
+EXPLAINERS.register("deeplift", "sanitycheck.explainers.deeplift:DeepLift", modalities=("image",))
+EXPLAINERS.register("deeplift_shap", "sanitycheck.explainers.deeplift_shap:DeepLiftShap", modalities=("image",))
+EXPLAINERS.register("gradient_shap", "sanitycheck.explainers.gradient_shap:GradientShap", modalities=_IMAGE)
+EXPLAINERS.register("lrp", "sanitycheck.explainers.lrp:LRP", modalities=("image",))
 
 # explainers of text models (modality "text"); "gradient", "gradient_x_input" and "integrated_gradients"
 # name the image method and its token counterpart
