@@ -383,6 +383,8 @@ for _name, _path in {
     "guided_backprop": "sanitycheck.explainers.gradients:GuidedBackprop",
     "gradcam": "sanitycheck.explainers.cam:GradCAM",
     "guided_gradcam": "sanitycheck.explainers.cam:GuidedGradCAM",
+    "rise": "sanitycheck.explainers.rise:Rise",  # issue 14: perturbation and CAM explainers
+    "score_cam": "sanitycheck.explainers.score_cam:ScoreCAM",
     "sobel": "sanitycheck.explainers.controls:SobelEdges",
     "noise": "sanitycheck.explainers.controls:UniformNoise",
 }.items():
