@@ -384,11 +384,12 @@ for _name, _path in {
     "gradcam": "sanitycheck.explainers.cam:GradCAM",
     "guided_gradcam": "sanitycheck.explainers.cam:GuidedGradCAM",
     "rise": "sanitycheck.explainers.rise:Rise",  # issue 14: perturbation and CAM explainers
-    "score_cam": "sanitycheck.explainers.score_cam:ScoreCAM",
     "sobel": "sanitycheck.explainers.controls:SobelEdges",
     "noise": "sanitycheck.explainers.controls:UniformNoise",
 }.items():
     EXPLAINERS.register(_name, _path, modalities=_IMAGE)
+# Score-CAM needs a convolutional feature map: images only (on a CLIP ViT the last Conv2d is the patch embedding)
+EXPLAINERS.register("score_cam", "sanitycheck.explainers.score_cam:ScoreCAM", modalities=("image",))
 
 # explainers of text models (modality "text"); "gradient", "gradient_x_input" and "integrated_gradients"
 # name the image method and its token counterpart
