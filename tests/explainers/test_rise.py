@@ -124,3 +124,19 @@ def test_occlusion_evaluations_per_map(tiny_cnn, tiny_batch):
     finally:
         handle.remove()
     assert sum(calls) == 2 * e.evaluations_per_map((1, 1, 16, 16))
+
+
+def test_on_a_clip_similarity(sim, scenes):
+    """image_text: RISE of the raw cosine similarity (probability=False, as the CLIP suite's curves use it);
+    batch-invariant, and equal to the formula on the similarity scores."""
+    x = scenes.images[:4].contiguous()
+    y = scenes.caption_classes[:4]
+    e = Rise(n_samples=24, probability=False, seed=1, max_batch=10)
+    maps = e(sim, x, y)
+    torch.testing.assert_close(e(sim, x[1:3], y[1:3]), maps[1:3], atol=1e-5, rtol=1e-4)
+    grids, shifts = e.draws(x[:1])
+    masks = rise_masks(grids[0], shifts[0], tuple(x.shape[-2:]))
+    with torch.no_grad():
+        scores = sim(x[0] * masks[:, None]).gather(1, y[:1].repeat(24)[:, None])[:, 0]
+    expected = (scores[:, None, None].double() * masks.double()).sum(0) / (24 * 0.5)
+    torch.testing.assert_close(maps[0].double(), expected, atol=1e-5, rtol=1e-4)
