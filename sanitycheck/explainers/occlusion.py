@@ -94,32 +94,3 @@ class Occlusion(Explainer):
         flat = masks.flatten(1).to(drops.dtype)                 # (M, H*W)
         counts = flat.sum(0).clamp(min=1)
         return ((drops @ flat) / counts).reshape(b, *x.shape[-2:])
-
-
-def occlusion_evaluations_per_map(self: Occlusion, x_shape, model: Optional[nn.Module] = None) -> int:
-    """Forward passes per map of :class:`Occlusion`: one per occluded window plus one for the unoccluded
-    input. The window (when ``window`` is None) is the ViT patch of ``model`` or 8; without ``model`` the
-    window of the last call is used, and before any call that is an error."""
-    h, w = (int(v) for v in tuple(x_shape)[-2:])
-    window = self.window
-    if window is None:
-        if model is not None:
-            try:
-                _, visual = find_visual(model)
-                window = int(visual.patch_size[0]) if _is_vit(visual) else 8
-            except NotApplicableError:
-                window = 8
-        elif self.last_window is not None:
-            window = self.last_window
-        else:
-            raise ConfigError(f"{self.name}: window=None is chosen per model (a ViT's patch, else 8); pass the "
-                              "model (evaluations_per_map(x_shape, model)) or call the explainer once first")
-    stride = self.stride or window
-    ys = Occlusion._starts(h, min(window, h), stride)
-    xs = Occlusion._starts(w, min(window, w), stride)
-    return len(ys) * len(xs) + 1
-
-
-# Set outside the class body: the class's source, hashed into every published occlusion map's code_hash
-# (the clip_text2img board), stays as it was.
-Occlusion.evaluations_per_map = occlusion_evaluations_per_map  # type: ignore[attr-defined]

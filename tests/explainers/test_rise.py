@@ -124,6 +124,11 @@ def test_occlusion_evaluations_per_map(tiny_cnn, tiny_batch):
     finally:
         handle.remove()
     assert sum(calls) == 2 * e.evaluations_per_map((1, 1, 16, 16))
+    from sanitycheck.explainers.costs import evaluations_per_map
+
+    assert evaluations_per_map(Occlusion(), (1, 1, 16, 16), tiny_cnn) == 5
+    assert evaluations_per_map(Rise(n_samples=9), (1, 1, 16, 16), tiny_cnn) == 9
+    assert evaluations_per_map(get_explainer("gradient"), (1, 1, 16, 16)) is None
 
 
 def test_on_a_clip_similarity(sim, scenes):
