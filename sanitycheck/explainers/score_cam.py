@@ -69,6 +69,8 @@ class ScoreCAM(Explainer):
     """
 
     name = "score_cam"
+    #: needs a convolutional feature map: images only (on a CLIP ViT the last Conv2d is the patch embedding)
+    modalities = ("image",)
 
     def __init__(self, layer: Optional[str] = None, max_channels: Optional[int] = None, probability: bool = True,
                  max_batch: int = 256):
