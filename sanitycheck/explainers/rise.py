@@ -125,7 +125,7 @@ class Rise(Explainer):
         if h < s or w < s:
             raise ConfigError(f"{self.name}: grid {s} has more cells per side than the input has pixels "
                               f"({h}x{w}); use grid <= {min(h, w)}")
-        u = per_sample_draw(x, (n, s * s + 2), "rise", self.seed, kind="uniform").float().cpu()
+        u = per_sample_draw(x.float(), (n, s * s + 2), "rise", self.seed, kind="uniform").cpu()  # float32 draws, same keys
         grids = (u[..., :s * s] < self.p).reshape(b, n, s, s)
         cells = torch.tensor([math.ceil(h / s), math.ceil(w / s)], dtype=torch.float32)
         shifts = torch.minimum((u[..., s * s:] * cells).floor(), cells - 1).long()
