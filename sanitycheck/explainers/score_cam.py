@@ -3,7 +3,7 @@ Networks" (CVPR workshops). A class activation map whose channel weights come fr
 gradients.
 
 For the activations ``A_k`` (k = 1..K) of the CAM layer on input ``x`` (the layer Grad-CAM uses:
-:func:`~sanitycheck.explainers.cam.resolve_cam_layer`):
+:func:`~sanitycheck.explainers.cam.resolve_cam_layer`), rectified (``rectify=True``, see below):
 
 1. ``H_k`` = ``A_k`` upsampled (bilinear) to the input size and min-max normalized to [0, 1];
 2. ``C_k = f(x ⊙ H_k) - f(x_b)``, the "channel-wise increase of confidence" (CIC) of the target's score
@@ -17,7 +17,15 @@ The baseline term ``f(x_b)`` is the same for every channel, and a softmax does n
 constant is subtracted from all its inputs: it cancels, so no baseline forward pass is made. A channel
 constant over the image (``max == min``, no normalization possible) takes no part: the reference code
 skips it; here it gets weight 0 and the softmax is over the other channels. With ``max_channels`` only the
-channels of highest mean activation (per image) take part.
+channels of highest mean (rectified) activation, per image, take part.
+
+Rectification. The paper's activations are non-negative: VGG16's last convolutional features after their ReLU
+(``features.29`` in the reference code). Grad-CAM's default layer here is the last ``nn.Conv2d`` itself, whose
+output is a pre-activation; there the softmax weights, all close to 1/K for probabilities in [0, 1], average
+mostly negative maps and the ReLU leaves an all-zero map (every Fashion-MNIST CNN map but one of 8 in a
+trial). ``rectify=True`` (default) takes ``ReLU(A_k)``, the features the paper uses wherever the conv is followed
+by a ReLU (fmnist_cnn: ``conv2`` rectified = ``relu2``); on a layer that is already non-negative (EfficientNet's
+``net.head``, after its ReLU6) it changes nothing.
 """
 
 from __future__ import annotations
@@ -63,7 +71,8 @@ class ScoreCAM(Explainer):
     its last ``nn.Conv2d`` executed), ``max_channels`` (use only the channels of highest mean activation
     per image; default None = all channels, the paper's method: 1280 forward passes per image on
     EfficientNet-Lite0's head), ``probability`` (score by the softmax probability, default True as in the
-    paper; see :func:`~sanitycheck.explainers.rise.probability_target`), ``max_batch`` (masked inputs per
+    paper; see :func:`~sanitycheck.explainers.rise.probability_target`), ``rectify`` (ReLU of the activations
+    before use, default True: the paper's non-negative features; see the module docstring), ``max_batch`` (masked inputs per
     forward pass, default 256; bounds memory, does not change the maps, not in :meth:`config`).
     The layer used on the last call is in ``last_layer``, its channel count in ``last_channels``.
     """
@@ -73,7 +82,7 @@ class ScoreCAM(Explainer):
     modalities = ("image",)
 
     def __init__(self, layer: Optional[str] = None, max_channels: Optional[int] = None, probability: bool = True,
-                 max_batch: int = 256):
+                 rectify: bool = True, max_batch: int = 256):
         if layer is not None and not isinstance(layer, str):
             raise ConfigError(f"{self.name}: layer must be a module name (str) or None, got {layer!r}")
         if max_channels is not None and not (isinstance(max_channels, int) and max_channels >= 1):
@@ -81,11 +90,13 @@ class ScoreCAM(Explainer):
         if not (isinstance(max_batch, int) and max_batch >= 1):
             raise ConfigError(f"{self.name}: max_batch must be a positive integer, got {max_batch!r}")
         self.layer, self.max_channels, self.probability, self.max_batch = layer, max_channels, bool(probability), max_batch
+        self.rectify = bool(rectify)
         self.last_layer: Optional[str] = None
         self.last_channels: Optional[int] = None
 
     def config(self) -> Dict[str, Any]:
-        return {"layer": self.layer, "max_channels": self.max_channels, "probability": self.probability}
+        return {"layer": self.layer, "max_channels": self.max_channels, "probability": self.probability,
+                "rectify": self.rectify}
 
     def cam_layer(self, model: nn.Module, x: Tensor):
         """``(name, module)`` of the layer, resolved as Grad-CAM does; a model without a convolutional layer
@@ -136,6 +147,8 @@ class ScoreCAM(Explainer):
         if self.probability:
             target = probability_target(target)
         acts = self.activations(model, x)                                    # (B, K, h, w)
+        if self.rectify:
+            acts = F.relu(acts)
         k = self.n_channels_used(acts.shape[1])
         if k < acts.shape[1]:  # top channels by mean activation, per image (ties: the lower index)
             order = acts.flatten(2).mean(2).argsort(dim=1, descending=True, stable=True)[:, :k]

@@ -13,7 +13,8 @@ from sanitycheck.explainers import get_explainer
 from sanitycheck.explainers.score_cam import ScoreCAM
 
 
-def direct_score_cam(model, x1, cls, layer_name: str, max_channels: Optional[int] = None) -> torch.Tensor:
+def direct_score_cam(model, x1, cls, layer_name: str, max_channels: Optional[int] = None,
+                     rectify: bool = True) -> torch.Tensor:
     """One image, one channel at a time: H_k = minmax(Up(A_k)); CIC_k = P(cls | x ⊙ H_k) - P(cls | baseline);
     α = softmax(CIC) over the non-constant channels; map = ReLU(Σ α_k Up(A_k))."""
     layer = model.get_submodule(layer_name)
@@ -23,7 +24,7 @@ def direct_score_cam(model, x1, cls, layer_name: str, max_channels: Optional[int
         model(x1[None])
         baseline = model(torch.zeros_like(x1)[None]).softmax(1)[0, cls]
     h.remove()
-    a = acts[0][0]                                                   # (K, h, w)
+    a = acts[0][0].relu() if rectify else acts[0][0]                 # (K, h, w)
     channels = range(a.shape[0])
     if max_channels is not None:
         means = [float(a[k].mean()) for k in channels]
@@ -41,15 +42,24 @@ def direct_score_cam(model, x1, cls, layer_name: str, max_channels: Optional[int
     return F.relu(sum(w * u for w, u in zip(alpha, ups)))
 
 
-@pytest.mark.parametrize("layer", ["relu2", "conv2", "relu1"])
-def test_matches_direct_implementation(tiny_cnn, tiny_batch, layer):
+@pytest.mark.parametrize("layer,rectify", [("relu2", True), ("conv2", True), ("conv2", False), ("relu1", True)])
+def test_matches_direct_implementation(tiny_cnn, tiny_batch, layer, rectify):
     x, y = tiny_batch
     x, y = x[:3], y[:3]
-    maps = ScoreCAM(layer=layer, max_batch=5)(tiny_cnn, x, y)
+    maps = ScoreCAM(layer=layer, rectify=rectify, max_batch=5)(tiny_cnn, x, y)
     for i in range(3):
-        torch.testing.assert_close(maps[i], direct_score_cam(tiny_cnn, x[i], int(y[i]), layer), atol=1e-6, rtol=1e-5)
-    if layer == "relu2":  # non-negative activations: a non-trivial map
+        torch.testing.assert_close(maps[i], direct_score_cam(tiny_cnn, x[i], int(y[i]), layer, rectify=rectify),
+                                   atol=1e-6, rtol=1e-5)
+    if rectify:  # non-negative activations: a non-trivial map
         assert (maps.flatten(1).amax(1) > 0).all()
+
+
+def test_rectified_conv_is_the_following_relu(tiny_cnn, tiny_batch):
+    """conv2 -> relu2 in the tiny CNN: the rectified conv output is relu2's; unrectified it is another map."""
+    x, y = tiny_batch
+    rectified = ScoreCAM(layer="conv2")(tiny_cnn, x[:4], y[:4])
+    torch.testing.assert_close(rectified, ScoreCAM(layer="relu2", rectify=False)(tiny_cnn, x[:4], y[:4]))
+    assert not torch.allclose(rectified, ScoreCAM(layer="conv2", rectify=False)(tiny_cnn, x[:4], y[:4]))
 
 
 def test_max_channels_matches_direct(tiny_cnn, tiny_batch):
