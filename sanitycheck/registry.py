@@ -383,6 +383,7 @@ for _name, _path in {
     "guided_backprop": "sanitycheck.explainers.gradients:GuidedBackprop",
     "gradcam": "sanitycheck.explainers.cam:GradCAM",
     "guided_gradcam": "sanitycheck.explainers.cam:GuidedGradCAM",
+    "rise": "sanitycheck.explainers.rise:Rise",  # issue 14: perturbation and CAM explainers
     "sobel": "sanitycheck.explainers.controls:SobelEdges",
     "noise": "sanitycheck.explainers.controls:UniformNoise",
     "lime": "sanitycheck.explainers.lime:Lime",  # Ribeiro et al. 2016 (issue 14)
@@ -395,6 +396,8 @@ EXPLAINERS.register("deeplift", "sanitycheck.explainers.deeplift:DeepLift", moda
 EXPLAINERS.register("deeplift_shap", "sanitycheck.explainers.deeplift_shap:DeepLiftShap", modalities=("image",))
 EXPLAINERS.register("gradient_shap", "sanitycheck.explainers.gradient_shap:GradientShap", modalities=_IMAGE)
 EXPLAINERS.register("lrp", "sanitycheck.explainers.lrp:LRP", modalities=("image",))
+# Score-CAM needs a convolutional feature map: images only (on a CLIP ViT the last Conv2d is the patch embedding)
+EXPLAINERS.register("score_cam", "sanitycheck.explainers.score_cam:ScoreCAM", modalities=("image",))
 
 # explainers of text models (modality "text"); "gradient", "gradient_x_input" and "integrated_gradients"
 # name the image method and its token counterpart

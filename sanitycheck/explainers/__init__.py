@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Union
 
 from ..errors import ConfigError
 from ..registry import EXPLAINERS
+from . import costs  # noqa: F401 - attaches evaluations_per_map to Occlusion (issue 14)
 from .base import (CaptumExplainer, Explainer, ExplainerError, FunctionExplainer, ModelWatch, call_explainer,
                    check_eval_mode, check_maps_tensor, reduce_channels, state_checksum, target_forward)
 
