@@ -625,6 +625,20 @@ class AuditRun:
             if hasattr(self.executor, "close"):
                 self.executor.close()
 
+    def _evaluations_entry(self, explainer) -> Dict[str, Any]:
+        """``{"evaluations_per_map": n}``: the model evaluations (forward passes; a forward+backward counts as
+        one) one map of ``explainer`` costs on this run's inputs, for explainers that state it (issue 14)."""
+        from ..explainers.costs import evaluations_per_map
+
+        shape = getattr(self.x, "shape", None)
+        if shape is None or not hasattr(explainer, "evaluations_per_map"):
+            return {}
+        try:
+            n = evaluations_per_map(explainer, (1,) + tuple(shape[1:]), self.model)
+        except SanityCheckError:
+            return {}
+        return {} if n is None else {"evaluations_per_map": n}
+
     def _execute(self) -> Dict[str, Any]:
         t_start = time.perf_counter()
         monitor = ResourceMonitor(self.settings.device)
@@ -760,7 +774,8 @@ class AuditRun:
             "versions": package_versions(),
             "git_hash": git_hash(),
             "explainers": {k: {"class": f"{type(e).__module__}.{type(e).__qualname__}", "config": e.config(),
-                               "code_hash": e.code_hash(), "requires_model": e.requires_model}
+                               "code_hash": e.code_hash(), "requires_model": e.requires_model,
+                               **self._evaluations_entry(e)}
                            for k, e in self.explainers.items()},
             "skipped": [{"explainer": k, "reason": v} for k, v in self.skipped.items()],
             "metrics": {k: asdict(m.info) for k, m in self.metrics.items()},
