@@ -358,6 +358,9 @@ for _name, _path in {
     "imdb": "sanitycheck.data.text:load_imdb",
 }.items():
     DATASETS.register(_name, _path)
+# issue 16: Fashion-MNIST with a stamped texture that decides part of the label, or not (datasets/textured_fmnist.md)
+DATASETS.register("textured_fmnist", "sanitycheck.data.textured_fmnist:textured_fashion_mnist")
+MODELS.register("textured_fmnist_cnn", "sanitycheck.models.zoo:textured_fmnist_cnn")
 
 for _name, _path in {
     "fmnist_cnn": "sanitycheck.models.zoo:fmnist_cnn",
