@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DataError, ModelError
 from ..stats import Summary, bootstrap_ci
 
-__all__ = ["LayerTest", "TCAVResult", "resolve_layers", "layer_activations", "layer_gradients", "train_cavs",
+__all__ = ["LayerTest", "TCAVResult", "CAVBank", "fit_cavs", "score_cavs", "resolve_layers", "layer_activations", "layer_gradients", "train_cavs",
            "directional_scores", "tcav_test", "MIN_RUNS"]
 
 #: the paper's test needs at least this many runs against different random sets
@@ -263,44 +263,55 @@ def _ttest(a: Tensor, b: Tensor) -> Tuple[float, str]:
     return p, ""
 
 
-def tcav_test(model: nn.Module, inputs: Tensor, target: Union[int, Tensor], concepts: Sequence[Any],
-              randoms: Sequence[Any], layers: Sequence[str], *, n_runs: int = MIN_RUNS, alpha: float = 0.05,
-              seed: int = 0, score: str = "sign", min_images: int = 10, batch_size: int = 64,
-              device: Union[str, torch.device] = "cpu", ridge: float = 1.0,
-              n_comparisons: Optional[int] = None, null: str = "counterpart") -> TCAVResult:
-    """The paper's test of every concept at every layer (see the module docstring).
+@dataclass
+class CAVBank:
+    """The CAVs of every layer for every run: ``cavs[layer]`` ``(P, D)``, concept runs first (concept c, run i
+    at ``c * n_runs + i``), then the null runs. They depend on the model up to each layer only, so a model
+    randomized *above* the layers reuses them (:func:`score_cavs`)."""
 
-    ``concepts`` and ``randoms``: :class:`~sanitycheck.data.concepts.ConceptSet` (``name``, ``images``); the
-    test needs ``n_runs + 1`` random sets (``randoms[0]`` is the held-out random concept of the null runs).
-    ``n_comparisons``: the Bonferroni factor (default: concepts × layers). ``null``: ``"counterpart"`` (the
-    paper's code: random_0 against random_1..n) or ``"rotating"`` (random_{i-1} against random_i)."""
+    concepts: List[str]
+    layers: List[str]
+    cavs: Dict[str, Tensor]
+    n_runs: int
+    shape: Tuple[int, ...]
+    set_forward_batches: int
+
+
+def _validate(score: str, n_runs: int, alpha: float, null: str) -> None:
     if score not in SCORES:
         raise ConfigError(f"TCAV score must be one of {SCORES}, got {score!r}")
-    if not isinstance(n_runs, int) or n_runs < MIN_RUNS:
+    if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < MIN_RUNS:
         raise ConfigError(f"n_runs must be an integer >= {MIN_RUNS} (the paper's test), got {n_runs!r}")
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
-    if not concepts:
-        raise ConfigError("TCAV needs at least one concept set")
     if null not in NULLS:
         raise ConfigError(f"TCAV null must be one of {NULLS}, got {null!r}")
+
+
+def fit_cavs(model: nn.Module, concepts: Sequence[Any], randoms: Sequence[Any], layers: Sequence[str], *,
+             shape: Tuple[int, ...], n_runs: int = MIN_RUNS, min_images: int = 10, batch_size: int = 64,
+             device: Union[str, torch.device] = "cpu", ridge: float = 1.0, null: str = "counterpart",
+             dtype: torch.dtype = torch.float32) -> CAVBank:
+    """Activations of all concept and random sets at every layer (one forward pass per batch), and every CAV
+    of every run (see :func:`tcav_test`)."""
+    _validate("sign", n_runs, 0.05, null)
+    if not concepts:
+        raise ConfigError("TCAV needs at least one concept set")
     if len(randoms) < n_runs + 1:
         raise ConfigError(f"{n_runs} runs need {n_runs + 1} random sets (one held out as the random concept of "
                           f"the null runs), got {len(randoms)}; add random sets or lower n_runs")
     layers = resolve_layers(model, layers)
-    shape = tuple(inputs.shape[1:])
     randoms = list(randoms)[: n_runs + 1]
     names = [c.name for c in concepts]
     if len(set(names)) != len(names):
         raise ConfigError(f"concept names {names} repeat")
     for s in list(concepts) + randoms:
-        _check_images(f"concept set {s.name!r}", s.images, shape, min_images)
+        _check_images(f"concept set {s.name!r}", s.images, tuple(shape), min_images)
     was_training = model.training
     model.eval()
     try:
-        pool = torch.cat([s.images for s in concepts] + [s.images for s in randoms]).to(inputs.dtype)
+        pool = torch.cat([s.images for s in concepts] + [s.images for s in randoms]).to(dtype)
         acts = layer_activations(model, pool, layers, batch_size=batch_size, device=device)
-        grads = layer_gradients(model, inputs, target, layers, batch_size=batch_size, device=device)
     finally:
         model.train(was_training)
     bounds, start = [], 0
@@ -308,23 +319,41 @@ def tcav_test(model: nn.Module, inputs: Tensor, target: Union[int, Tensor], conc
         bounds.append((start, start + s.images.shape[0]))
         start += s.images.shape[0]
     nc = len(concepts)
-    r0 = nc  # index of random_0 in the set list
     pairs = [(c, nc + i) for c in range(nc) for i in range(1, n_runs + 1)]
     if null == "counterpart":  # the paper's code: random_0 as the concept against random_1..n
-        pairs += [(r0, nc + i) for i in range(1, n_runs + 1)]
+        pairs += [(nc, nc + i) for i in range(1, n_runs + 1)]
     else:  # "rotating": random_{i-1} against random_i, so the random concept changes from run to run
         pairs += [(nc + i - 1, nc + i) for i in range(1, n_runs + 1)]
-    m = n_comparisons or nc * len(layers)
+    cavs = {layer: train_cavs([acts[layer][a:b] for a, b in bounds], pairs, ridge=ridge) for layer in layers}
+    return CAVBank(names, layers, cavs, n_runs, tuple(shape), -(-pool.shape[0] // batch_size))
+
+
+def score_cavs(bank: CAVBank, model: nn.Module, inputs: Tensor, target: Union[int, Tensor], *,
+               alpha: float = 0.05, seed: int = 0, score: str = "sign", batch_size: int = 64,
+               device: Union[str, torch.device] = "cpu", n_comparisons: Optional[int] = None,
+               label: str = "") -> TCAVResult:
+    """The test of every concept at every layer of ``bank`` for ``model``'s gradients (one forward and one
+    backward pass per batch for all layers). ``label`` keys the bootstrap draws (e.g. a randomization step)."""
+    _validate(score, bank.n_runs, alpha, "counterpart")
+    if tuple(inputs.shape[1:]) != bank.shape:
+        raise DataError(f"inputs of size {tuple(inputs.shape[1:])}, but the CAVs were fitted on images of size "
+                        f"{bank.shape}")
+    was_training = model.training
+    model.eval()
+    try:
+        grads = layer_gradients(model, inputs, target, bank.layers, batch_size=batch_size, device=device)
+    finally:
+        model.train(was_training)
+    n_runs, nc = bank.n_runs, len(bank.concepts)
+    m = n_comparisons or nc * len(bank.layers)
     threshold = alpha / m
     tests: List[LayerTest] = []
-    for layer in layers:
-        sets = [acts[layer][a:b] for a, b in bounds]
-        cavs = train_cavs(sets, pairs, ridge=ridge)
-        sign, mag = directional_scores(grads[layer], cavs)
+    for layer in bank.layers:
+        sign, mag = directional_scores(grads[layer], bank.cavs[layer])
         chosen = sign if score == "sign" else mag
         null = chosen[nc * n_runs:]
         null_mag = mag[nc * n_runs:]
-        for c in range(nc):
+        for c, name in enumerate(bank.concepts):
             run = chosen[c * n_runs:(c + 1) * n_runs]
             p, why = _ttest(run, null)
             p_adj = min(1.0, p * m)
@@ -336,11 +365,30 @@ def tcav_test(model: nn.Module, inputs: Tensor, target: Union[int, Tensor], conc
                 reason += (f"; {int(torch.isnan(run).sum())} concept and {int(torch.isnan(null).sum())} random runs "
                            "dropped (zero CAV: the two sets of the run are identical)")
             tests.append(LayerTest(
-                names[c], layer, run.clone(), null.clone(), mag[c * n_runs:(c + 1) * n_runs].clone(),
+                name, layer, run.clone(), null.clone(), mag[c * n_runs:(c + 1) * n_runs].clone(),
                 null_mag.clone(), p, p_adj, threshold, bool(sig),
-                bootstrap_ci(run, seed_parts=(seed, "tcav", names[c], layer)),
-                bootstrap_ci(null, seed_parts=(seed, "tcav", "random", layer)), reason))
-    n_batches = lambda n: -(-n // batch_size)  # noqa: E731
+                bootstrap_ci(run, seed_parts=(seed, "tcav", label, name, layer)),
+                bootstrap_ci(null, seed_parts=(seed, "tcav", label, "random", layer)), reason))
     return TCAVResult(tests, n_runs, alpha, m, score,
-                      {"set_forward_batches": n_batches(pool.shape[0]),
-                       "input_forward_backward_batches": n_batches(inputs.shape[0])})
+                      {"set_forward_batches": bank.set_forward_batches,
+                       "input_forward_backward_batches": -(-inputs.shape[0] // batch_size)})
+
+
+def tcav_test(model: nn.Module, inputs: Tensor, target: Union[int, Tensor], concepts: Sequence[Any],
+              randoms: Sequence[Any], layers: Sequence[str], *, n_runs: int = MIN_RUNS, alpha: float = 0.05,
+              seed: int = 0, score: str = "sign", min_images: int = 10, batch_size: int = 64,
+              device: Union[str, torch.device] = "cpu", ridge: float = 1.0,
+              n_comparisons: Optional[int] = None, null: str = "counterpart") -> TCAVResult:
+    """The paper's test of every concept at every layer (see the module docstring):
+    :func:`fit_cavs` then :func:`score_cavs`.
+
+    ``concepts`` and ``randoms``: :class:`~sanitycheck.data.concepts.ConceptSet` (``name``, ``images``); the
+    test needs ``n_runs + 1`` random sets (``randoms[0]`` is the held-out random concept of the null runs).
+    ``n_comparisons``: the Bonferroni factor (default: concepts × layers). ``null``: ``"counterpart"`` (the
+    paper's code: random_0 against random_1..n) or ``"rotating"`` (random_{i-1} against random_i)."""
+    _validate(score, n_runs, alpha, null)
+    bank = fit_cavs(model, concepts, randoms, layers, shape=tuple(inputs.shape[1:]), n_runs=n_runs,
+                    min_images=min_images, batch_size=batch_size, device=device, ridge=ridge, null=null,
+                    dtype=inputs.dtype)
+    return score_cavs(bank, model, inputs, target, alpha=alpha, seed=seed, score=score, batch_size=batch_size,
+                      device=device, n_comparisons=n_comparisons)
