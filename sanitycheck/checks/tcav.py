@@ -89,8 +89,6 @@ class _TCAVCheck(AuditCheck):
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.concepts:
             raise ConfigError(f"{type(self).__name__}: name at least one concept set (concepts=[...])")
-        if not self.layers:
-            raise ConfigError(f"{type(self).__name__}: name at least one layer (layers=[...], e.g. 'net.block6')")
         if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < MIN_RUNS:
             raise ConfigError(f"n_runs must be an integer >= {MIN_RUNS} (the paper's test), got {n_runs!r}")
         if not 0 < alpha < 1:
@@ -118,9 +116,22 @@ class _TCAVCheck(AuditCheck):
         return concepts, randoms
 
     def target_of(self, ctx: Any) -> Any:
-        return ctx.target if self.target is None else int(self.target)
+        """The class whose logit TCAV differentiates: ``target`` if given, else the run's class targets."""
+        if self.target is not None:
+            return int(self.target)
+        t = ctx.target
+        if isinstance(t, (int, Tensor)):
+            return t
+        classes = getattr(t, "classes", None)
+        if isinstance(classes, Tensor):  # sanitycheck.targets.ClassTarget (logit or probability: the class)
+            return classes
+        raise ConfigError(f"{self.name}: TCAV differentiates a class logit, but the run's target is "
+                          f"{type(t).__name__}; set the check's target= (a class index)")
 
     def bank(self, ctx: Any, model: nn.Module, seed: int) -> CAVBank:
+        if not self.layers:  # checked here, not in __init__: get_check(name) builds every check without params
+            raise ConfigError(f"check {self.name!r}: name at least one layer (params: layers: [...], e.g. "
+                              "'net.block6')")
         concepts, randoms = self.sets(ctx, seed)
         return fit_cavs(model, concepts, randoms, self.layers, shape=tuple(ctx.x.shape[1:]), n_runs=self.n_runs,
                         min_images=self.min_images, batch_size=ctx.batch_size, device=ctx.device, ridge=self.ridge,
@@ -140,8 +151,15 @@ class _TCAVCheck(AuditCheck):
             undefined = "runs with a zero CAV (identical sets): no direction"
             out.reasons[(step, self.record_as)] = {m: (undefined if bool(torch.isnan(v).any()) else None)
                                                    for m, v in out.scores[(step, self.record_as)].items()}
-            out.summaries.append({"name": step, "statistic": "tcav_t_test", **{k: v for k, v in t.as_dict().items()
-                                  if k not in ("scores", "random_scores", "magnitude", "random_magnitude")}})
+            # the common summary row (check, step, statistic, value, CI, n) plus the test
+            out.summaries.append({
+                "check": self.name, "step": step, "statistic": f"tcav_{self.score}", "value": t.summary.mean,
+                "ci_low": t.summary.ci_low, "ci_high": t.summary.ci_high, "n": t.summary.n,
+                "random_value": t.random_summary.mean, "random_ci_low": t.random_summary.ci_low,
+                "random_ci_high": t.random_summary.ci_high, "p_value": t.p_value, "p_adjusted": t.p_adjusted,
+                "threshold": t.threshold, "significant": t.significant, "reason": t.reason,
+                "test": "two-sided t-test (scipy.stats.ttest_ind), Bonferroni over concepts x layers",
+                "bootstrap": "percentile, 2000 resamples of runs"})
 
     @staticmethod
     def figure_of(res: TCAVResult) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ the engine's CheckContext, with the concept-set loader replaced by the fixtures'
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -55,7 +56,11 @@ def test_random_concepts_check_passes_for_planted_concept_with_records_and_figur
     assert all(s.shape == (20,) for s in scores.values())  # one score per run: the engine bootstraps them
     fig = out.figure["trained"]["layers"]["conv"]
     assert len(fig["random_scores"]) == 20 and fig["concepts"]["bright_left"]["ci_low"] is not None
-    assert {s["name"] for s in out.summaries} == set(out.steps)
+    assert {s["step"] for s in out.summaries} == set(out.steps)
+    row = out.summaries[0]
+    assert row["check"] == "tcav_random_concepts" and row["statistic"] == "tcav_sign"
+    assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["n"] == 20 and row["significant"]
+    json.dumps({"notes": out.notes, "figure": out.figure, "summaries": out.summaries})  # lands in results.json
 
 
 def test_random_concepts_check_fails_for_concept_identical_to_random(monkeypatch):
@@ -156,8 +161,9 @@ def test_ground_truth_needs_the_twin():
 def test_bad_input():
     with pytest.raises(ConfigError, match="n_runs must be an integer >= 20"):
         get_check("tcav_random_concepts", concepts=["bright_left"], layers=["conv"], n_runs=10)
+    check = get_check("tcav_random_concepts", concepts=["bright_left"])
     with pytest.raises(ConfigError, match="at least one layer"):
-        get_check("tcav_random_concepts", concepts=["bright_left"])
+        check.evaluate(context(check))
     check = get_check("tcav_random_concepts", concepts=["bright_left"], layers=["conv"], n_images=5, min_images=5)
     check.min_images = 10  # a loader that returns fewer images than the test needs
     with pytest.raises(DataError, match="fewer than the 10"):
@@ -168,3 +174,39 @@ def test_bad_input():
     check = get_check("tcav_random_concepts", concepts=["big"], layers=["conv"], n_images=N)
     with pytest.raises(DataError, match="size"):
         check.evaluate(context(check))
+
+
+def test_through_the_engine_records_summaries_and_notes_in_results(tmp_path, monkeypatch):
+    """One audit unit through sanitycheck's engine (digits_cnn trains in ~2 s): per-run records with bootstrap
+    CIs under ``record_as``, the summaries and the check's own verdict in results.json."""
+    import yaml
+
+    import sanitycheck as sc
+    from sanitycheck.seeding import generator
+
+    def sets_at_size(name, *, size, n, seed):
+        x = torch.rand(n, 1, size, size, generator=generator(seed, "e2e", name))
+        if name == "bright_left":
+            x[..., : size // 2] = 0.5 + 0.5 * x[..., : size // 2]
+        return [ConceptSet(name, x, "random" if name.startswith("random") else "concept")]
+
+    monkeypatch.setattr("sanitycheck.checks.tcav.load_concept_sets", sets_at_size)
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "toy_tcav.yaml").write_text(yaml.safe_dump({
+        "name": "toy_tcav", "version": "0.0.1", "description": "tcav plumbing", "input_kind": "image", "seed": 0,
+        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 16}, "model": {"name": "digits_cnn"},
+        "explainers": ["gradient"], "metrics": ["spearman_abs"],
+        "checks": [{"name": "tcav_random_concepts", "params": {
+            "concepts": ["bright_left"], "layers": ["conv2"], "n_images": 20, "record_as": "gradient"}}]}))
+    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
+    results = sc.run_suite("toy_tcav", out=tmp_path / "run", progress=False, figures=False)
+    recs = [r for r in results["records"] if r["check"] == "tcav_random_concepts"]
+    assert {(r["step"], r["metric"]) for r in recs} == {
+        ("bright_left@conv2", m) for m in ("tcav_score", "random_tcav_score", "tcav_minus_random")}
+    assert all(r["n"] + r["n_undefined"] == 20 and r["explainer"] == "gradient" for r in recs)
+    row = results["summaries"]["tcav_random_concepts"][0]
+    assert row["step"] == "bright_left@conv2" and 0.0 <= row["p_value"] <= 1.0
+    verdict = results["state_info"]["tcav_random_concepts"]["verdict"]
+    assert verdict["status"] in ("pass", "fail") and "threshold" in verdict["reason"]
