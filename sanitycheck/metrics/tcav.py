@@ -159,36 +159,37 @@ def train_cavs(sets: Sequence[Tensor], pairs: Sequence[Tuple[int, int]], *, ridg
     """CAVs ``(P, D)`` for ``pairs`` of indices into ``sets`` (each ``(n_k, D)``): the weights of a ridge
     classifier (sklearn's ``RidgeClassifier``: least squares on labels +1 for set ``a``, -1 for set ``b``,
     centred features and labels, penalty ``ridge`` times the mean squared row norm) — a linear classifier
-    whose solution is exact and deterministic. Every pair is solved at once in the dual,
-    ``w = Xᵀ (X Xᵀ + λI)⁻¹ y`` with ``X`` of ``n_a + n_b`` rows, so ``D`` (the flattened layer) can be large.
+    whose solution is exact and deterministic. Every pair is solved in the dual,
+    ``w = Xᵀ (X Xᵀ + λI)⁻¹ y`` with ``X`` its ``n_a + n_b`` centred rows, from one Gram matrix of all sets
+    (memory M² + P·D for M rows and P pairs), so ``D`` (the flattened layer) can be large.
     Two identical sets give a zero CAV (centred labels are orthogonal to the duplicated rows' span).
     The default ``ridge=1.0`` shrinks strongly towards the difference of the set means: on correlated
     features (channels of one pixel) a weakly penalized fit can flip the sign of the CAV on the features the
     gradient reads, which makes the direction depend on which correlated feature the fit happened to use."""
     if not pairs:
         return torch.zeros(0, sets[0].shape[1] if sets else 0, dtype=torch.float64)
-    d = sets[0].shape[1]
-    length = max(sets[a].shape[0] + sets[b].shape[0] for a, b in pairs)
-    p = len(pairs)
-    x = torch.zeros(p, length, d, dtype=torch.float64)
-    y = torch.zeros(p, length, dtype=torch.float64)
+    # one Gram matrix of every row of every set (M x M); each pair's system is a block of it, and its CAV a
+    # combination of its rows: memory is M^2 + P x D, never P x rows x D
+    pool = torch.cat([s.double() for s in sets])
+    starts = [0]
+    for s in sets:
+        starts.append(starts[-1] + s.shape[0])
+    gram = pool @ pool.T
+    coef = torch.zeros(len(pairs), pool.shape[0], dtype=torch.float64)
     for i, (a, b) in enumerate(pairs):
-        na, nb = sets[a].shape[0], sets[b].shape[0]
-        xa = torch.cat([sets[a], sets[b]]).double()
-        x[i, :na + nb] = xa - xa.mean(0)
-        ya = torch.cat([torch.ones(na), -torch.ones(nb)]).double()
-        y[i, :na + nb] = ya - ya.mean()
-    gram = x @ x.transpose(1, 2)  # (P, L, L); padded rows are zero
-    scale = torch.diagonal(gram, dim1=1, dim2=2).sum(1) / torch.tensor(
-        [sets[a].shape[0] + sets[b].shape[0] for a, b in pairs], dtype=torch.float64)
-    lam = (ridge * scale).clamp(min=1e-12)
-    eye = torch.eye(length, dtype=torch.float64)
-    alpha = torch.linalg.solve(gram + lam[:, None, None] * eye, y.unsqueeze(-1))  # (P, L, 1)
-    w = (x.transpose(1, 2) @ alpha).squeeze(-1)
+        idx = torch.cat([torch.arange(starts[a], starts[a + 1]), torch.arange(starts[b], starts[b + 1])])
+        na, n = starts[a + 1] - starts[a], idx.numel()
+        centre = torch.eye(n, dtype=torch.float64) - 1.0 / n
+        k = centre @ gram[idx][:, idx] @ centre  # Gram of the centred rows
+        y = torch.cat([torch.ones(na), -torch.ones(n - na)]).double()
+        y = y - y.mean()
+        lam = max(ridge * float(torch.diagonal(k).sum()) / n, 1e-12)
+        alpha = torch.linalg.solve(k + lam * torch.eye(n, dtype=torch.float64), y)
+        coef[i].index_add_(0, idx, centre @ alpha)  # w = (centred rows)^T alpha = rows^T (centre alpha)
+    w = coef @ pool
     # an exactly degenerate pair (identical sets) leaves only rounding: call it zero
-    norm = w.norm(dim=1)
-    ref = x.abs().amax(dim=(1, 2)).clamp(min=1e-300)
-    return torch.where((norm <= 1e-9 * ref)[:, None], torch.zeros_like(w), w)
+    ref = pool.abs().amax().clamp(min=1e-300) * coef.abs().sum(1).clamp(min=1e-300)
+    return torch.where((w.norm(dim=1) <= 1e-9 * ref)[:, None], torch.zeros_like(w), w)
 
 
 def directional_scores(grads: Tensor, cavs: Tensor) -> Tuple[Tensor, Tensor]:
