@@ -40,14 +40,14 @@ __all__ = ["TCAVRandomConcepts", "TCAVModelRandomization", "TCAVGroundTruth", "l
 TRAINED = "trained"
 
 
-def load_concept_sets(name: str, *, size: int, n: int, seed: int) -> List[Any]:
-    """The contract's loader (:func:`sanitycheck.data.concepts.concept_sets`)."""
+def load_concept_sets(name: str, *, size: Any, n: int, seed: int, channels: int = 3) -> List[Any]:
+    """The contract's loader (:func:`sanitycheck.data.concepts.concept_sets`), at the model's size and channels."""
     try:
         from ..data.concepts import concept_sets
     except ImportError as err:  # pragma: no cover - until part tcavdata is merged
         raise ConfigError("TCAV checks read concept sets from sanitycheck.data.concepts.concept_sets, which is not "
                           f"available ({err})") from err
-    return list(concept_sets(name, size=size, n=n, seed=seed))
+    return list(concept_sets(name, size=size, n=n, seed=seed, channels=channels))
 
 
 def layers_above(model: nn.Module, layer: str, example_input: Tensor) -> List[str]:
@@ -108,11 +108,10 @@ class _TCAVCheck(AuditCheck):
 
     # ------------------------------------------------------------------ plumbing
     def sets(self, ctx: Any, seed: int) -> Tuple[List[Any], List[Any]]:
-        size = int(ctx.x.shape[-1])
-        concepts = [s for name in self.concepts
-                    for s in load_concept_sets(name, size=size, n=self.n_images, seed=seed)]
-        randoms = [s for i in range(self.n_runs + 1)
-                   for s in load_concept_sets(f"{self.random}_{i}", size=size, n=self.n_images, seed=seed)]
+        c, h, w = (int(v) for v in ctx.x.shape[-3:])
+        kw = dict(size=h if h == w else (h, w), n=self.n_images, seed=seed, channels=c)
+        concepts = [s for name in self.concepts for s in load_concept_sets(name, **kw)]
+        randoms = [s for i in range(self.n_runs + 1) for s in load_concept_sets(f"{self.random}_{i}", **kw)]
         return concepts, randoms
 
     def target_of(self, ctx: Any) -> Any:

@@ -12,6 +12,7 @@ import torch
 
 from sanitycheck.checks.base import get_check
 from sanitycheck.checks.tcav import TCAVModelRandomization, layers_above
+from sanitycheck.checks.tcav import load_concept_sets as real_loader  # before the fixture replaces it
 from sanitycheck.engine.context import CheckContext
 from sanitycheck.errors import ConfigError, DataError, ModelError
 from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs, noise
@@ -19,7 +20,7 @@ from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs,
 N = 40
 
 
-def fake_sets(name, *, size, n, seed):
+def fake_sets(name, *, size, n, seed, channels=1):
     if name == "bright_left":
         return [bright_left(n, seed)]
     if name == "noise_concept":
@@ -64,7 +65,7 @@ def test_random_concepts_check_passes_for_planted_concept_with_records_and_figur
 
 
 def test_random_concepts_check_fails_for_concept_identical_to_random(monkeypatch):
-    def copy_of_random(name, *, size, n, seed):
+    def copy_of_random(name, *, size, n, seed, channels=1):
         if name == "noise_concept":  # the "concept" is the held-out random set itself
             return [ConceptSet(name, fake_sets("random_noise_0", size=size, n=n, seed=seed)[0].images, "concept")]
         return fake_sets(name, size=size, n=n, seed=seed)
@@ -184,7 +185,8 @@ def test_through_the_engine_records_summaries_and_notes_in_results(tmp_path, mon
     import sanitycheck as sc
     from sanitycheck.seeding import generator
 
-    def sets_at_size(name, *, size, n, seed):
+    def sets_at_size(name, *, size, n, seed, channels):
+        assert channels == 1  # the model's channels reach the loader
         x = torch.rand(n, 1, size, size, generator=generator(seed, "e2e", name))
         if name == "bright_left":
             x[..., : size // 2] = 0.5 + 0.5 * x[..., : size // 2]
@@ -210,3 +212,11 @@ def test_through_the_engine_records_summaries_and_notes_in_results(tmp_path, mon
     assert row["step"] == "bright_left@conv2" and 0.0 <= row["p_value"] <= 1.0
     verdict = results["state_info"]["tcav_random_concepts"]["verdict"]
     assert verdict["status"] in ("pass", "fail") and "threshold" in verdict["reason"]
+
+
+def test_the_built_in_loader_gives_sets_at_the_models_size_and_channels():
+    pytest.importorskip("sanitycheck.data.concepts")  # part tcavdata
+    (s,) = real_loader("stripes", size=16, n=3, seed=0, channels=1)
+    assert tuple(s.images.shape) == (3, 1, 16, 16) and s.name == "stripes"
+    (r,) = real_loader("random_noise_4", size=16, n=3, seed=0, channels=1)
+    assert r.name == "random_noise_4"
