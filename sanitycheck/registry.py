@@ -448,6 +448,10 @@ for _name, _path in {
     "seed_variance": "sanitycheck.checks.attention_audits:SeedVarianceCheck",
     "diagnostic_mlp": "sanitycheck.checks.attention_audits:DiagnosticMLPCheck",
     "adversarial_training": "sanitycheck.checks.attention_audits:AdversarialTrainingCheck",
+    # concept explanations (issue 16): TCAV's test, randomized above the bottleneck, a known ground truth
+    "tcav_random_concepts": "sanitycheck.checks.tcav:TCAVRandomConcepts",
+    "tcav_model_randomization": "sanitycheck.checks.tcav:TCAVModelRandomization",
+    "tcav_ground_truth": "sanitycheck.checks.tcav:TCAVGroundTruth",
 }.items():
     CHECKS.register(_name, _path)
 

@@ -1,0 +1,326 @@
+"""TCAV under the same sanity checks (issue 16): audits (``unit = "check"``) of concept explanations.
+
+* ``tcav_random_concepts`` — the paper's test (Kim et al. 2018, §3.2): the concept's TCAV scores over
+  ``n_runs`` runs against different random sets differ from random concepts' (two-sided t-test, Bonferroni
+  over concepts × layers). Pass when every concept is significant at some layer.
+* ``tcav_model_randomization`` — new: cascading randomization (:mod:`sanitycheck.checks.randomization`) of
+  the layers **above** the bottleneck layer, from the logits down. The CAVs do not change (the activations at
+  the bottleneck do not depend on the layers above it); the gradients do. Per step: is the concept still
+  significant? A concept whose significance survives the fully randomized top is not explaining the model:
+  fail. Pass when significance is lost at some step (recorded: the first step where it is lost).
+* ``tcav_ground_truth`` — two models: the audited one, where the texture decides the label, and a twin
+  where it does not (``twin_model``: the run's ``context={"random_label_model": ...}``, a module or a
+  callable returning one — the same slot :class:`~sanitycheck.checks.data_randomization.DataRandomization`
+  reads). Over ``seeds`` (fresh concept and random sets per seed): the detection rate in the first model and
+  the false-positive rate in the twin. Pass when detection >= ``min_detection`` and the false-positive rate
+  <= ``max_false_positive_rate``.
+
+Concept sets come by name from :func:`sanitycheck.data.concepts.concept_sets` (``concepts``: e.g.
+``["stripes"]``; random sets ``f"{random}_{i}"`` for i = 0..n_runs). Each check returns per-run scores as
+records (``tcav_score``, ``random_tcav_score``, ``tcav_minus_random``; ground truth: ``significant`` per seed)
+under the explainer name ``record_as`` (default ``"tcav"``), its own verdict with the p-values, threshold and
+reason in ``notes["verdict"]`` (and one summary per test in ``summaries``), and the figure's data in
+``figure``: per layer, the concept's mean score with its CI beside the random runs' scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ModelError
+from ..metrics.tcav import MIN_RUNS, NULLS, SCORES, CAVBank, TCAVResult, fit_cavs, resolve_layers, score_cavs
+from ..seeding import derive_seed
+from .base import TWIN_MODEL, AuditCheck, CheckOutput
+
+__all__ = ["TCAVRandomConcepts", "TCAVModelRandomization", "TCAVGroundTruth", "load_concept_sets", "layers_above"]
+
+TRAINED = "trained"
+
+
+def load_concept_sets(name: str, *, size: Any, n: int, seed: int, channels: int = 3) -> List[Any]:
+    """The contract's loader (:func:`sanitycheck.data.concepts.concept_sets`), at the model's size and channels."""
+    try:
+        from ..data.concepts import concept_sets
+    except ImportError as err:  # pragma: no cover - until part tcavdata is merged
+        raise ConfigError("TCAV checks read concept sets from sanitycheck.data.concepts.concept_sets, which is not "
+                          f"available ({err})") from err
+    return list(concept_sets(name, size=size, n=n, seed=seed, channels=channels))
+
+
+def layers_above(model: nn.Module, layer: str, example_input: Tensor) -> List[str]:
+    """Parameterized layers (:func:`~sanitycheck.checks.randomization.parameter_layers`) first used after
+    ``layer`` has produced its output, in forward order: the layers cascading randomization above the bottleneck
+    re-initializes. ``layer`` itself, its children and its ancestors are never among them."""
+    from .randomization import ROOT, _FirstUse
+
+    resolve_layers(model, [layer])
+    owner_of = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owner_of.setdefault(id(p), name or ROOT)
+    mode = _FirstUse(owner_of)
+    done: List[int] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda *_: done.append(len(mode.order)))
+    try:
+        with torch.no_grad(), mode:
+            model(example_input)
+    finally:
+        handle.remove()
+    if not done:
+        raise ModelError(f"layer {layer!r} is not called in the forward pass of {type(model).__name__}")
+    inside = lambda n: n == layer or n.startswith(layer + ".") or layer.startswith(n + ".") or n == ROOT  # noqa: E731
+    return [n for n in mode.order[done[-1]:] if not inside(n)]
+
+
+class _TCAVCheck(AuditCheck):
+    """Shared parameters and plumbing of the TCAV audits."""
+
+    needs: frozenset = frozenset()
+    higher_is_better = {"tcav_score": True, "random_tcav_score": False, "tcav_minus_random": True}
+
+    def __init__(self, concepts: Sequence[str] = ("stripes",), layers: Sequence[str] = (), random: str = "random_noise",
+                 n_runs: int = MIN_RUNS, alpha: float = 0.05, n_images: int = 50, min_images: int = 10,
+                 score: str = "sign", null: str = "counterpart", ridge: float = 1.0, target: Optional[int] = None,
+                 record_as: str = "tcav"):
+        self.concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+        self.layers = [layers] if isinstance(layers, str) else list(layers)
+        if not self.concepts:
+            raise ConfigError(f"{type(self).__name__}: name at least one concept set (concepts=[...])")
+        if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < MIN_RUNS:
+            raise ConfigError(f"n_runs must be an integer >= {MIN_RUNS} (the paper's test), got {n_runs!r}")
+        if not 0 < alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+        if score not in SCORES or null not in NULLS:
+            raise ConfigError(f"score must be one of {SCORES} (got {score!r}) and null one of {NULLS} (got {null!r})")
+        if int(n_images) < int(min_images):
+            raise ConfigError(f"n_images={n_images} is fewer than min_images={min_images} the test needs")
+        self.random, self.n_runs, self.alpha = random, int(n_runs), float(alpha)
+        self.n_images, self.min_images, self.score, self.null = int(n_images), int(min_images), score, null
+        self.ridge, self.target, self.record_as = float(ridge), target, record_as
+
+    def config(self) -> Dict[str, Any]:
+        return {"concepts": self.concepts, "layers": self.layers, "random": self.random, "n_runs": self.n_runs,
+                "alpha": self.alpha, "n_images": self.n_images, "min_images": self.min_images, "score": self.score,
+                "null": self.null, "ridge": self.ridge, "target": self.target, "record_as": self.record_as}
+
+    # ------------------------------------------------------------------ plumbing
+    def sets(self, ctx: Any, seed: int) -> Tuple[List[Any], List[Any]]:
+        c, h, w = (int(v) for v in ctx.x.shape[-3:])
+        kw = dict(size=h if h == w else (h, w), n=self.n_images, seed=seed, channels=c)
+        concepts = [s for name in self.concepts for s in load_concept_sets(name, **kw)]
+        randoms = [s for i in range(self.n_runs + 1) for s in load_concept_sets(f"{self.random}_{i}", **kw)]
+        return concepts, randoms
+
+    def target_of(self, ctx: Any) -> Any:
+        """The class whose logit TCAV differentiates: ``target`` if given, else the run's class targets."""
+        if self.target is not None:
+            return int(self.target)
+        t = ctx.target
+        if isinstance(t, (int, Tensor)):
+            return t
+        classes = getattr(t, "classes", None)
+        if isinstance(classes, Tensor):  # sanitycheck.targets.ClassTarget (logit or probability: the class)
+            return classes
+        raise ConfigError(f"{self.name}: TCAV differentiates a class logit, but the run's target is "
+                          f"{type(t).__name__}; set the check's target= (a class index)")
+
+    def bank(self, ctx: Any, model: nn.Module, seed: int) -> CAVBank:
+        if not self.layers:  # checked here, not in __init__: get_check(name) builds every check without params
+            raise ConfigError(f"check {self.name!r}: name at least one layer (params: layers: [...], e.g. "
+                              "'net.block6')")
+        concepts, randoms = self.sets(ctx, seed)
+        return fit_cavs(model, concepts, randoms, self.layers, shape=tuple(ctx.x.shape[1:]), n_runs=self.n_runs,
+                        min_images=self.min_images, batch_size=ctx.batch_size, device=ctx.device, ridge=self.ridge,
+                        null=self.null, dtype=ctx.x.dtype)
+
+    def result(self, ctx: Any, bank: CAVBank, model: nn.Module, label: str = "") -> TCAVResult:
+        return score_cavs(bank, model, ctx.x, self.target_of(ctx), alpha=self.alpha, seed=ctx.seed, score=self.score,
+                          batch_size=ctx.batch_size, device=ctx.device, label=label)
+
+    def add_scores(self, out: CheckOutput, res: TCAVResult, prefix: str = "") -> None:
+        for t in res.tests:
+            step = f"{prefix}{t.concept}@{t.layer}"
+            out.steps.append(step)
+            out.scores[(step, self.record_as)] = {
+                "tcav_score": t.scores.double(), "random_tcav_score": t.random_scores.double(),
+                "tcav_minus_random": (t.scores - t.random_scores).double()}
+            undefined = "runs with a zero CAV (identical sets): no direction"
+            out.reasons[(step, self.record_as)] = {m: (undefined if bool(torch.isnan(v).any()) else None)
+                                                   for m, v in out.scores[(step, self.record_as)].items()}
+            # the common summary row (check, step, statistic, value, CI, n) plus the test
+            out.summaries.append({
+                "check": self.name, "step": step, "statistic": f"tcav_{self.score}", "value": t.summary.mean,
+                "ci_low": t.summary.ci_low, "ci_high": t.summary.ci_high, "n": t.summary.n,
+                "random_value": t.random_summary.mean, "random_ci_low": t.random_summary.ci_low,
+                "random_ci_high": t.random_summary.ci_high, "p_value": t.p_value, "p_adjusted": t.p_adjusted,
+                "threshold": t.threshold, "significant": t.significant, "reason": t.reason,
+                "test": "two-sided t-test (scipy.stats.ttest_ind), Bonferroni over concepts x layers",
+                "bootstrap": "percentile, 2000 resamples of runs"})
+
+    @staticmethod
+    def figure_of(res: TCAVResult) -> Dict[str, Any]:
+        """Per layer: each concept's mean score with its CI, and the random runs' scores (the null)."""
+        layers: Dict[str, Any] = {}
+        for t in res.tests:
+            entry = layers.setdefault(t.layer, {"concepts": {}, "random_scores": t.random_scores.tolist(),
+                                                 "random_summary": t.random_summary.as_dict()})
+            entry["concepts"][t.concept] = {**t.summary.as_dict(), "scores": t.scores.tolist(),
+                                            "p_value": t.p_value, "significant": t.significant}
+        return {"layers": layers, "score": res.score, "alpha": res.alpha, "n_comparisons": res.n_comparisons}
+
+
+class TCAVRandomConcepts(_TCAVCheck):
+    name = "tcav_random_concepts"
+    description = ("TCAV's statistical test (Kim et al. 2018): the concept's scores over runs against different "
+                   "random sets must differ from random concepts' (two-sided t-test, Bonferroni over concepts x "
+                   "layers).")
+
+    def evaluate(self, ctx: Any) -> CheckOutput:
+        res = self.result(ctx, self.bank(ctx, ctx.model, ctx.seed), ctx.model)
+        out = CheckOutput(steps=[], scores={}, figure={TRAINED: self.figure_of(res)})
+        self.add_scores(out, res)
+        per_concept = {}
+        for c in self.concepts_of(res):
+            tests = [t for t in res.tests if t.concept == c]
+            best = min(tests, key=lambda t: t.p_value)
+            per_concept[c] = {"significant": any(t.significant for t in tests), "p_value": best.p_value,
+                              "layer": best.layer, "threshold": best.threshold, "reason": best.reason}
+        passed = all(v["significant"] for v in per_concept.values())
+        failing = [c for c, v in per_concept.items() if not v["significant"]]
+        reason = ("every concept is significant at some layer after Bonferroni: " if passed else
+                  f"not significant at any layer after Bonferroni: {failing}; ") + "; ".join(
+            f"{c}: min p = {v['p_value']:.3g} at {v['layer']} (threshold {v['threshold']:.3g})"
+            for c, v in per_concept.items())
+        out.notes = {"verdict": {"status": "pass" if passed else "fail", "passed": passed, "concepts": per_concept,
+                                 "threshold": res.tests[0].threshold, "reason": reason},
+                     "passes": res.passes, **self.config()}
+        return out
+
+    @staticmethod
+    def concepts_of(res: TCAVResult) -> List[str]:
+        return list(dict.fromkeys(t.concept for t in res.tests))
+
+
+class TCAVModelRandomization(_TCAVCheck):
+    name = "tcav_model_randomization"
+    description = ("Cascading randomization of the layers above the bottleneck layer: a concept whose TCAV "
+                   "significance survives the randomized model is not explaining the model.")
+
+    def evaluate(self, ctx: Any) -> CheckOutput:
+        from .randomization import CascadingRandomization
+
+        model = ctx.model
+        bank = self.bank(ctx, model, ctx.seed)
+        example = ctx.x[:1].to(ctx.device)
+        trained = self.result(ctx, bank, model, label=TRAINED)
+        out = CheckOutput(steps=[], scores={}, figure={TRAINED: self.figure_of(trained)})
+        self.add_scores(out, trained, prefix=f"{TRAINED}|")
+        history: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+        for t in trained.tests:
+            history[(t.concept, t.layer)] = [{"step": TRAINED, "p_value": t.p_value, "significant": t.significant}]
+        above_of = {layer: layers_above(model, layer, example) for layer in self.layers}
+        for layer in self.layers:
+            above = above_of[layer]
+            if not above:
+                raise ConfigError(f"layer {layer!r} has no parameterized layer above it in {type(model).__name__}: "
+                                  "nothing to randomize; choose a lower bottleneck layer")
+            sub = CAVBank(bank.concepts, [layer], {layer: bank.cavs[layer]}, bank.n_runs, bank.shape,
+                          bank.set_forward_batches)
+            check = CascadingRandomization(layers=above)
+            for state in check.states(model, seed=ctx.seed, example_input=example):
+                res = score_cavs(sub, state.model, ctx.x, self.target_of(ctx), alpha=self.alpha, seed=ctx.seed,
+                                 score=self.score, batch_size=ctx.batch_size, device=ctx.device,
+                                 n_comparisons=trained.n_comparisons, label=state.step)
+                self.add_scores(out, res, prefix=f"{state.step}|")
+                for t in res.tests:
+                    history[(t.concept, t.layer)].append({"step": state.step, "p_value": t.p_value,
+                                                          "significant": t.significant})
+                out.figure[f"{layer}|{state.step}"] = self.figure_of(res)
+        per: Dict[str, Any] = {}
+        statuses = []
+        for (concept, layer), steps in history.items():
+            key = f"{concept}@{layer}"
+            lost = next((s["step"] for s in steps[1:] if not s["significant"]), None)
+            if not steps[0]["significant"]:
+                status, why = "inconclusive", "not significant on the trained model: nothing to lose"
+            elif steps[-1]["significant"]:
+                status, why = "fail", (f"still significant with every layer above {layer} randomized (p = "
+                                       f"{steps[-1]['p_value']:.3g}): the concept does not explain the model")
+            else:
+                status, why = "pass", f"significance lost at step {lost!r} (first randomized step where p >= threshold)"
+            statuses.append(status)
+            per[key] = {"status": status, "lost_at": lost, "steps": steps, "reason": why}
+        overall = "fail" if "fail" in statuses else ("pass" if statuses and all(s == "pass" for s in statuses)
+                                                     else "inconclusive")
+        out.notes = {"verdict": {"status": overall, "passed": overall == "pass", "tests": per,
+                                 "threshold": trained.tests[0].threshold,
+                                 "reason": "; ".join(f"{k}: {v['status']} ({v['reason']})" for k, v in per.items())},
+                     "layers_above": above_of, **self.config()}
+        return out
+
+
+class TCAVGroundTruth(_TCAVCheck):
+    name = "tcav_ground_truth"
+    description = ("Significant for the texture in the model where it decides the label, not in the twin where it "
+                   "does not; detection and false-positive rates over seeds.")
+    needs = frozenset({TWIN_MODEL})
+    higher_is_better = {"significant": True}
+
+    def __init__(self, *args: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), min_detection: float = 0.8,
+                 max_false_positive_rate: float = 0.2, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ConfigError("tcav_ground_truth needs at least one seed (seeds=[...])")
+        self.min_detection, self.max_fpr = float(min_detection), float(max_false_positive_rate)
+
+    def config(self) -> Dict[str, Any]:
+        return {**super().config(), "seeds": self.seeds, "min_detection": self.min_detection,
+                "max_false_positive_rate": self.max_fpr}
+
+    def evaluate(self, ctx: Any) -> CheckOutput:
+        twin = ctx.twin_model
+        if twin is None:
+            raise ModelError("tcav_ground_truth needs the model where the texture does not decide the label: pass it "
+                             "as the run's context random_label_model=... (a model or a callable returning one)")
+        if callable(twin) and not isinstance(twin, nn.Module):
+            twin = twin()
+        twin.eval()
+        models = {"decides": ctx.model, "independent": twin}
+        sig = {step: {c: [] for c in self.concepts} for step in models}
+        pvals = {step: {c: [] for c in self.concepts} for step in models}
+        figure: Dict[str, Any] = {}
+        for s in self.seeds:
+            seed = derive_seed(ctx.seed, "tcav_ground_truth", s)
+            for step, model in models.items():
+                res = self.result(ctx, self.bank(ctx, model, seed), model, label=f"{step}/{s}")
+                for c in self.concepts:
+                    tests = [t for t in res.tests if t.concept == c]
+                    sig[step][c].append(float(any(t.significant for t in tests)))
+                    pvals[step][c].append(min(t.p_value for t in tests))
+                if s == self.seeds[0]:
+                    figure[step] = self.figure_of(res)
+        out = CheckOutput(steps=[], scores={}, figure=figure)
+        per: Dict[str, Any] = {}
+        for c in self.concepts:
+            for step in models:
+                key = f"{step}|{c}"
+                out.steps.append(key)
+                out.scores[(key, self.record_as)] = {"significant": torch.tensor(sig[step][c], dtype=torch.float64)}
+            detection = sum(sig["decides"][c]) / len(self.seeds)
+            fpr = sum(sig["independent"][c]) / len(self.seeds)
+            ok = detection >= self.min_detection and fpr <= self.max_fpr
+            per[c] = {"detection_rate": detection, "false_positive_rate": fpr, "passed": ok,
+                      "p_values": {k: v[c] for k, v in pvals.items()},
+                      "reason": (f"significant in the model where the texture decides the label on {detection:.0%} of "
+                                 f"{len(self.seeds)} seeds (needs >= {self.min_detection:.0%}), in the model where it "
+                                 f"does not on {fpr:.0%} (false positives; allowed <= {self.max_fpr:.0%})")}
+        passed = all(v["passed"] for v in per.values())
+        out.notes = {"verdict": {"status": "pass" if passed else "fail", "passed": passed, "concepts": per,
+                                 "threshold": self.alpha / (len(self.concepts) * len(self.layers)),
+                                 "reason": "; ".join(f"{c}: {v['reason']}" for c, v in per.items())},
+                     **self.config()}
+        return out
