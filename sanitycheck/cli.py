@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from .errors import SanityCheckError
 from .options import add_gate_options, add_run_options, gate_messages, run_kwargs, verdict_status
@@ -217,13 +217,18 @@ def cmd_clip_saliency(args: argparse.Namespace) -> int:
     print(f"{summary['model']} ({summary['pretrained'] or 'random weights'}), image {summary['image']} at "
           f"{summary['input_size'][0]}x{summary['input_size'][1]}: cosine similarity to {summary['query']!r} = "
           f"{summary['cosine_similarity']:.4f}")
+    _print_methods(summary, out)
+    return 0
+
+
+def _print_methods(summary: Dict[str, Any], out: Path) -> None:
+    """Each method's seconds and file, the methods that do not apply, and the grid (clip-saliency, explain)."""
     for name, row in summary["methods"].items():
         print(f"  {name:<24} {row['seconds']:7.2f} s  {out / row['file'] if 'file' in row else ''}")
     for name, reason in summary["skipped"].items():
         print(f"  {name:<24} not applicable: {reason}")
     if summary["grid"]:
         print(f"grid: {out / summary['grid']}")
-    return 0
 
 
 def _model_param(text: str):
@@ -257,12 +262,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  {row['rank']}. {row['probability']:7.2%}  {row['class']:>4}  {row['name']}")
     t = summary["target"]
     print(f"explained: class {t['class']} {t['name']!r} ({t['how']}, p={t['probability']:.4f})")
-    for name, row in summary["methods"].items():
-        print(f"  {name:<24} {row['seconds']:7.2f} s  {out / row['file'] if 'file' in row else ''}")
-    for name, reason in summary["skipped"].items():
-        print(f"  {name:<24} not applicable: {reason}")
-    if summary["grid"]:
-        print(f"grid: {out / summary['grid']}")
+    _print_methods(summary, out)
     print(f"summary: {out / 'summary.json'}")
     return 0
 

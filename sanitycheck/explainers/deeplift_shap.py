@@ -47,7 +47,21 @@ def check_sampling(name: str, n_samples: Any, max_batch: Any) -> None:
         raise ConfigError(f"{name}: max_batch must be >= 1, got {max_batch}")
 
 
-class DeepLiftShap(Explainer):
+class BaselineSampledExplainer(Explainer):
+    """Shared parameters of the explainers that average over ``n_samples`` seeded, content-keyed baseline draws
+    (:class:`DeepLiftShap`, :class:`~sanitycheck.explainers.gradient_shap.GradientShap`): ``n_samples``, ``seed``,
+    ``max_batch`` (inputs per model call; not part of the config: it changes no number) and the channel reduction."""
+
+    def __init__(self, n_samples: int = 16, seed: int = 0, max_batch: int = 128, channel_reduction: str = "sum"):
+        check_sampling(type(self).name, n_samples, max_batch)
+        self.n_samples, self.seed, self.max_batch = int(n_samples), int(seed), int(max_batch)
+        self.channel_reduction = check_channel_reduction(channel_reduction)
+
+    def config(self) -> Dict[str, Any]:
+        return {"n_samples": self.n_samples, "seed": self.seed, "channel_reduction": self.channel_reduction}
+
+
+class DeepLiftShap(BaselineSampledExplainer):
     """Mean of DeepLIFT (Rescale) maps of each input against ``n_samples`` drawn baselines (Lundberg & Lee 2017).
 
     Parameters: ``n_samples`` (baselines per input, default 16), ``seed`` (0), ``max_batch`` (at most this many
@@ -58,14 +72,6 @@ class DeepLiftShap(Explainer):
 
     name = "deeplift_shap"
     modalities = ("image",)
-
-    def __init__(self, n_samples: int = 16, seed: int = 0, max_batch: int = 128, channel_reduction: str = "sum"):
-        check_sampling(type(self).name, n_samples, max_batch)
-        self.n_samples, self.seed, self.max_batch = int(n_samples), int(seed), int(max_batch)
-        self.channel_reduction = check_channel_reduction(channel_reduction)
-
-    def config(self) -> Dict[str, Any]:
-        return {"n_samples": self.n_samples, "seed": self.seed, "channel_reduction": self.channel_reduction}
 
     def evaluations_per_map(self, x_shape: Any = None) -> int:
         """``2 * n_samples``: each input-baseline pair is one forward (+ backward) pass over two inputs."""

@@ -23,13 +23,12 @@ from torch import Tensor, nn
 
 from ..seeding import per_sample_draw
 from ..targets import Target
-from .base import Explainer, check_channel_reduction
-from .deeplift_shap import check_sampling, uniform_baselines
+from .deeplift_shap import BaselineSampledExplainer, uniform_baselines
 
 __all__ = ["GradientShap"]
 
 
-class GradientShap(Explainer):
+class GradientShap(BaselineSampledExplainer):
     """Expected gradients over ``n_samples`` (baseline, point) draws (Lundberg & Lee 2017; Erion et al. 2021).
 
     Parameters: ``n_samples`` (default 16), ``seed`` (0), ``max_batch`` (at most this many interpolated inputs per
@@ -39,14 +38,6 @@ class GradientShap(Explainer):
     """
 
     name = "gradient_shap"
-
-    def __init__(self, n_samples: int = 16, seed: int = 0, max_batch: int = 128, channel_reduction: str = "sum"):
-        check_sampling(type(self).name, n_samples, max_batch)
-        self.n_samples, self.seed, self.max_batch = int(n_samples), int(seed), int(max_batch)
-        self.channel_reduction = check_channel_reduction(channel_reduction)
-
-    def config(self) -> Dict[str, Any]:
-        return {"n_samples": self.n_samples, "seed": self.seed, "channel_reduction": self.channel_reduction}
 
     def evaluations_per_map(self, x_shape: Any = None) -> int:
         """``n_samples``: one forward (+ backward) pass per interpolated input."""
