@@ -40,3 +40,16 @@ def test_chunk_size_changes_no_number(real, metric, monkeypatch):
         assert out[chunk].keys() == out[1024].keys()
         for key in out[1024]:
             assert torch.equal(out[chunk][key], out[1024][key]), (key, chunk)
+
+
+def test_large_inputs_get_fewer_rows_per_forward_and_small_ones_keep_theirs():
+    from sanitycheck.metrics import faithfulness as F
+
+    # Fashion-MNIST and the CLIP scenes keep the row limits their published numbers were computed with
+    assert F._row_limit(F.MAX_BATCH, 1 * 28 * 28, F.MAX_BATCH_VALUES) == F.MAX_BATCH == 256
+    assert F._row_limit(F.MAX_BATCH, 3 * 64 * 64, F.MAX_BATCH_VALUES) == 256
+    assert F._row_limit(F.MAX_EXPLAIN_BATCH, 1 * 28 * 28, F.MAX_EXPLAIN_VALUES) == F.MAX_EXPLAIN_BATCH
+    # ImageNet at 224: about 20 inputs per forward and 21 per explainer call, not 256 and 4096
+    assert F._row_limit(F.MAX_BATCH, 3 * 224 * 224, F.MAX_BATCH_VALUES) == 20
+    assert F._row_limit(F.MAX_EXPLAIN_BATCH, 3 * 224 * 224, F.MAX_EXPLAIN_VALUES) == 21
+    assert F._row_limit(F.MAX_BATCH, 10 ** 9, F.MAX_BATCH_VALUES) == 1

@@ -6,6 +6,9 @@ pretrained one), so they are cheap; the published numbers come from `sanitycheck
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,3 +78,20 @@ def test_faithfulness_imagenet_removes_pixels_to_the_normalized_zero(model):
     assert _check(suite, "faithfulness_correlation").params["baseline"] == pytest.approx(zero, abs=1e-7)
     occlusion = dict(suite.explainers)["occlusion"]
     assert occlusion["baseline"] == pytest.approx(zero, abs=1e-7)
+
+
+BOARD = Path(__file__).resolve().parent.parent / "leaderboard" / "submissions"
+
+
+@pytest.mark.parametrize("name", IMAGENET_SUITES)
+def test_each_imagenet_suite_is_on_the_board_with_the_pinned_pretrained_weights(name):
+    from sanitycheck.models.efficientnet_lite import WEIGHTS_SHA256
+
+    files = sorted(BOARD.glob(f"*/{name}.json"))
+    assert files, f"no leaderboard file for {name}"
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert doc["model"]["name"] == "efficientnet_lite0" and doc["model"]["reference_weights"] is True, f
+        assert doc["model"]["weights_sha256"] == WEIGHTS_SHA256, f
+        assert doc["dataset"]["name"] == "photos" and doc["dataset"]["n"] == 14, f
+        assert "/" not in doc["model"]["info"]["weights_file"].split("==")[0], "no local path in published files"

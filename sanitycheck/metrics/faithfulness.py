@@ -51,6 +51,17 @@ __all__ = ["FaithfulnessCorrelation", "Infidelity", "MaxSensitivity", "ROAD", "n
 MAX_BATCH = 256
 #: at most this many inputs per explainer call (MaxSensitivity)
 MAX_EXPLAIN_BATCH = 4096
+#: ... and at most this many input values per forward / per explainer call, so that large inputs stay within
+#: memory: 256 inputs of 3x64x64 per forward, 4096 of 1x28x28 per explainer call, so 20 and 21 of 3x224x224
+#: (ImageNet at 224 held 24 GB in one ROAD forward of 252 perturbed images with the row limits alone). Inputs
+#: of the Fashion-MNIST and CLIP-scene suites are below both budgets: their chunks, and numbers, are unchanged.
+MAX_BATCH_VALUES = MAX_BATCH * 3 * 64 * 64
+MAX_EXPLAIN_VALUES = MAX_EXPLAIN_BATCH * 28 * 28
+
+
+def _row_limit(limit: int, values_per_row: int, budget: int) -> int:
+    """``limit`` rows, fewer when ``limit`` rows of ``values_per_row`` input values exceed ``budget``."""
+    return max(1, min(limit, budget // max(1, values_per_row)))
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -129,8 +140,9 @@ def _chunk_target(target: Target, start: int, stop: int, repeats: int) -> Target
 def _clean_scores(model: nn.Module, x: Tensor, target: Target, softmax: bool, family: str = "") -> Tensor:
     """``(B,)`` scores of the unperturbed inputs, in chunks."""
     parts = []
-    for s in range(0, x.shape[0], MAX_BATCH):
-        e = min(s + MAX_BATCH, x.shape[0])
+    step = _row_limit(MAX_BATCH, x[0].numel(), MAX_BATCH_VALUES)
+    for s in range(0, x.shape[0], step):
+        e = min(s + step, x.shape[0])
         parts.append(_target_scores(model, x[s:e], _chunk_target(target, s, e, 1), softmax, family))
     return torch.cat(parts)
 
@@ -244,7 +256,7 @@ class FaithfulnessCorrelation(FaithfulnessFamily):
         f0 = _clean_scores(model, x, target, self.softmax, self.name)
         flat_maps = maps.flatten(1).to(torch.float64)
         mass, drops = [], []
-        for s, e in _sample_chunks(b, n):
+        for s, e in _sample_chunks(b, n, _row_limit(MAX_BATCH, x[0].numel(), MAX_BATCH_VALUES)):
             xc = x[s:e]
             rand = per_sample_draw(xc, (n, hw), "faithfulness_correlation", seed, "subsets", kind="uniform")
             mask = torch.zeros(rand.shape, dtype=torch.bool, device=x.device)
@@ -306,7 +318,7 @@ class Infidelity(FaithfulnessFamily):
         f0 = _clean_scores(model, x, target, False)
         maps64 = maps.to(torch.float64)
         dots, drops = [], []
-        for s, e in _sample_chunks(b, n):
+        for s, e in _sample_chunks(b, n, _row_limit(MAX_BATCH, x[0].numel(), MAX_BATCH_VALUES)):
             xc = x[s:e]
             noise = per_sample_draw(xc, (n, h, w), "infidelity", seed, "noise") * self.noise_std  # (b, n, H, W)
             step = noise.unsqueeze(2)  # (b, n, 1, H, W): the same perturbation for every channel of a pixel
@@ -370,7 +382,7 @@ class MaxSensitivity(FaithfulnessFamily):
         b, c, h, w = x.shape
         n = self.n_perturbations
         sens = []
-        for s, e in _sample_chunks(b, n + 1, MAX_EXPLAIN_BATCH):
+        for s, e in _sample_chunks(b, n + 1, _row_limit(MAX_EXPLAIN_BATCH, x[0].numel(), MAX_EXPLAIN_VALUES)):
             xc = x[s:e]
             delta = (per_sample_draw(xc, (n, c, h, w), "max_sensitivity", seed, "delta", kind="uniform")
                      * 2 - 1) * self.radius
@@ -598,7 +610,7 @@ class ROAD(FaithfulnessFamily):
         n_o, n_p = len(self.orders), len(self.percentages)
         per = n_o * n_p
         curves, max_res, iters, ties, constant = [], 0.0, 0, 0, 0
-        for s, e in _sample_chunks(b, per):
+        for s, e in _sample_chunks(b, per, _row_limit(MAX_BATCH, x[0].numel(), MAX_BATCH_VALUES)):
             xc, mc = x[s:e], maps[s:e]
             tie_keys = per_sample_draw(xc, (h * w,), "road", seed, "ties", kind="uniform")
             sorted_vals = mc.flatten(1).sort(dim=1).values
