@@ -80,6 +80,16 @@ def test_faithfulness_imagenet_removes_pixels_to_the_normalized_zero(model):
     assert occlusion["baseline"] == pytest.approx(zero, abs=1e-7)
 
 
+@pytest.mark.parametrize("name", ["petsiuk2018_imagenet", "faithfulness_imagenet"])
+def test_imagenet_suites_bound_the_images_per_forward(name):
+    """At 224x224 the CPU defaults (128 curve states, 1024 occluded images per forward) ran out of 24 GB."""
+    suite = load_suite(name)
+    assert dict(suite.explainers)["occlusion"]["batch_size"] <= 16
+    for spec in suite.checks:
+        if spec.name in ("deletion", "insertion", "aopc_morf", "aopc_lerf"):
+            assert spec.params["batch_size"] <= 16, spec.name
+
+
 BOARD = Path(__file__).resolve().parent.parent / "leaderboard" / "submissions"
 
 
