@@ -23,7 +23,7 @@ run: env data bwrap
 	@out=runs/adebayo2018-$$(date +%Y%m%d-%H%M%S); \
 	$(BIN)/sanitycheck run --out $$out $(ARGS) && \
 	$(BIN)/sanitycheck publish $$out/results.json && \
-	$(BIN)/sanitycheck leaderboard
+	$(BIN)/sanitycheck leaderboard --rerun-suites adebayo2018
 
 # Every suite (or SUITES="..."), each published to the leaderboard, then the board: what leaderboard/ holds.
 SUITES ?= adebayo2018 petsiuk2018 faithfulness jain_wallace2019 jain_wallace2019_minilm wiegreffe_pinter2019 clip_text2img

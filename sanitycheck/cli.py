@@ -331,7 +331,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .report.leaderboard import build_leaderboard
 
-    summary = build_leaderboard(Path(args.dir), rerun=not args.no_rerun, sample=args.board_sample,
+    rerun = (not args.no_rerun) if args.rerun_suites is None else \
+        [s.strip() for s in args.rerun_suites.split(",") if s.strip()]
+    if args.rerun_suites is not None and args.no_rerun:
+        from .errors import ConfigError
+
+        raise ConfigError("--rerun-suites and --no-rerun contradict each other: give one")
+    summary = build_leaderboard(Path(args.dir), rerun=rerun, sample=args.board_sample,
                                 progress=not args.no_progress, timeout_s=args.timeout, memory_mb=args.memory_mb)
     for suite, methods in summary["suites"].items():
         print(f"{suite}: {len(methods)} method(s)")
@@ -470,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "at random (default: 4)")
     board.add_argument("--no-rerun", action="store_true", help="static validation only (no method is re-run); "
                                                                "the board says so")
+    board.add_argument("--rerun-suites", default=None, metavar="SUITES",
+                       help="re-run only the files of these suites (comma-separated); the others are validated "
+                            "statically, and the board says which were re-run (make run: its own suite)")
     board.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_limits(board)
     board.set_defaults(func=cmd_leaderboard)

@@ -128,6 +128,32 @@ def test_rerun_into_the_same_out_resumes_and_gives_the_same_numbers(tiny_run, mo
     assert again["records"] == first["records"] and again["verdicts"] == first["verdicts"]
 
 
+def test_a_suite_re_versioned_to_add_an_explainer_resumes_the_shared_units(tmp_path, monkeypatch):
+    """Units are keyed by their check's config and their explainer's spec, not by the suite's version: adding a
+    method to a suite (a new version) explains only the new method; the others' records are unchanged."""
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
+    base = dict(explainers=["gradient", "sobel"], checks=[
+        {"name": "cascading_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5}}],
+        dataset={"name": "digits", "split": "test", "n": 8}, metrics=["spearman_abs"])
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_suite(tmp_path, **base)), "--out", str(out), "--no-progress", "--no-figures"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    from sanitycheck.engine import run as runner
+
+    explained = []
+    real = runner.explain_maps
+    monkeypatch.setattr(runner, "explain_maps", lambda *a, **k: explained.append(k["name"]) or real(*a, **k))
+    bumped = tiny_suite(tmp_path, **{**base, "version": "0.0.2", "explainers": ["gradient", "sobel", "gradcam"]})
+    assert main(["run", str(bumped), "--out", str(out), "--no-progress", "--no-figures"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert explained and set(explained) == {"gradcam"}, explained
+    assert again["suite_version"] == "0.0.2"
+    old = [r for r in again["records"] if r["explainer"] != "gradcam"]
+    assert old == first["records"]
+    # another seed is another run: refused, not mixed
+    assert main(["run", str(bumped), "--out", str(out), "--seed", "3", "--no-progress"]) == 2
+
+
 def test_a_different_run_into_the_same_out_is_refused(tiny_run, capsys):
     _, out, suite, _ = tiny_run
     assert main(["run", str(suite), "--out", str(out), "--seed", "7", "--no-progress"]) == 2

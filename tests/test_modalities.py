@@ -233,3 +233,19 @@ def test_ls_shows_each_explainers_and_metrics_modalities(capsys):
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert lines["token_kendall_abs"].split(None, 1)[1] == "text"
     assert lines["ssim"].split(None, 1)[1] == "image, image_text"
+
+
+def test_result_thumbnails_are_at_most_64_pixels_a_side_and_small_inputs_are_kept_exactly():
+    """A 224x224 ImageNet map of every model state inside results.json made one board file 5.7 MB; thumbnails
+    are area averages (a constant map stays constant), and Fashion-MNIST's 28x28 maps are stored as they are."""
+    import torch
+
+    from sanitycheck.modalities.base import THUMBNAIL_SIDE, thumbnail
+
+    big = torch.rand(3, 224, 224)
+    small = thumbnail(big)
+    assert small.shape == (3, 64, 64) and max(small.shape[-2:]) == THUMBNAIL_SIDE
+    assert abs(float(small.mean() - big.mean())) < 2e-3  # overlapping windows at 224 -> 64
+    assert torch.equal(thumbnail(torch.full((224, 160), 2.5)), torch.full((64, 46), 2.5))
+    fmnist = torch.rand(28, 28)
+    assert thumbnail(fmnist) is fmnist

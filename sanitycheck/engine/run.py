@@ -80,6 +80,16 @@ def check_out_dir(out_dir: Path) -> None:
     os.unlink(probe)
 
 
+#: fingerprint entries that units are not keyed by. Each unit's key holds its check's config and its explainer's
+#: spec (an audit unit's, every explainer's), so a suite re-versioned to add an explainer or a check, or to change
+#: a verdict rule, resumes the units it shares with the old version instead of recomputing them
+_NOT_IN_RUN_KEY = ("explainers", "suite_version", "suite_sha256", "run_key")
+
+
+def _hash_settings(settings: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @dataclass
 class RunSettings:
     """What a run was asked to do (the suite's defaults overridden by the caller)."""
@@ -259,8 +269,8 @@ class AuditRun:
                               "is recomputed", stacklevel=2)
                 old = None
         if old is not None:
-            shared = {k: v for k, v in old.items() if k != "explainers"}
-            if shared != {k: v for k, v in fp.items() if k != "explainers"}:
+            shared = {k: v for k, v in old.items() if k not in _NOT_IN_RUN_KEY}
+            if shared != {k: v for k, v in fp.items() if k not in _NOT_IN_RUN_KEY}:
                 raise ConfigError(
                     f"{self.out_dir} holds a run with different settings "
                     f"({', '.join(k for k in shared if shared[k] != fp.get(k))} differ); "
@@ -269,10 +279,12 @@ class AuditRun:
             merged = dict(old.get("explainers", {}))
             merged.update(fp["explainers"])
             fp["explainers"] = merged
+            # a cache written before run keys were stored hashed all but its explainers: keep resuming it
+            fp["run_key"] = old.get("run_key") or _hash_settings({k: v for k, v in old.items() if k != "explainers"})
+        else:
+            fp["run_key"] = _hash_settings({k: v for k, v in fp.items() if k not in _NOT_IN_RUN_KEY})
         atomic_write_json(path, fp)
-        # units are keyed by everything but the explainers (their specs are in each unit's key)
-        self._run_key = hashlib.sha256(json.dumps({k: v for k, v in fp.items() if k != "explainers"},
-                                                  sort_keys=True, default=str).encode()).hexdigest()
+        self._run_key = fp["run_key"]
 
     # ---------------------------------------------------------------- planning
     def stem(self, name: str, explainer: Any) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 
 # --------------------------------------------------------------------------- the board's data
@@ -167,21 +167,30 @@ def _layout_problems(doc: Dict[str, Any], path: Path) -> List[str]:
     return problems
 
 
-def _revalidate(paths: List[Path], rerun: bool, sample: int, work_root: Optional[Path], limits: Dict[str, Any],
-                progress: bool = False) -> List[Tuple[Path, Optional[Dict[str, Any]], List[str]]]:
+def rerun_file(path: Path, rerun: Union[bool, Sequence[str]]) -> bool:
+    """Whether the board re-runs the file at ``path``: ``rerun`` is True (every file), False (none) or the names of
+    the suites whose files are re-run (a file's suite is the name of its file: ``submissions/<method>/<suite>.json``)."""
+    if isinstance(rerun, bool):
+        return rerun
+    return Path(path).stem in set(rerun)
+
+
+def _revalidate(paths: List[Path], rerun: Union[bool, Sequence[str]], sample: int, work_root: Optional[Path],
+                limits: Dict[str, Any], progress: bool = False) -> List[Tuple[Path, Optional[Dict[str, Any]], List[str]]]:
     """Validate every file as ``sanitycheck validate`` does (with a re-run of ``sample`` inputs drawn at random now,
     the files of one suite re-run together, unless ``rerun`` is off); return (path, document with the verdicts
     recomputed here, problems) per file."""
     from ..suites import load_suite
     from ..validation import load_document, load_valid_documents, recomputed_verdicts
 
-    if rerun:
+    rerun_paths = [p for p in paths if rerun_file(p, rerun)]
+    if rerun_paths:
         from ..submissions import validate_files
 
-        found = validate_files(paths, sample=sample, work_root=work_root, progress=progress, **limits)
+        found = validate_files(rerun_paths, sample=sample, work_root=work_root, progress=progress, **limits)
     out = []
     for path in paths:
-        if rerun:
+        if path in rerun_paths:
             problems = found[str(path)]
             doc = None
             if not problems:
@@ -195,7 +204,7 @@ def _revalidate(paths: List[Path], rerun: bool, sample: int, work_root: Optional
     return out
 
 
-def collect(root: Path, *, rerun: bool = False, sample: int = 4, progress: bool = False,
+def collect(root: Path, *, rerun: Union[bool, Sequence[str]] = False, sample: int = 4, progress: bool = False,
             limits: Optional[Dict[str, Any]] = None
             ) -> Tuple[Dict[str, SuiteTable], Dict[str, List[str]], Dict[Tuple[str, str], Dict[str, Any]]]:
     """Validate every submission; return (tables by suite, {relative path: problems}, {(suite, method): doc})."""
@@ -206,7 +215,8 @@ def collect(root: Path, *, rerun: bool = False, sample: int = 4, progress: bool 
     rejected: Dict[str, List[str]] = {}
     docs: Dict[Tuple[str, str], Dict[str, Any]] = {}
     paths = list(submission_paths(root))
-    work = tempfile.TemporaryDirectory(prefix="sanitycheck-board-") if rerun else None
+    any_rerun = any(rerun_file(p, rerun) for p in paths)
+    work = tempfile.TemporaryDirectory(prefix="sanitycheck-board-") if any_rerun else None
     try:
         checked = _revalidate(paths, rerun, sample, Path(work.name) if work else None, dict(limits or {}),
                               progress=progress)

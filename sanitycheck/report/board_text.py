@@ -101,7 +101,14 @@ def rules_text(table: SuiteTable, md: bool) -> str:
     return "; ".join(parts)
 
 
-def validation_note(rerun: bool, sample: int) -> str:
+def validation_note(rerun: Any, sample: int) -> str:
+    """What the board's validation did: ``rerun`` is True, False or the suites whose files were re-run."""
+    if not isinstance(rerun, bool):
+        names = ", ".join(f"`{s}`" for s in sorted(rerun)) or "none"
+        return (f"Every file on this board was re-validated when the board was built: the suite's current rules "
+                f"applied to its per-image scores (the verdicts shown are the ones recomputed here, not the file's) "
+                f"and the source hash and weights checked. The files of {names} also had {sample} inputs each drawn "
+                f"at random and re-run; the others were not re-run in this build (`--rerun-suites`).")
     if rerun:
         return (f"Every file on this board was re-validated when the board was built: the suite's current rules "
                 f"applied to its per-image scores (the verdicts shown are the ones recomputed here, not the file's), "

@@ -28,7 +28,7 @@ collection and re-validation) <- :mod:`.board_text` (shared wording, escaping) <
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Union
 
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_text
@@ -51,12 +51,13 @@ __all__ = ["BADGE_MARKS", "BADGE_RULE", "CASCADING", "FAITHFULNESS_SUITE", "GENE
 
 
 # --------------------------------------------------------------------------- build
-def build_leaderboard(root: Path = Path("leaderboard"), *, rerun: bool = True, sample: int = 4,
+def build_leaderboard(root: Path = Path("leaderboard"), *, rerun: Union[bool, Sequence[str]] = True, sample: int = 4,
                       progress: bool = False, **limits: Any) -> Dict[str, Any]:
     """Validate ``root/submissions/*/*.json`` and write ``LEADERBOARD.md``, ``index.html`` and ``assets/``.
 
     Every build re-validates every file: the suite's current rules on its per-image scores and, unless ``rerun``
-    is off, a re-run of ``sample`` inputs per file drawn at random now (``limits``: ``timeout_s``, ``memory_mb``
+    is off, a re-run of ``sample`` inputs per file drawn at random now (``rerun`` may instead name the suites whose
+    files are re-run: ``make run`` re-runs its own suite's files, not the whole board's) (``limits``: ``timeout_s``, ``memory_mb``
     of the sandboxed re-run). The verdicts shown are the ones recomputed here.
 
     Returns ``{"suites": {suite: [method, ...]}, "rejected": {path: [problem, ...]}, "files": [path, ...],
@@ -98,5 +99,6 @@ def build_leaderboard(root: Path = Path("leaderboard"), *, rerun: bool = True, s
     return {"suites": {s: [r.method for r in t.rows] for s, t in tables.items()},
             "rejected": rejected,
             "files": [p.relative_to(root).as_posix() for p in written],
-            "warnings": warnings, "rerun": rerun, "sample": sample if rerun else 0,
+            "warnings": warnings, "rerun": rerun if isinstance(rerun, bool) else sorted(rerun),
+            "sample": sample if rerun else 0,
             "badges": {s: {r.method: r.badge for r in t.rows if r.badge} for s, t in tables.items()}}

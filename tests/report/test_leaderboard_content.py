@@ -147,3 +147,26 @@ def test_misplaced_file_is_refused_and_rebuilds_are_stable(board_root, tiny_docs
     for f in second["files"]:
         if f.startswith("assets/"):
             assert (board_root / f).read_bytes() == outputs[f], f
+
+
+def test_rerun_suites_re_runs_only_the_named_suites_files_and_the_board_says_so(board_root, monkeypatch):
+    """`make run` rebuilds the board after one suite's audit: re-running 4 inputs of every file on the board (the
+    ImageNet cascades among them) took 11 minutes, so it re-runs its own suite's files and validates the others
+    statically, and the note under the board names the suites that were re-run."""
+    import sanitycheck.submissions as submissions
+
+    asked = []
+
+    def fake_validate_files(paths, **kwargs):
+        asked.extend(paths)
+        return {str(p): [] for p in paths}
+
+    monkeypatch.setattr(submissions, "validate_files", fake_validate_files)
+    summary = build_leaderboard(board_root, rerun=["another_suite"])
+    assert asked == [] and summary["rerun"] == ["another_suite"]
+    assert sorted(summary["suites"][SUITE]) == sorted(METHODS)
+    md = (board_root / "LEADERBOARD.md").read_text(encoding="utf-8")
+    assert "The files of `another_suite` also had 4 inputs" in md and "--rerun-suites" in md
+    summary = build_leaderboard(board_root, rerun=[SUITE], sample=2)
+    assert set(METHODS) <= {p.parent.name for p in asked} and all(p.stem == SUITE for p in asked)
+    assert f"The files of `{SUITE}` also had 2 inputs" in (board_root / "LEADERBOARD.md").read_text(encoding="utf-8")
