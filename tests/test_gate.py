@@ -156,3 +156,33 @@ def test_a_rounds_later_group_reuses_the_trained_maps_of_its_earlier_groups(tmp_
     costs, free = {"gradient": 1, "sobel": 1}, {"gradient": False, "sobel": True}
     assert _evaluations(second, costs, free) - _evaluations(second, costs, free, ["gradient", "sobel"]) == 2 * 16
     assert first["dataset"]["n"] == 16
+
+
+def test_the_gate_applies_the_noise_rule_with_ceilings_measured_on_the_images_it_gated(tmp_path, monkeypatch):
+    """A suite with a noise ceiling: the gate runs the ceiling beside each explainer's undecided cells and applies
+    the rule the full run and the board apply. SmoothGrad with 1 sample at noise 3.0 has maps so noisy that
+    another seed already decorrelates them: its gated PASS is NOISE; the gradient (no sampling) keeps its verdict."""
+    from sanitycheck.checks.sampling import noise_rule_checks
+    from sanitycheck.results import Record, Verdict, apply_noise_ceiling
+
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "models"))
+    suite = load_suite(str(tiny_suite(
+        tmp_path, explainers=["gradient", {"smoothgrad": {"n_samples": 1, "noise_level": 3.0}}],
+        checks=[{"name": "cascading_randomization", "verdict": {"metric": "spearman_abs", "threshold": 0.5}},
+                {"name": "noise_ceiling"}],
+        dataset={"name": "digits", "split": "test", "n": 32}, metrics=["spearman_abs"])))
+    doc = run_gate(suite, out_dir=tmp_path / "gate", progress=False)
+    got = {v["explainer"]: v for v in doc["verdicts"]}
+    ceiling = {r["explainer"]: r for r in doc["records"] if r["check"] == "noise_ceiling" and r["step"] != "original"}
+    assert set(ceiling) == {"gradient", "smoothgrad"} and ceiling["gradient"]["mean"] == 1.0
+    assert ceiling["smoothgrad"]["ci_high"] < 0.5
+    assert got["smoothgrad"]["status"] == "noise" and "sampling noise" in got["smoothgrad"]["reason"]
+    assert got["gradient"]["status"] != "noise" and "sequential gate" in got["gradient"]["reason"]
+    # the same rule as apply_noise_ceiling on the gate's own records
+    fields = Verdict.__dataclass_fields__
+    plain = [Verdict(**{k: v for k, v in x.items() if k in fields}) for x in doc["verdicts"]]
+    records = [Record(**r) for r in doc["records"]]
+    assert apply_noise_ceiling(plain, records, *noise_rule_checks(suite.checks)) == plain
+    # the ceiling ran on the images its explainer's cells consumed, no more
+    assert ceiling["smoothgrad"]["n"] + ceiling["smoothgrad"]["n_undefined"] == \
+        max(v["sequential"]["n_images"] for v in doc["verdicts"] if v["explainer"] == "smoothgrad")

@@ -165,6 +165,11 @@ def run_gate(suite: Suite, *, out_dir: Path, budget: Optional[int] = None, alpha
     objects = run_kwargs.pop("explainer_objects", None)
     names = list(objects) if objects else (list(explainers) if explainers else list(suite.explainer_names))
     live = {(e, c.name) for e in names for c in specs if c.verdict is not None}
+    # noise-ceiling checks have no verdict of their own: they run beside an explainer's undecided cells, on the
+    # same images, so the noise rule can turn a gated pass of a method whose maps are sampling noise into NOISE
+    from ..checks.sampling import noise_rule_checks
+
+    ceilings, randomizations = noise_rule_checks(specs)
     data: Dict[Tuple[str, str], List[torch.Tensor]] = {cell: [] for cell in live}
     decisions: Dict[Tuple[str, str], SequentialDecision] = {}
     images: Dict[Tuple[str, str], int] = {cell: 0 for cell in live}
@@ -180,8 +185,9 @@ def run_gate(suite: Suite, *, out_dir: Path, budget: Optional[int] = None, alpha
             break
         # group the undecided checks by their undecided explainers: one engine run per group
         groups: Dict[Tuple[str, ...], List[str]] = {}
+        undecided = {e for e, _ in live}
         for c in [s.name for s in specs]:
-            es = tuple(e for e in names if (e, c) in live)
+            es = tuple(e for e in names if ((e, c) in live) or (c in ceilings and e in undecided))
             if es:
                 groups.setdefault(es, []).append(c)
         trained_done: List[str] = []  # explainers whose trained maps of this round's images are computed
@@ -212,6 +218,8 @@ def run_gate(suite: Suite, *, out_dir: Path, budget: Optional[int] = None, alpha
                             slot.setdefault(m, []).extend(vals)
             for c in cs:
                 rule = spec_of[c].verdict
+                if rule is None:  # a noise ceiling: recorded over the images it ran on, never gated on
+                    continue
                 steps = doc["checks"][c]["steps"]
                 read = steps if rule.rule == "all_steps" else steps[-1:]
                 for e in es:
@@ -232,11 +240,11 @@ def run_gate(suite: Suite, *, out_dir: Path, budget: Optional[int] = None, alpha
     if base is None:
         raise ConfigError(f"suite {suite.name!r}: no (explainer, check) with a verdict rule to gate on")
     return _assemble(suite, out_dir, base, per_sample, decisions, images, budget, alpha, bounds, rounds_log,
-                     evaluations, costs, model_free, specs, names)
+                     evaluations, costs, model_free, specs, names, (ceilings, randomizations))
 
 
 def _assemble(suite, out_dir, base, per_sample, decisions, images, budget, alpha, bounds, rounds_log,
-              evaluations, costs, model_free, specs, names) -> Dict[str, Any]:
+              evaluations, costs, model_free, specs, names, noise_rule=((), ())) -> Dict[str, Any]:
     doc = dict(base)
     seed = doc["seed"]
     records: List[Record] = []
@@ -268,6 +276,11 @@ def _assemble(suite, out_dir, base, per_sample, decisions, images, budget, alpha
             v = decide(spec.verdict, e, spec.name, recs)
             verdicts.append(_gated(v, decisions.get((e, spec.name)), images.get((e, spec.name), 0), budget,
                                    spec.verdict, steps))
+    if noise_rule[0]:  # the rule the full run and the board apply, on the ceilings measured beside the cells
+        from ..results import apply_noise_ceiling
+
+        ruled = apply_noise_ceiling([v for v, _ in verdicts], records, *noise_rule)
+        verdicts = [(new, seq) for new, (_, seq) in zip(ruled, verdicts)]
     full = _evaluations({"dataset": {"n": budget}, "explainers": {e: None for e in costs},
                          "checks": {k: v for k, v in doc["checks"].items()}}, costs, model_free)
     doc["dataset"] = {**doc["dataset"], "n": budget}
