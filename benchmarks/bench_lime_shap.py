@@ -39,8 +39,12 @@ def _case(kind):
 
 
 def _forward_floor(model, x, n_evals):
-    """Seconds per model evaluation of the bare batched forward pass (max_batch inputs per call)."""
-    batch = x[:1].expand(MAX_BATCH, *x.shape[1:]).contiguous()
+    """Seconds per model evaluation of the bare batched forward pass (max_batch inputs per call), on the audited
+    images tiled to max_batch rows: distinct images, as the perturbed batches are. One image repeated 256 times
+    ran 1.1-1.4x faster than distinct ones on the Fashion-MNIST CNN (1 thread), a floor no perturbation method
+    can reach; against distinct images LIME with 1000 samples ran at 0.94-0.99 of the floor on 64 images."""
+    reps = -(-MAX_BATCH // x.shape[0])
+    batch = x.repeat(reps, *([1] * (x.dim() - 1)))[:MAX_BATCH].contiguous()
     calls = max(1, min(20, n_evals // MAX_BATCH))
     with torch.no_grad():
         model(batch)
