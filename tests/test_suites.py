@@ -10,9 +10,10 @@ def test_default_suite_loads_and_names_registered_parts():
     assert suite.name == "adebayo2018" and suite.version.count(".") == 2
     assert set(suite.explainer_names) == {"gradient", "gradient_x_input", "smoothgrad", "vargrad",
                                           "integrated_gradients", "guided_backprop", "gradcam", "guided_gradcam",
-                                          "sobel", "noise"}
+                                          "occlusion", "lime", "kernel_shap", "rise", "score_cam", "deeplift",
+                                          "deeplift_shap", "gradient_shap", "lrp", "sobel", "noise"}
     assert [c.name for c in suite.checks] == ["cascading_randomization", "independent_randomization",
-                                              "data_randomization"]
+                                              "data_randomization", "noise_ceiling", "sampling_convergence"]
     assert suite.dataset["n"] >= 128 and len(suite.sha256) == 64
 
 
