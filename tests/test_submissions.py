@@ -298,3 +298,26 @@ def test_only_this_packages_own_explainers_are_rerun_outside_the_sandbox(tmp_pat
     method.write_text("def gradient(model, x, target):\n    return x.sum(1)\n")
     assert not _is_builtin(f"{method}:gradient")
     assert not _is_builtin("no_such_method")
+
+
+def test_a_discontinuous_metric_gets_its_own_rerun_tolerance_and_the_others_keep_1e_4():
+    """eMPRT's histogram entropy can jump when a float-level difference moves a pixel across a bin edge (a board
+    build once failed an honest integrated-gradients file on 1.03e-4): entropy_increase is compared within 1e-2,
+    every continuous metric still within 1e-4, and a forgery beyond its tolerance is still caught and named."""
+    from sanitycheck.submissions import METRIC_RERUN_TOLERANCE, RERUN_TOLERANCE, _compare_rerun
+
+    weights = {"model": {"name": "m", "weights_sha256": "ab" * 32}}
+
+    def docs(entropy_new, spearman_new):
+        stored = {"smooth_mprt": {"s1": {"entropy_increase": [0.5, 0.25], "spearman_abs": [0.3, 0.4]}}}
+        fresh = {"smooth_mprt": {"s1": {"entropy_increase": [0.5, entropy_new], "spearman_abs": [0.3, spearman_new]}}}
+        return ({**weights, "per_sample": {"ig": stored}}, {**weights, "per_sample": {"ig": fresh}})
+
+    assert METRIC_RERUN_TOLERANCE["entropy_increase"] == 1e-2 and RERUN_TOLERANCE == 1e-4
+    report = {}
+    assert _compare_rerun(*docs(0.25 + 1.03e-4, 0.4), "ig", [0, 1], 0, RERUN_TOLERANCE, report) == []
+    assert report["max_abs_diff"] > 1e-4
+    problems = _compare_rerun(*docs(0.25 + 0.05, 0.4), "ig", [0, 1], 0, RERUN_TOLERANCE, {})
+    assert problems and "entropy_increase" in problems[0] and "tolerance 0.01" in problems[0]
+    problems = _compare_rerun(*docs(0.25 + 1e-3, 0.4 + 2e-4), "ig", [0, 1], 0, RERUN_TOLERANCE, {})
+    assert problems and "spearman_abs" in problems[0] and "tolerance 0.0001" in problems[0]
