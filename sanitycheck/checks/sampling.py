@@ -60,12 +60,28 @@ def _rebuild(explainer: Any, **changes: Any) -> Any:
     if "base_config" in config and "base" in config:  # a generic NoiseTunnel: its base as {"name": ..., **params}
         base_config = config.pop("base_config")
         config["base"] = {"name": config["base"], **(base_config or {})}
+    # constructor parameters that config() leaves out because they cannot change a map (max_batch,
+    # internal_batch_size, ...) are carried from the attribute of the same name: a rebuilt SmoothGrad that fell
+    # back to its default max_batch (4096) put 280 noisy 224x224 images through EfficientNet at once and ran a
+    # 24 GB machine out of memory
+    carried = {name: getattr(explainer, name) for name in _constructor_parameters(type(explainer))
+               if name not in config and name not in changes and hasattr(explainer, name)}
     try:
-        out = type(explainer)(**{**config, **changes})
+        out = type(explainer)(**{**carried, **config, **changes})
     except TypeError as err:
         raise ConfigError(f"cannot rebuild {type(explainer).__name__} from its config() {config} with {changes}: "
                           f"{err}; a sampled explainer's config() must return its constructor parameters") from err
     return out
+
+
+def _constructor_parameters(cls: type) -> List[str]:
+    import inspect
+
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def with_seed(explainer: Any, seed: int) -> Any:

@@ -287,3 +287,22 @@ def test_a_ceiling_run_after_the_randomization_into_the_same_out_turns_the_merge
     assert verdicts(merged)[("gradient", "cascading_randomization")] == \
         verdicts(first)[("gradient", "cascading_randomization")]
     assert verdict_problems(merged, suite) == []
+
+
+@pytest.mark.parametrize("name, params", [
+    ("smoothgrad", {"n_samples": 10, "noise_level": 0.15, "max_batch": 8}),
+    ("vargrad", {"n_samples": 10, "max_batch": 8}),
+    ("lime", {"n_samples": 128, "max_batch": 32}),
+    ("kernel_shap", {"n_samples": 128, "max_batch": 32}),
+    ("rise", {"n_samples": 250, "max_batch": 32}),
+    ("deeplift_shap", {"n_samples": 4, "max_batch": 16}),
+    ("gradient_shap", {"n_samples": 10, "max_batch": 16}),
+])
+def test_reseeded_and_doubled_explainers_keep_the_suites_batch_bounds(name, params):
+    """max_batch is not in config() (it cannot change a map), so a rebuild from config() alone fell back to the
+    default: SmoothGrad's 4096 put 280 noisy 224x224 images through EfficientNet at once (24 GB, killed). The
+    ceiling's and the convergence's explainers keep every constructor parameter the suite set."""
+    e = get_explainer(name, **params)
+    for other in (with_seed(e, e.config()["seed"] + 1), with_samples(e, 2 * e.config()["n_samples"]),
+                  NoiseCeiling().state_explainer(e), SamplingConvergence().state_explainer(e)):
+        assert other.max_batch == params["max_batch"], (name, type(other).__name__)
