@@ -63,12 +63,18 @@ class SuiteTable:
         return sorted({r.setting for r in self.rows}, key=repr)
 
 
-def check_rule(info: Dict[str, Any]) -> Dict[str, Any]:
+def check_rule(info: Dict[str, Any], doc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A check's verdict rule; for a score without verdict (a faithfulness family) a stand-in naming its
-    summary metric and direction, so every column reads the same way."""
+    summary metric and direction, so every column reads the same way. A state check measured beside the verdicts
+    without one of its own (the noise ceiling, n-vs-2n convergence) reads the verdicts' metric of ``doc``: the
+    ceiling is shown in the unit of the randomization scores it bounds."""
     if info.get("verdict_rule") is not None:
         return info["verdict_rule"]
     directions = info.get("higher_is_better") or {}
+    if not directions and doc is not None:
+        ruled = [c["verdict_rule"]["metric"] for c in doc["checks"].values() if c.get("verdict_rule")]
+        metric = ruled[0] if ruled else next(iter(doc.get("metrics") or {}), "score")
+        return {"metric": metric, "threshold": None, "rule": "score", "direction": "higher is better"}
     metric = next(iter(directions), "score")
     return {"metric": metric, "threshold": None, "rule": "score",
             "direction": "higher is better" if directions.get(metric, True) else "lower is better"}
@@ -119,7 +125,7 @@ def format_score(record: Optional[Dict[str, Any]]) -> str:
 
 def _cell(doc: Dict[str, Any], explainer: str, check: str) -> Cell:
     info = doc["checks"][check]
-    rule = check_rule(info)
+    rule = check_rule(info, doc)
     steps = [last_step(info)] if last_step(info) else []
     verdict = next((v for v in doc["verdicts"] if v["explainer"] == explainer and v["check"] == check), None)
     status = "none"
@@ -238,13 +244,13 @@ def collect(root: Path, *, rerun: Union[bool, Sequence[str]] = False, sample: in
         if table is None:
             table = tables[suite] = SuiteTable(
                 suite, doc["suite_version"], doc.get("suite_description", ""), doc.get("suite_reference", ""),
-                checks, {c: check_rule(doc["checks"][c]) for c in checks},
+                checks, {c: check_rule(doc["checks"][c], doc) for c in checks},
                 {c: last_step(doc["checks"][c]) for c in checks})
         else:
             for c in checks:  # a submission run with a subset of the checks still fits the suite's columns
                 if c not in table.checks:
                     table.checks.append(c)
-                    table.rules[c] = check_rule(doc["checks"][c])
+                    table.rules[c] = check_rule(doc["checks"][c], doc)
                     table.last_steps[c] = last_step(doc["checks"][c])
         explainer = next(iter(doc["explainers"]))
         info = doc["explainers"][explainer]

@@ -130,8 +130,12 @@ def render_curves_png(doc: Dict[str, Any]) -> Optional[bytes]:
     thresholds, metrics, most = set(), set(), 0
     drawn = False
     candidates = 0  # checks with a curve to draw (text checks with single-step scores have none)
-    evaluation_only = all(info.get("kind") == "evaluation" for info in doc["checks"].values())
-    for i, (check, info) in enumerate(doc["checks"].items()):
+    # a state check without a verdict rule (noise ceiling, n-vs-2n convergence) is one measurement beside the
+    # curves, not a curve: the board shows it in the table
+    drawable = {c: info for c, info in doc["checks"].items()
+                if info.get("kind") == "evaluation" or info.get("verdict_rule")}
+    evaluation_only = all(info.get("kind") == "evaluation" for info in drawable.values())
+    for i, (check, info) in enumerate(drawable.items()):
         if info.get("kind") == "evaluation":
             # a score's curve (e.g. probability vs deletion step), when it has one
             curve = [r for r in doc["records"] if r["explainer"] == explainer and r["check"] == check

@@ -170,3 +170,23 @@ def test_rerun_suites_re_runs_only_the_named_suites_files_and_the_board_says_so(
     summary = build_leaderboard(board_root, rerun=[SUITE], sample=2)
     assert set(METHODS) <= {p.parent.name for p in asked} and all(p.stem == SUITE for p in asked)
     assert f"The files of `{SUITE}` also had 2 inputs" in (board_root / "LEADERBOARD.md").read_text(encoding="utf-8")
+
+
+def test_a_noise_ceiling_column_shows_its_value_in_the_verdicts_metric_and_draws_no_curve():
+    """The ceiling has no verdict of its own and no direction metadata: its column reads the metric of the
+    randomization verdicts it bounds (here spearman_abs at step another_seed), and the curves thumbnail, which
+    plots verdict metrics over randomization steps, leaves it out instead of failing."""
+    from sanitycheck.report.board_data import _cell, check_rule
+
+    doc = {"checks": {"cascading_randomization": {"kind": "randomization", "steps": ["fc2"],
+                                                  "verdict_rule": {"metric": "spearman_abs", "threshold": 0.5,
+                                                                   "rule": "all_steps", "direction": "below"}},
+                      "noise_ceiling": {"kind": "randomization", "params": {}, "higher_is_better": None,
+                                        "verdict_rule": None, "steps": ["another_seed"]}},
+           "metrics": {"ssim": {}, "spearman_abs": {}}, "verdicts": [], "skipped": [],
+           "records": [{"explainer": "lime", "check": "noise_ceiling", "metric": "spearman_abs",
+                        "step": "another_seed", "mean": 0.936, "ci_low": 0.924, "ci_high": 0.946, "n": 128,
+                        "n_undefined": 0}]}
+    assert check_rule(doc["checks"]["noise_ceiling"], doc)["metric"] == "spearman_abs"
+    cell = _cell(doc, "lime", "noise_ceiling")
+    assert cell.passed is None and "0.94 [0.92, 0.95]" in cell.score_text and cell.score_sort == 0.936
