@@ -34,6 +34,10 @@ from .base import ModelState, StateCheck
 __all__ = ["is_sampled", "with_seed", "with_samples", "NoiseCeiling", "SamplingConvergence", "noise_rule_checks",
            "split_noise_rule"]
 
+#: explainer attributes that bound how many inputs go through the model at once: never part of a map, so not
+#: of config(), and carried from an explainer to its reseeded or resampled copy
+MEMORY_BOUNDS = ("max_batch", "internal_batch_size", "batch_size")
+
 #: the step of :class:`NoiseCeiling` and of :class:`SamplingConvergence`
 ANOTHER_SEED = "another_seed"
 TWICE_THE_SAMPLES = "twice_the_samples"
@@ -60,28 +64,18 @@ def _rebuild(explainer: Any, **changes: Any) -> Any:
     if "base_config" in config and "base" in config:  # a generic NoiseTunnel: its base as {"name": ..., **params}
         base_config = config.pop("base_config")
         config["base"] = {"name": config["base"], **(base_config or {})}
-    # constructor parameters that config() leaves out because they cannot change a map (max_batch,
-    # internal_batch_size, ...) are carried from the attribute of the same name: a rebuilt SmoothGrad that fell
-    # back to its default max_batch (4096) put 280 noisy 224x224 images through EfficientNet at once and ran a
-    # 24 GB machine out of memory
-    carried = {name: getattr(explainer, name) for name in _constructor_parameters(type(explainer))
-               if name not in config and name not in changes and hasattr(explainer, name)}
     try:
-        out = type(explainer)(**{**carried, **config, **changes})
+        out = type(explainer)(**{**config, **changes})
     except TypeError as err:
         raise ConfigError(f"cannot rebuild {type(explainer).__name__} from its config() {config} with {changes}: "
                           f"{err}; a sampled explainer's config() must return its constructor parameters") from err
+    # the memory bounds config() leaves out (they cannot change a map) are carried over: a rebuilt SmoothGrad that
+    # fell back to its default max_batch (4096) put 280 noisy 224x224 images through EfficientNet at once and ran
+    # a 24 GB machine out of memory
+    for name in MEMORY_BOUNDS:
+        if name not in config and hasattr(explainer, name) and hasattr(out, name):
+            setattr(out, name, getattr(explainer, name))
     return out
-
-
-def _constructor_parameters(cls: type) -> List[str]:
-    import inspect
-
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return []
-    return [n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def with_seed(explainer: Any, seed: int) -> Any:
