@@ -129,19 +129,22 @@ def test_the_suite_file():
     from sanitycheck.suites import load_suite
 
     suite = load_suite("clip_text2img")
-    assert suite.version == "1.0.0" and suite.input_kind == "image_text" and suite.target == "label"
+    assert suite.version == "1.1.0" and suite.input_kind == "image_text" and suite.target == "label"
     assert suite.dataset == {"name": "clip_scenes", "split": "test", "n": 128}
     assert suite.model["name"] == "clip_similarity" and suite.model["params"]["score"] == "cosine"
     assert suite.explainer_names == ["gradient", "gradient_x_input", "integrated_gradients", "smoothgrad",
-                                     "vit_gradcam", "vit_chefer", "vit_attention_rollout", "occlusion", "sobel", "noise"]
+                                     "vit_gradcam", "vit_chefer", "vit_attention_rollout", "occlusion", "lime", "kernel_shap", "rise",
+                                     "gradient_shap", "sobel", "noise"]
     params = dict(suite.explainers)
     assert params["integrated_gradients"]["n_steps"] == 20 and params["smoothgrad"]["n_samples"] == 16
     checks = {c.name: c for c in suite.checks}
     assert list(checks) == ["cascading_randomization", "independent_randomization", "text_randomization",
-                            "pointing_game", "deletion", "insertion"]
+                            "pointing_game", "deletion", "insertion", "noise_ceiling", "sampling_convergence"]
     assert checks["cascading_randomization"].verdict.rule == "all_steps"
     assert checks["text_randomization"].verdict.threshold == 0.5
     assert checks["deletion"].params["softmax"] is False and checks["insertion"].params["softmax"] is False
+    # the perturbation methods explain the raw similarity and segment with SLIC (quickshift: 1 superpixel here)
+    assert params["rise"]["probability"] is False and params["lime"]["segmentation"] == "slic"
     assert suites_for("image_text") == ["clip_text2img"]
     assert "clip_text2img" not in suites_for("image")
 
