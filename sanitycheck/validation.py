@@ -169,7 +169,27 @@ def recomputed_verdicts(doc: Dict[str, Any], suite: Any) -> List[Dict[str, Any]]
     # the noise rule, as the runner applies it (a suite without noise_ceiling: unchanged)
     ceilings, randomizations = noise_rule_checks(suite.checks)
     out = apply_noise_ceiling(out, [r for rs in records.values() for r in rs], ceilings, randomizations)
+    out += audit_verdicts(doc, suite)
     return [clean_json(asdict(v)) for v in out]
+
+
+def audit_verdicts(doc: Dict[str, Any], suite: Any) -> List[Any]:
+    """The verdicts of the suite's audits that decide their own (``AuditCheck.decides``), recomputed from the
+    document's records, summaries and state_info of each (what the runner passed them, read back)."""
+    from .checks.base import RecordedAudit, get_check
+
+    out: List[Any] = []
+    for spec in suite.checks:
+        check = get_check(spec.name, **spec.params)
+        if not getattr(check, "decides", False) or spec.name not in (doc.get("checks") or {}):
+            continue
+        if spec.name in (doc.get("not_applicable") or {}):
+            continue
+        recorded = RecordedAudit(spec.name, [Record(**r) for r in doc["records"] if r["check"] == spec.name],
+                                 list((doc.get("summaries") or {}).get(spec.name) or []),
+                                 dict((doc.get("state_info") or {}).get(spec.name) or {}))
+        out.extend(check.decide(recorded))
+    return out
 
 
 def verdict_problems(doc: Dict[str, Any], suite: Any) -> List[str]:

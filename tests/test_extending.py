@@ -4,6 +4,7 @@ as data), and run through the same engine, records, CIs and verdicts as the buil
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 import yaml
@@ -68,3 +69,71 @@ def test_a_toy_explainer_metric_and_check_run_through_the_engine(tmp_path, monke
                 and r["step"] == "last_layer_zeroed")
     assert grad["n_undefined"] == 24 and grad["mean"] is None
     assert results["metrics"]["toy_cosine"]["category"] == "similarity"
+
+
+class MapEnergyAudit(sc.AuditCheck):
+    """A toy audit that decides its own verdict: the mean of each explainer's trained-model map energy, per
+    image, must exceed ``threshold``; the decision reads only what results.json records (summaries, notes)."""
+
+    name = "toy_map_energy"
+    needs = frozenset({"original_maps"})
+    higher_is_better = {"energy": True}
+    decides = True
+
+    def __init__(self, threshold: float = 1e-3):
+        self.threshold = float(threshold)
+
+    def config(self):
+        return {"threshold": self.threshold}
+
+    def evaluate(self, ctx):
+        out = sc.CheckOutput(steps=["trained"], scores={})
+        for name, maps in ctx.originals.items():
+            energy = maps.flatten(1).abs().mean(1).double()
+            out.scores[("trained", name)] = {"energy": energy}
+            out.summaries.append({"check": self.name, "explainer": name, "statistic": "median_energy",
+                                  "value": float(energy.median()), "n": int(energy.numel())})
+        out.notes = {"threshold": self.threshold}
+        return out
+
+    def decide(self, recorded):
+        verdicts = []
+        for s in recorded.summaries:
+            ok = s["value"] > recorded.notes["threshold"]
+            status = "pass" if ok else "fail"
+            verdicts.append(sc.Verdict(s["explainer"], recorded.check, ok,
+                                       f"{status.upper()}: median energy {s['value']:.3g} vs {self.threshold}",
+                                       "median_energy", "toy", self.threshold, s["value"], "trained", status,
+                                       "above", s["n"], 2))
+        return verdicts
+
+
+def test_an_audit_that_decides_its_own_verdicts_is_recorded_and_revalidated(tmp_path, monkeypatch):
+    """``AuditCheck.decides``: the engine records the check's own verdicts, and ``validate`` recomputes them from
+    the document, so a flipped verdict is caught like a forged rule-decided one."""
+    from sanitycheck.suites import load_suite
+    from sanitycheck.validation import verdict_problems
+
+    for registry in (sc.EXPLAINERS, sc.METRICS, sc.CHECKS):
+        monkeypatch.setattr(registry, "_objects", dict(registry._objects))
+        monkeypatch.setattr(registry, "_lazy", dict(registry._lazy))
+    sc.CHECKS.register("toy_map_energy", MapEnergyAudit, overwrite=True)
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "toyaudit.yaml").write_text(yaml.safe_dump({
+        "name": "toyaudit", "version": "0.0.1", "description": "a deciding audit", "input_kind": "image", "seed": 0,
+        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 12}, "model": {"name": "digits_cnn"},
+        "explainers": ["gradient", "noise"], "metrics": ["spearman_abs"],
+        "checks": [{"name": "toy_map_energy", "params": {"threshold": 1e-3}}]}))
+    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
+    results = sc.run_suite("toyaudit", out=tmp_path / "run", progress=False, figures=False)
+    mine = {v["explainer"]: v for v in results["verdicts"] if v["check"] == "toy_map_energy"}
+    assert set(mine) == {"gradient", "noise"}
+    assert all(v["status"] == "pass" and v["metric"] == "median_energy" for v in mine.values())
+    suite = load_suite("toyaudit")
+    assert verdict_problems(results, suite) == []
+    forged = json.loads(json.dumps(results))
+    v = next(v for v in forged["verdicts"] if v["check"] == "toy_map_energy")
+    v.update(status="fail", passed=False)
+    assert any("tampered" in p and "toy_map_energy" in p for p in verdict_problems(forged, suite))

@@ -132,13 +132,37 @@ class StateCheck(Check):
 class AuditCheck(Check):
     """Evaluates all explainers at once (``evaluate(ctx) -> CheckOutput``): interventions on the model such as
     attention permutation or adversarial attention, compared with the explanations. Declare
-    :data:`ORIGINAL_MAPS` to read the explainers' maps."""
+    :data:`ORIGINAL_MAPS` to read the explainers' maps.
+
+    An audit whose decision is not a threshold on the CI of one recorded mean (a t-test over random concepts,
+    the difference of two independent samples) sets ``decides = True`` and implements :meth:`decide`: its
+    verdicts, as a pure function of what results.json records of it. The engine calls it on the run's
+    records; ``validate`` calls it again on the document's, so a submitted verdict that its records do not
+    give is caught, as for rule-decided checks."""
 
     needs: FrozenSet[str] = frozenset()
     unit = "check"
+    #: True when :meth:`decide` gives the check's verdicts (the suite then names no ``verdict`` rule for it)
+    decides: bool = False
 
     def evaluate(self, ctx: Any) -> Any:  # pragma: no cover
         raise NotImplementedError
+
+    def decide(self, recorded: "RecordedAudit") -> List[Any]:  # pragma: no cover - only where decides
+        """The verdicts (:class:`sanitycheck.results.Verdict`, one per explainer at most) that ``recorded`` gives."""
+        raise NotImplementedError
+
+
+@dataclass
+class RecordedAudit:
+    """What results.json records of one audit, as :meth:`AuditCheck.decide` reads it: its aggregated
+    ``records`` (:class:`sanitycheck.results.Record`), its ``summaries`` and its ``notes`` (``state_info``),
+    both JSON-clean — the same values in the run and in ``validate``."""
+
+    check: str
+    records: List[Any]
+    summaries: List[Dict[str, Any]]
+    notes: Dict[str, Any]
 
 
 def get_check(name: str, **params: Any) -> Check:

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..checks.base import ORIGINAL_MAPS, TWIN_MODEL, Check, CheckOutput, get_check
+from ..checks.base import ORIGINAL_MAPS, TWIN_MODEL, Check, CheckOutput, RecordedAudit, get_check
 from ..devices import ResourceMonitor, check_device
 from .batching import AUTO, batch_size_arg as _batch_size_arg, choose_run_batch_size
 from ..errors import ConfigError, NotApplicableError, SanityCheckError
@@ -627,7 +627,22 @@ class AuditRun:
         # the noise rule (issue 14): only a suite with a noise_ceiling check changes any verdict
         ceilings, randomizations = split_noise_rule({s.name: self.log.checks[s.name] for s in self.check_specs
                                                      if s.name in self.log.checks})
-        return records, apply_noise_ceiling(verdicts, records, ceilings, randomizations)
+        verdicts = apply_noise_ceiling(verdicts, records, ceilings, randomizations)
+        return records, verdicts + self.audit_verdicts(records)
+
+    def audit_verdicts(self, records: List[Record]) -> List[Verdict]:
+        """The verdicts of audits that decide their own (:attr:`AuditCheck.decides`), from what results.json
+        records of them (JSON-clean, as ``validate`` reads it back)."""
+        out: List[Verdict] = []
+        for spec in self.check_specs:
+            check = self.log.checks.get(spec.name)
+            if not getattr(check, "decides", False) or spec.name not in self.log.audits:
+                continue
+            out.extend(check.decide(RecordedAudit(
+                spec.name, [r for r in records if r.check == spec.name],
+                clean_json(list(self.log.audits[spec.name].summaries or [])),
+                clean_json(dict(self.log.state_info.get(spec.name) or {})))))
+        return out
 
     # ---------------------------------------------------------------- main
     def execute(self) -> Dict[str, Any]:
