@@ -61,6 +61,8 @@ RESULT_SCHEMA: Dict[str, Any] = {
             "type": "object", "required": ["steps", "verdict_rule"],
             "properties": {"kind": {"enum": ["randomization", "evaluation"]},
                            "steps": {"type": "array", "items": {"type": "string"}},
+                           # absent: one score per audited input; else what one score is (latents, runs)
+                           "sample_unit": {"type": "string", "pattern": "^[a-z_]+$"},
                            "verdict_rule": {"oneOf": [
                                {"type": "null"},
                                {"type": "object", "required": ["metric", "threshold", "rule"],
