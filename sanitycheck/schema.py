@@ -34,7 +34,7 @@ RESULT_SCHEMA: Dict[str, Any] = {
         "suite_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "suite_description": {"type": "string"},
         "suite_reference": {"type": "string"},
-        "input_kind": {"enum": ["image", "text", "image_text"]},
+        "input_kind": {"enum": ["image", "text", "image_text", "activations"]},
         "created": {"type": "string"},
         "seed": {"type": "integer", "minimum": 0},
         "model": {"type": "object", "required": ["name"], "properties": {

@@ -146,7 +146,8 @@ class AuditRun:
                  context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
                  dataset_name: Optional[str] = None, data_root: Optional[str] = None,
                  model_params: Optional[Dict[str, Any]] = None, shard_size: Optional[int] = None,
-                 executor: str = "local", executor_options: Optional[Dict[str, Any]] = None):
+                 executor: str = "local", executor_options: Optional[Dict[str, Any]] = None,
+                 explainer_params: Optional[Dict[str, Dict[str, Any]]] = None):
         check_device(device)  # before any work: `--device cuda` without a GPU is a clear error
         batch_size = _batch_size_arg(batch_size)
         self.suite = suite
@@ -166,6 +167,11 @@ class AuditRun:
             # names outside the suite (registered, or import paths) run with their default parameters
             wanted = list(explainers) if explainers else suite.explainer_names
             params = dict(suite.explainers)
+            # explainers given with parameters (e.g. --sae PATH: sae_file with its path) join the suite's
+            for name, extra in (explainer_params or {}).items():
+                params[name] = {**params.get(name, {}), **extra}
+                if name not in wanted:
+                    wanted.append(name)
             self.explainers = {name: get_explainer(name, modality=self.modality.name, **params.get(name, {}))
                                for name in wanted}
         self.check_specs = [c for c in suite.checks if not checks or c.name in checks]
