@@ -352,7 +352,7 @@ class SAESplitting(_SAECheck):
                 "tree_parents": self.tree_parents}
 
     def evaluate(self, ctx: Any) -> CheckOutput:
-        from ..metrics.sae import latent_frequencies, splitting_tree
+        from ..metrics.sae import latent_frequencies, max_cosine, splitting_tree
 
         ws = self.workspace(ctx)
         sites = self.sites(ctx)
@@ -370,10 +370,11 @@ class SAESplitting(_SAECheck):
                     if step not in out.steps:
                         out.steps.append(step)
                     tree = splitting_tree(saes[small].W_dec.detach(), saes[large].W_dec.detach(),
-                                          threshold=self.threshold)
+                                          threshold=self.threshold, alive_small=alive[small],
+                                          alive_large=alive[large])
                     n_children = torch.as_tensor(tree["n_children"], dtype=torch.float64)
-                    best = torch.as_tensor(tree.get("max_cosine", [float("nan")] * len(n_children)),
-                                           dtype=torch.float64)
+                    best = max_cosine(saes[small].W_dec.detach(), saes[large].W_dec.detach(),
+                                      alive_a=alive[small], alive_b=alive[large]).double()
                     dead = ~alive[small]
                     n_children[dead], best[dead] = float("nan"), float("nan")
                     out.scores[(step, name)] = {"n_children": n_children, "max_child_cosine": best}
@@ -388,16 +389,16 @@ class SAESplitting(_SAECheck):
 
 def _trim_tree(tree: Dict[str, Any], k: int) -> Dict[str, Any]:
     """The ``k`` parents with the most children (the figure's tree), JSON-safe."""
-    parents = tree.get("parents") or []
-    if isinstance(parents, dict):
-        parents = [{"parent": int(p), **(v if isinstance(v, dict) else {"children": v})} for p, v in parents.items()]
-    parents = sorted(parents, key=lambda p: -len(p.get("children") or []))[:k]
-    return {"parents": parents, "n_parents": len(tree.get("n_children") or [])}
+    parents = sorted(tree.get("parents") or [], key=lambda p: (-int(p.get("n_children", 0)), p.get("parent", 0)))
+    return {"parents": parents[:k], "n_parents": len(tree.get("n_children") or []),
+            "orphans": tree.get("orphans"), "threshold": tree.get("threshold"), "similarity": tree.get("similarity")}
 
 
 # ---------------------------------------------------------------------------------------------------- controls
 #: the offline interpretability measures the randomized-model control reads
 MEASURES = ("token_identity", "sparse_probing")
+#: concepts with per-token ground truth in the generated texts (sanitycheck.data.token_corpus.concept_words)
+TOKEN_CONCEPTS = ("negation_scope", "after_but", "babi_entity", "babi_location")
 
 
 class SAERandomizedControl(_SAECheck):
@@ -413,7 +414,7 @@ class SAERandomizedControl(_SAECheck):
     decides = True
 
     def __init__(self, sites: Sequence[str] = (), controls: Sequence[str] = tuple(RANDOMIZED),
-                 measures: Sequence[str] = MEASURES, concepts: Sequence[str] = (), min_token_count: int = 5,
+                 measures: Sequence[str] = MEASURES, concepts: Sequence[str] = TOKEN_CONCEPTS, min_token_count: int = 5,
                  top_features: int = 6, top_contexts: int = 5):
         super().__init__(sites)
         self.controls = [controls] if isinstance(controls, str) else list(controls)
@@ -479,7 +480,11 @@ class SAERandomizedControl(_SAECheck):
 
     # ------------------------------------------------------------------ measures
     def concept_names(self, corpus: Any) -> List[str]:
-        return self.concepts or sorted(corpus.concepts)
+        unknown = [c for c in self.concepts if c not in corpus.concepts]
+        if unknown:
+            raise ConfigError(f"{self.name}: concepts {unknown} are not labelled in {corpus.name!r} "
+                              f"(labelled: {sorted(corpus.concepts)})")
+        return list(self.concepts)
 
     def best_latents(self, ctx: Any, ws: Any, sae: Any, site: str, state: str) -> Dict[str, Any]:
         """Per concept: the latent chosen on the train half of the concept texts (max |AUROC - 0.5|, sign
@@ -616,7 +621,7 @@ class SAEBaselines(_SAECheck):
                    "k-sparse probe is not significantly worse than the best baseline.")
     decides = True
 
-    def __init__(self, sites: Sequence[str] = (), concepts: Sequence[str] = (), k: int = 8,
+    def __init__(self, sites: Sequence[str] = (), concepts: Sequence[str] = TOKEN_CONCEPTS, k: int = 8,
                  text_concepts: Sequence[str] = ("review_sentiment",)):
         super().__init__(sites)
         self.concepts, self.k, self.text_concepts = list(concepts), int(k), list(text_concepts)
@@ -632,8 +637,11 @@ class SAEBaselines(_SAECheck):
         corpus = ws.corpus("concepts")
         acts = ws.activations(site, "concepts")
         train_text = text_split(len(corpus.words), seed_parts=(ctx.seed, "sae_probe_split"))
-        names = self.concepts or sorted(corpus.concepts)
-        for concept in [c for c in names if c not in self.text_concepts]:
+        unknown = [c for c in self.concepts if c not in corpus.concepts]
+        if unknown:
+            raise ConfigError(f"{self.name}: concepts {unknown} are not labelled in {corpus.name!r} "
+                              f"(labelled: {sorted(corpus.concepts)})")
+        for concept in [c for c in self.concepts if c not in self.text_concepts]:
             y = token_concept_labels(corpus, acts, concept)
             ok = y >= 0
             out[concept] = {"acts": acts, "rows": ok, "y": y[ok], "groups": acts.doc[ok].long(),

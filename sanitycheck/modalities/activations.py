@@ -35,6 +35,15 @@ def text_keys(words: Any) -> Tensor:
     return torch.tensor(keys, dtype=torch.int64)
 
 
+def corpus_subset(corpus: Any, indices: Any) -> Any:
+    """The texts ``indices`` of a word corpus (a re-run of sampled inputs, as ``validate`` draws them)."""
+    from ..data.token_corpus import WordCorpus
+
+    idx = [int(i) for i in indices]
+    return WordCorpus(corpus.name, [corpus.words[i] for i in idx], corpus.labels[idx],
+                      {k: [v[i] for i in idx] for k, v in corpus.concepts.items()}, meta=dict(corpus.meta))
+
+
 class ActivationsModality(Modality):
     name = "activations"
     unit = "texts"
@@ -61,7 +70,7 @@ class ActivationsModality(Modality):
             raise ConfigError(f"suite {suite.name!r} audits activations over texts, but dataset {name!r} is a "
                               f"{type(dataset).__name__} without .words (use review_words)")
         if settings.indices is not None:
-            dataset = dataset.subset(settings.indices)
+            dataset = corpus_subset(dataset, settings.indices)
         model = settings.model
         if model is None:
             mname = settings.model_name or suite.model["name"]

@@ -44,7 +44,7 @@ def site_source(site: str, *, seed: int = 0, cache_dir: Any = None, progress: bo
         return sources.review_lm_mlp(seed=seed, cache_dir=cache_dir, progress=progress, device=device)
     m = re.fullmatch(r"minilm\.layer(\d+)", site)
     if m:
-        return sources.minilm_residual(layer=int(m.group(1)), cache_dir=cache_dir, progress=progress, device=device)
+        return sources.minilm_residual(layer=int(m.group(1)), cache_dir=cache_dir, progress=progress)
     import difflib
 
     known = ["review_lm.mlp", "minilm.layer2", "minilm.layer5"]
