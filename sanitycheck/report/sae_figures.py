@@ -126,15 +126,18 @@ def _hist_axes(ax: Any, series: Dict[str, Tensor], *, bins: Any = 30, xlim: Opti
                integer: bool = False) -> int:
     """Overlaid histograms of ``series`` (NaN dropped); returns how many series had values."""
     drawn = 0
-    for label, values in series.items():
-        v = values[~torch.isnan(values)].numpy()
-        if not v.size:
+    width = 0.8 / max(1, len(series))
+    for j, (label, values) in enumerate(series.items()):
+        v = values[~torch.isnan(values)]
+        if not v.numel():
             continue
-        b = bins
-        if integer:
-            b = [x - 0.5 for x in range(0, int(v.max()) + 2)]
-        ax.hist(v, bins=b, range=None if integer else xlim, alpha=0.55,
-                label=f"{label} (n={v.size}, mean {v.mean():.2f})")
+        text = f"{label} (n={v.numel()}, mean {float(v.mean()):.2f})"
+        if integer:  # counts side by side at each integer
+            counts = torch.bincount(v.round().long().clamp_min(0))
+            ax.bar([i - 0.4 + width * (j + 0.5) for i in range(counts.numel())], counts.tolist(), width * 0.95,
+                   alpha=0.85, label=text)
+        else:
+            ax.hist(v.numpy(), bins=bins, range=xlim, alpha=0.55, label=text)
         drawn += 1
     if drawn:
         ax.legend(fontsize=7)
@@ -277,8 +280,9 @@ def plot_top_contexts(path: Path, title: str, by_state: Dict[str, Dict[str, Any]
             step = 1.0 / (n_ctx + 1.6)
             for i, c in enumerate(f.get("contexts") or []):
                 _context_line(ax, 0.0, 1.0 - (i + 1.3) * step, c if isinstance(c, dict) else {}, fontsize)
-    fig.suptitle(title, fontsize=fontsize + 1)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
+    fig.suptitle(title, fontsize=fontsize + 1, y=1 - 0.12 / fig.get_figheight(), va="top")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.75 / fig.get_figheight(), wspace=0.04,
+                        hspace=0.25)
     return _save(fig, path, dpi=100)
 
 
@@ -307,7 +311,7 @@ def plot_control_forest(path: Path, title: str, rows: Sequence[Dict[str, Any]]) 
         by.setdefault(str(r.get("explainer")), []).append(r)
     names = list(by)
     height = max(len(v) for v in by.values())
-    fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 0.42 * height + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 0.62 * height + 1.6), squeeze=False)
     color = {True: "#2e8b57", False: "#c0392b", None: "0.55"}
     for ax, name in zip(axes[0], names):
         labels = []
@@ -318,21 +322,23 @@ def plot_control_forest(path: Path, title: str, rows: Sequence[Dict[str, Any]]) 
             measure = r.get("measure") or str(r.get("statistic", "")).replace("_difference", "")
             control = _after_bar(r.get("step")) or (r.get("control") if isinstance(r.get("control"), str) else "")
             site = r.get("site") or _site_of(r.get("step"))
-            labels.append(_plain(f"{measure} · {site} · vs {control}"))
+            labels.append(_plain(f"{measure}\n{site} vs {control}"))
             if v is None:
                 ax.text(0, i, " undefined", va="center", fontsize=7, color=color[None])
                 continue
             lo, hi = _err(v, r.get("ci_low"), r.get("ci_high"))
             ax.errorbar([v], [i], xerr=[[lo], [hi]], fmt="o", color=color[sep], capsize=3)
             tr, co = _num(r.get("trained")), _num(r.get("control"))
-            note = f"{v:+.3f}" + (f"  (trained {tr:.3f}, control {co:.3f})" if tr is not None and co is not None
+            note = f"{v:+.3f}" + (f"\ntrained {tr:.3f}, control {co:.3f}" if tr is not None and co is not None
                                   else "")
-            ax.annotate(note, (v, i), fontsize=6.5, xytext=(0, 6), textcoords="offset points", ha="center")
+            ax.annotate(note, (v, i), fontsize=6.5, xytext=(0, -5), textcoords="offset points", ha="center",
+                        va="top")
         ax.axvline(0.0, color="black", lw=0.8, ls="--")
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels(labels, fontsize=7)
-        ax.set_ylim(-0.7, len(labels) - 0.3)
+        ax.set_ylim(-0.6, len(labels) - 0.1)
         ax.invert_yaxis()
+        ax.margins(x=0.3)
         ax.set_xlabel("trained - randomized (95% CI)")
         ax.set_title(_plain(name), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
@@ -473,8 +479,10 @@ def plot_splitting_tree(path: Path, title: str, levels: Dict[str, Any], *, thres
                         lw=1.6, zorder=1)
     for (c, latent), yy in y.items():
         ax.scatter([c], [yy], s=28, color="white", edgecolor="black", zorder=2)
-        ax.annotate(str(latent), (c, yy), fontsize=7, xytext=(-5 if c == 0 else 5, 0), textcoords="offset points",
-                    ha="right" if c == 0 else "left", va="center")
+        first, last = c == 0, c == len(cols) - 1
+        ax.annotate(str(latent), (c, yy), fontsize=7, textcoords="offset points",
+                    xytext=(-5, 0) if first else (5, 0) if last else (0, 4),
+                    ha="right" if first else "left" if last else "center", va="center" if first or last else "bottom")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels([f"{_plain(c)} dictionary" for c in cols], fontsize=8)
     ax.set_xlim(-0.6, len(cols) - 0.4)
@@ -552,7 +560,7 @@ def plot_auroc_bars(path: Path, title: str, rows: Sequence[Dict[str, Any]],
                if (s, m) not in series]
     table = {(str(r.get("step")), r.get("explainer"), str(r.get("method"))): r for r in rows}
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(series) * len(concepts) + 2.5), 4.4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(series) * len(concepts) + 2.5) + 2.6, 4.6))
     tab = plt.get_cmap("tab10")
     greys = ["0.55", "0.8", "0.4", "0.7"]
     for j, (sae, method) in enumerate(series):
@@ -579,13 +587,13 @@ def plot_auroc_bars(path: Path, title: str, rows: Sequence[Dict[str, Any]],
                       label=f"{_plain(sae)}: {method}")
         ax.bar(xs, vs, width * 0.95, yerr=errs, capsize=2, **kw)
     ax.axhline(0.5, color="black", ls="--", lw=0.8)
-    ax.text(len(concepts) - 0.45, 0.5, " chance", fontsize=7, va="bottom", ha="right")
+    ax.text(-0.45, 0.5, "chance", fontsize=7, va="bottom", ha="left")
     ax.set_xticks(range(len(concepts)))
     ax.set_xticklabels([_plain(_after_bar(c) or c) for c in concepts], fontsize=8, rotation=15)
     lows = [_num(r.get("ci_low")) for r in rows if _num(r.get("ci_low")) is not None]
     ax.set_ylim(min([0.4] + [v - 0.02 for v in lows]), 1.05)
     ax.set_ylabel("detection AUROC (test half, 95% CI)")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
@@ -603,7 +611,8 @@ def _draw_baselines(out_dir: Path, results: Dict[str, Any], extras: Dict[str, An
         mine = [r for r in aurocs if _site_of(r.get("step")) == site]
         p = plot_auroc_bars(out_dir / f"{check}_auroc_{_slug(site)}.png",
                             f"concept detection at {site} on {ctx['model']}: SAE latents against baselines on the raw "
-                            "activations (▼: k-sparse probe significantly worse than the best baseline)",
+                            "activations\n(hatched: baselines; ▼: k-sparse probe significantly worse than the best "
+                            "baseline)",
                             mine, worse)
         files.append(p.name)
     return files

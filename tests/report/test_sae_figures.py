@@ -36,7 +36,8 @@ def _ci(value: Optional[float], half: float = 0.03) -> Dict[str, Any]:
     return {"value": value, "ci_low": value - half, "ci_high": value + half}
 
 
-def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40) -> Dict[str, Any]:
+def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40, sites: Sequence[str] = SITES
+                  ) -> Dict[str, Any]:
     """``{"results": results document, "extras": figure-maps extras}`` of a synthetic SAE run, in the shapes the five
     checks of :mod:`sanitycheck.checks.sae` write (records, summaries, per_sample; ``figure`` under
     ``extras["text_checks"][check]``)."""
@@ -53,9 +54,9 @@ def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40) ->
 
     if "sae_reconstruction" in checks:
         c = "sae_reconstruction"
-        steps[c] = list(SITES)
+        steps[c] = list(sites)
         frontier: Dict[str, Any] = {}
-        for i, site in enumerate(SITES):
+        for i, site in enumerate(sites):
             for j, name in enumerate(SAES):
                 l0, fvu = 8.0 + 30 * j + i, 0.3 - 0.1 * j + 0.02 * i
                 records += [_record(name, c, "l0", site, i, l0, 1.5, 40), _record(name, c, "fvu", site, i, fvu, 0.02, 40)]
@@ -66,9 +67,9 @@ def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40) ->
         text_checks[c] = {"frontier": frontier}
     if "sae_randomized_control" in checks:
         c = "sae_randomized_control"
-        steps[c] = [f"{s}|{st}" for s in SITES for st in STATES]
+        steps[c] = [f"{s}|{st}" for s in sites for st in STATES]
         contexts: Dict[str, Any] = {}
-        for site in SITES:
+        for site in sites:
             for name in SAES:
                 for k, state in enumerate(STATES):
                     share = torch.rand(n_latents, generator=g) * (0.4 if k == 0 else 0.9)
@@ -90,9 +91,9 @@ def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40) ->
         text_checks[c] = {"top_contexts": contexts}
     if "sae_splitting" in checks:
         c = "sae_splitting"
-        steps[c] = [f"{s}|{lv}" for s in SITES for lv in ("x2->x4", "x4->x8")]
+        steps[c] = [f"{s}|{lv}" for s in sites for lv in ("x2->x4", "x4->x8")]
         trees: Dict[str, Any] = {}
-        for site in SITES:
+        for site in sites:
             for name in SAES:
                 lv1 = {"parents": [{"parent": p, "n_children": 3,
                                     "children": [{"child": 10 * p + q, "similarity": 0.9 - 0.1 * q} for q in range(3)]}
@@ -109,9 +110,9 @@ def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40) ->
         text_checks[c] = {"trees": trees, "threshold": 0.5}
     if "sae_baselines" in checks:
         c = "sae_baselines"
-        steps[c] = [f"{s}|{k}" for s in SITES for k in CONCEPTS]
+        steps[c] = [f"{s}|{k}" for s in sites for k in CONCEPTS]
         rows = []
-        for site in SITES:
+        for site in sites:
             for concept in CONCEPTS:
                 step = f"{site}|{concept}"
                 for m, v in (("difference_in_means", 0.9), ("logistic_probe", 0.93)):
@@ -128,8 +129,8 @@ def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40) ->
         text_checks[c] = {"auroc": {}}
     if "sae_seed_similarity" in checks:
         c = "sae_seed_similarity"
-        steps[c] = list(SITES)
-        for site in SITES:
+        steps[c] = list(sites)
+        for site in sites:
             for name in SAES:
                 sample(name, c, site, "max_cosine", torch.rand(n_latents, generator=g))
     results = {"suite": "sae_features", "input_kind": "activations", "model": {"name": "tiny_lm"},
@@ -162,8 +163,7 @@ def _assert_pngs(out: Path, files: Dict[str, List[str]]) -> None:
             assert data[:8] == PNG and len(data) > 2000, (check, name, len(data))
 
 
-def expected_files() -> Dict[str, set]:
-    sites = ("lm.mlp", "minilm.l3")
+def expected_files(sites: Sequence[str] = SITES) -> Dict[str, set]:
     return {
         "sae_reconstruction": {"sae_reconstruction_frontier.png"},
         "sae_randomized_control": {f"sae_randomized_control_contexts_{s}_{n}.png" for s in sites for n in SAES}
@@ -176,9 +176,9 @@ def expected_files() -> Dict[str, set]:
 
 
 def test_every_sae_figure_is_drawn_from_the_documents(tmp_path):
-    results = write_run(tmp_path, sae_documents())
+    results = write_run(tmp_path, sae_documents(sites=SITES[:1]))
     files = draw_sae(tmp_path, results, load_figure_maps(tmp_path, results))
-    assert {c: set(v) for c, v in files.items()} == expected_files()
+    assert {c: set(v) for c, v in files.items()} == expected_files(SITES[:1])
     _assert_pngs(tmp_path, files)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
@@ -195,13 +195,14 @@ def test_a_run_without_some_checks_draws_only_the_others(tmp_path):
 def test_without_figure_maps_only_the_figures_that_need_them_are_left_out(tmp_path):
     """No figure-maps file: contexts and trees (the checks' figure data) are left out; the frontier, forest plot,
     AUROC bars and histograms come from results.json alone."""
-    results = write_run(tmp_path, sae_documents(), with_maps=False)
+    results = write_run(tmp_path, sae_documents(sites=SITES[1:]), with_maps=False)
     assert load_figure_maps(tmp_path, results) is None
     files = draw_sae(tmp_path, results, None)
-    exp = expected_files()
+    exp = expected_files(SITES[1:])
     assert set(files["sae_randomized_control"]) == exp["sae_randomized_control"] - {
         f"sae_randomized_control_contexts_{s}_{n}.png" for s in SITES for n in SAES}
-    assert set(files["sae_splitting"]) == {f"sae_splitting_children_{s}.png" for s in SITES}
+    assert set(files["sae_splitting"]) == {f"sae_splitting_children_{s}.png" for s in SITES[1:]}
+    assert set(files["sae_baselines"]) == exp["sae_baselines"]
     assert set(files["sae_reconstruction"]) == exp["sae_reconstruction"]
     _assert_pngs(tmp_path, files)
 
