@@ -59,7 +59,8 @@ def sae_documents(checks: Sequence[str] = SAE_CHECKS, *, n_latents: int = 40, si
         for i, site in enumerate(sites):
             for j, name in enumerate(SAES):
                 l0, fvu = 8.0 + 30 * j + i, 0.3 - 0.1 * j + 0.02 * i
-                records += [_record(name, c, "l0", site, i, l0, 1.5, 40), _record(name, c, "fvu", site, i, fvu, 0.02, 40)]
+                records += [_record(name, c, "l0", site, i, l0, 1.5, 40),
+                            _record(name, c, "fvu", site, i, fvu, 0.02, 40)]
                 summaries.setdefault(c, []).append({"check": c, "explainer": name, "step": site,
                                                     "statistic": "loss_recovered", **_ci(0.8 - 0.1 * j), "n": 40})
                 frontier.setdefault(site, {})[name] = {"l0": l0, "fvu": fvu, "loss_recovered": 0.8 - 0.1 * j,
