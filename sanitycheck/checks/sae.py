@@ -567,8 +567,12 @@ class SAERandomizedControl(_SAECheck):
                 extra: Dict[str, Any]) -> Dict[str, Any]:
         lo, hi = d.get("ci_low"), d.get("ci_high")
         separates = None if lo is None or hi is None else bool(lo > 0 or hi < 0)
+        means = {k: d[k] for k in ("trained", "control") if k in d}
+        means.update({k: extra[k] for k in ("trained", "control") if k in extra})
+        rest = {k: v for k, v in {**d, **extra}.items() if k not in ("trained", "control")}
         return {"check": self.name, "explainer": name, "step": f"{site}|{control}", "site": site, "control": control,
-                "statistic": f"{measure}_difference", "measure": measure, **d, **extra, "separates": separates}
+                "statistic": f"{measure}_difference", "measure": measure, **rest,
+                "trained_mean": means.get("trained"), "control_mean": means.get("control"), "separates": separates}
 
     # ------------------------------------------------------------------ verdicts
     def decide(self, recorded: RecordedAudit) -> List[Verdict]:

@@ -328,7 +328,7 @@ def plot_control_forest(path: Path, title: str, rows: Sequence[Dict[str, Any]]) 
                 continue
             lo, hi = _err(v, r.get("ci_low"), r.get("ci_high"))
             ax.errorbar([v], [i], xerr=[[lo], [hi]], fmt="o", color=color[sep], capsize=3)
-            tr, co = _num(r.get("trained")), _num(r.get("control"))
+            tr, co = _num(r.get("trained_mean", r.get("trained"))), _num(r.get("control_mean", r.get("control")))
             note = f"{v:+.3f}" + (f"\ntrained {tr:.3f}, control {co:.3f}" if tr is not None and co is not None
                                   else "")
             ax.annotate(note, (v, i), fontsize=6.5, xytext=(0, -5), textcoords="offset points", ha="center",
