@@ -393,49 +393,50 @@ def auroc_ci(scores: Tensor, labels: Tensor, *, seed: int, n_boot: int = 1000, g
     s = scores.double().flatten()
     n = s.shape[0]
     g = torch.Generator().manual_seed(int(seed))
-    if groups is None:
-        idx = torch.randint(0, n, (n_boot, n), generator=g)
-    else:
-        gid, inv = torch.unique(groups.flatten(), return_inverse=True)
-        G = gid.numel()
+    block = max(1, min(64, 2_000_000 // max(n, 1)))  # resamples per block: bounded memory for long token lists
+    if groups is not None:
+        _, inv = torch.unique(groups.flatten(), return_inverse=True)
+        G = int(inv.max()) + 1
         order = inv.argsort(stable=True)
         sizes = torch.bincount(inv, minlength=G)
         starts = torch.cumsum(sizes, 0) - sizes
-        pick = torch.randint(0, G, (n_boot, G), generator=g)  # groups drawn per resample
-        # the tokens of the drawn groups, padded to a common length with -1 (dropped later via weights)
-        lens = sizes[pick]  # (n_boot, G)
-        total = lens.sum(1)
-        L = int(total.max())
-        ar = torch.arange(L).unsqueeze(0).expand(n_boot, L)
-        cum = torch.cumsum(lens, 1)
-        which = torch.searchsorted(cum, ar, right=True).clamp_max(G - 1)  # group slot of each position
-        within = ar - (cum - lens).gather(1, which)
-        grp = pick.gather(1, which)
-        idx = order[(starts[grp] + within).clamp_max(n - 1)]
-        valid = ar < total.unsqueeze(1)
-        return _ci_from_idx(s, y, idx, valid, alpha)
-    return _ci_from_idx(s, y, idx, torch.ones_like(idx, dtype=torch.bool), alpha)
-
-
-def _ci_from_idx(s: Tensor, y: Tensor, idx: Tensor, valid: Tensor, alpha: float, block: int = 64
-                 ) -> Tuple[float, float]:
-    """AUROC of each resample (a row of ``idx``; ``valid`` False on padding), ``block`` resamples at a time as
-    the columns of one rank computation: padding scores -inf so it ranks below every real score, and its count
-    is subtracted from the real ranks."""
-    if not torch.isfinite(s).all():
-        raise DataError("auroc_ci: scores must be finite")
     vals = []
-    for b in range(0, idx.shape[0], block):
-        ii, vv = idx[b:b + block].T, valid[b:b + block].T  # (L, m)
-        sc = torch.where(vv, s[ii], torch.full(ii.shape, float("-inf"), dtype=torch.float64))
-        yy = y[ii] & vv
-        r = _average_ranks(sc)
-        n_pad = (~vv).sum(0).double()
-        n1 = yy.sum(0).double()
-        n0 = vv.sum(0).double() - n1
-        a = ((r * yy).sum(0) - n1 * n_pad - n1 * (n1 + 1) / 2) / (n1 * n0).clamp_min(1)
-        vals.append(a[(n1 > 0) & (n0 > 0)])
+    for b0 in range(0, n_boot, block):
+        m = min(block, n_boot - b0)
+        if groups is None:
+            idx = torch.randint(0, n, (m, n), generator=g)
+            valid = torch.ones_like(idx, dtype=torch.bool)
+        else:
+            pick = torch.randint(0, G, (m, G), generator=g)  # whole texts drawn with replacement
+            lens = sizes[pick]
+            total = lens.sum(1)
+            L = int(total.max())
+            ar = torch.arange(L).unsqueeze(0).expand(m, L).contiguous()
+            cum = torch.cumsum(lens, 1)
+            which = torch.searchsorted(cum, ar, right=True).clamp_max(G - 1)  # slot of each position
+            within = ar - (cum - lens).gather(1, which)
+            grp = pick.gather(1, which)
+            idx = order[(starts[grp] + within).clamp(0, n - 1)]
+            valid = ar < total.unsqueeze(1)
+        vals.append(_auroc_resamples(s, y, idx, valid))
     v = torch.cat(vals)
-    if v.numel() < idx.shape[0] / 2:
+    if v.numel() < n_boot / 2:
         return float("nan"), float("nan")
     return float(torch.quantile(v, alpha / 2)), float(torch.quantile(v, 1 - alpha / 2))
+
+
+def _auroc_resamples(s: Tensor, y: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
+    """AUROC of each resample (a row of ``idx``; ``valid`` False on padding), all rows as the columns of one
+    rank computation: padding scores -inf so it ranks below every real score, and its count is subtracted from
+    the real ranks. Resamples with one class are dropped."""
+    if not torch.isfinite(s).all():
+        raise DataError("auroc_ci: scores must be finite")
+    ii, vv = idx.T, valid.T  # (L, m)
+    sc = torch.where(vv, s[ii], torch.full(ii.shape, float("-inf"), dtype=torch.float64))
+    yy = y[ii] & vv
+    r = _average_ranks(sc)
+    n_pad = (~vv).sum(0).double()
+    n1 = yy.sum(0).double()
+    n0 = vv.sum(0).double() - n1
+    a = ((r * yy).sum(0) - n1 * n_pad - n1 * (n1 + 1) / 2) / (n1 * n0).clamp_min(1)
+    return a[(n1 > 0) & (n0 > 0)]
