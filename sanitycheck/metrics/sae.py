@@ -164,8 +164,8 @@ def _activation_correlation(z_small: Tensor, z_large: Tensor) -> Tensor:
     return std(z_large).T @ std(z_small)
 
 
-def token_identity_share(z: Tensor, token_ids: Tensor, *, min_count: int = 1, vocab_size: Optional[int] = None,
-                         chunk: int = _CHUNK) -> Tensor:
+def token_identity_share(z: Tensor, token_ids: Tensor, *, min_count: int = 1, chunk: int = _CHUNK,
+                         latent_block: Optional[int] = None) -> Tensor:
     """``(d_sae,)`` float64 eta^2: the share of each latent's activation variance (over tokens) explained by the
     current token's identity alone — between-token-group sum of squares over the total sum of squares, computed
     with ``index_add`` over token ids in chunks of tokens. 1 for a latent that is a function of the token id, ~0
@@ -175,32 +175,39 @@ def token_identity_share(z: Tensor, token_ids: Tensor, *, min_count: int = 1, vo
     with zero variance on the kept tokens (dead, or constant)."""
     if z.shape[0] != token_ids.shape[0]:
         raise ConfigError(f"token_identity_share: {z.shape[0]} latent rows but {token_ids.shape[0]} token ids")
-    ids = token_ids.long().to(z.device)
-    V = int(vocab_size if vocab_size is not None else (int(ids.max()) + 1 if ids.numel() else 1))
-    counts = torch.bincount(ids, minlength=V).double()
-    keep_id = counts >= max(min_count, 1)
     d = z.shape[-1]
-    sums = torch.zeros(V, d, dtype=torch.float64, device=z.device)
-    tot = torch.zeros(d, dtype=torch.float64, device=z.device)
-    tot2 = torch.zeros(d, dtype=torch.float64, device=z.device)
-    for s in range(0, z.shape[0], chunk):
-        zc, ic = z[s:s + chunk].double(), ids[s:s + chunk]
-        kc = keep_id[ic]
-        zc, ic = zc[kc], ic[kc]
-        sums.index_add_(0, ic, zc)
-        tot += zc.sum(0)
-        tot2 += zc.pow(2).sum(0)
-    n = counts[keep_id].sum()
+    dev = z.device
+    # compact group ids over the token ids that occur (a 30k vocabulary x 4096 latents would not fit)
+    _, gid = torch.unique(token_ids.long().to(dev), return_inverse=True)
+    counts = torch.bincount(gid).double()
+    keep_tok = counts[gid] >= max(min_count, 1)
+    keep_grp = counts >= max(min_count, 1)
+    n = counts[keep_grp].sum()
     if n < 2:
-        return torch.full((d,), float("nan"), dtype=torch.float64, device=z.device)
-    mean = tot / n
-    sst = tot2 - n * mean.pow(2)
-    c = counts[keep_id].unsqueeze(1)
-    ssb = (sums[keep_id].pow(2) / c).sum(0) - n * mean.pow(2)
-    eta = ssb / sst.clamp_min(1e-300)
-    scale = tot2.clamp_min(1e-300)
-    undefined = sst <= 1e-12 * scale
-    return torch.where(undefined, torch.full_like(eta, float("nan")), eta.clamp(0.0, 1.0))
+        return torch.full((d,), float("nan"), dtype=torch.float64, device=dev)
+    G = counts.numel()
+    c = counts[keep_grp].unsqueeze(1)
+    # latents per pass: the (groups, block) float64 sums stay ~32 MB
+    block = latent_block or max(1, min(d, 4_000_000 // max(G, 1)))
+    out = torch.empty(d, dtype=torch.float64, device=dev)
+    for j0 in range(0, d, block):
+        j1 = min(d, j0 + block)
+        sums = torch.zeros(G, j1 - j0, dtype=torch.float64, device=dev)
+        tot = torch.zeros(j1 - j0, dtype=torch.float64, device=dev)
+        tot2 = torch.zeros(j1 - j0, dtype=torch.float64, device=dev)
+        for s0 in range(0, z.shape[0], chunk):
+            kc = keep_tok[s0:s0 + chunk]
+            zc = z[s0:s0 + chunk, j0:j1].double()[kc]
+            sums.index_add_(0, gid[s0:s0 + chunk][kc], zc)
+            tot += zc.sum(0)
+            tot2 += zc.pow(2).sum(0)
+        mean = tot / n
+        sst = tot2 - n * mean.pow(2)
+        ssb = (sums[keep_grp].pow(2) / c).sum(0) - n * mean.pow(2)
+        eta = (ssb / sst.clamp_min(1e-300)).clamp(0.0, 1.0)
+        undefined = sst <= 1e-12 * tot2.clamp_min(1e-300)
+        out[j0:j1] = torch.where(undefined, torch.full_like(eta, float("nan")), eta)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- AUROC and probes

@@ -210,3 +210,14 @@ def test_auroc_ci_singleton_groups_equal_token_resampling_and_padding_is_exact()
     got = _auroc_resamples(s.double(), y == 1, idx, valid)
     ref = [roc_auc_score(y[idx[r][valid[r]]].numpy(), s[idx[r][valid[r]]].numpy()) for r in range(5)]
     torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_token_identity_share_blocks_over_latents_and_sparse_vocab_ids_agree():
+    g = gen(11)
+    ids = torch.randint(0, 40, (3000,), generator=g) * 997  # large, sparse ids (a 40k vocabulary)
+    z = torch.relu(torch.randn(3000, 300, generator=g) + (ids % 7).unsqueeze(1).float() * 0.3)
+    full = token_identity_share(z, ids)
+    cols = torch.cat([token_identity_share(z[:, j:j + 1], ids) for j in (0, 150, 299)])
+    torch.testing.assert_close(full[[0, 150, 299]], cols, rtol=1e-10, atol=1e-12)
+    assert (full > 0.1).all()
+    torch.testing.assert_close(token_identity_share(z, ids, latent_block=7, chunk=500), full, rtol=1e-10, atol=1e-12)
