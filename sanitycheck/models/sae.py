@@ -216,7 +216,7 @@ def _init(sae: SparseAutoencoder, acts: Tensor, g: torch.Generator, c: float) ->
         sae.b_enc.zero_()
 
 
-def _loss(sae: SparseAutoencoder, xn: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _loss(sae: SparseAutoencoder, xn: Tensor, l1_scale: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
     pre = sae._pre(xn)
     if sae.cfg.architecture == "topk":
         vals, idx = torch.topk(pre, sae.cfg.k, dim=-1, sorted=False)
@@ -230,7 +230,7 @@ def _loss(sae: SparseAutoencoder, xn: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     mse = (x_hat - xn).pow(2).sum(-1).mean()
     # L1 weighted by decoder norms (all 1 here; kept so the penalty cannot be gamed by shrinking W_dec)
     l1 = (z * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    return mse + sae.cfg.l1_coefficient * l1, mse, (z > 0).sum(-1).float().mean()
+    return mse + sae.cfg.l1_coefficient * l1_scale * l1, mse, (z > 0).sum(-1).float().mean()
 
 
 @torch.no_grad()
@@ -263,7 +263,8 @@ def train_sae(acts: Tensor, cfg: SAEConfig, *, progress: bool = True, device: st
               ) -> Tuple[SparseAutoencoder, Dict[str, Any]]:
     """Train one SAE on ``acts`` (n_tokens, d_in); returns ``(sae, log)``.
 
-    Deterministic: initialization and batch order from generators seeded by ``cfg.seed``. Adam, ``cfg.lr``,
+    Deterministic: initialization and batch order from generators seeded by ``cfg.seed``. Adam, ``cfg.lr`` (decayed
+    linearly to 0 over the last 20 % of steps; the relu L1 coefficient warmed up over the first 5 %),
     ``ceil(train_tokens / batch_size)`` steps of ``batch_size`` rows each, epochs over a fresh permutation
     as needed. The log holds ``tokens_per_s``, ``wall_s``, ``steps``, ``scaling_factor``, the final ``mse``
     (per element, original scale), ``fvu``, ``l0`` and ``dead_fraction`` on up to 8192 rows, and ``curve``:
@@ -304,7 +305,13 @@ def train_sae(acts: Tensor, cfg: SAEConfig, *, progress: bool = True, device: st
         if not torch.isfinite(xb).all():
             _raise_nonfinite(xb.cpu(), rows)
         xn = xb * inv_c
-        loss, mse, l0 = _loss(sae, xn)
+        # Conerly et al. 2024 (Anthropic's April update): the L1 penalty ramps up linearly over the first 5 % of
+        # steps (no latent dies before it has learned anything) and the learning rate decays linearly to 0 over
+        # the last 20 %
+        l1_scale = min(1.0, (step + 1) / max(1.0, 0.05 * steps))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (steps - step) / max(1.0, 0.2 * steps))
+        loss, mse, l0 = _loss(sae, xn, l1_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
