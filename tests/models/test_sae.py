@@ -99,6 +99,20 @@ def test_same_seed_same_weights_other_seed_other_weights_same_features(data, tra
         assert torch.equal(getattr(s1, name), getattr(s2, name)), name
 
 
+def test_memory_mapped_activations_train_identically(tmp_path, data):
+    import numpy as np
+
+    x = data[0][:3000].contiguous()
+    mm = np.memmap(tmp_path / "acts.f32", dtype=np.float32, mode="w+", shape=tuple(x.shape))
+    mm[:] = x.numpy()
+    mm.flush()
+    acts = torch.from_numpy(np.memmap(tmp_path / "acts.f32", dtype=np.float32, mode="c", shape=tuple(x.shape)))
+    cfg = SAEConfig(d_in=D_IN, d_sae=16, train_tokens=2048, batch_size=256)
+    a, _ = train_sae(acts, cfg, progress=False)
+    b, _ = train_sae(x, cfg, progress=False)
+    assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.b_dec, b.b_dec)
+
+
 def test_training_does_not_touch_global_rng(data):
     x, _ = data
     torch.manual_seed(123)
