@@ -15,8 +15,7 @@ Per-text aggregates are float64; nothing here draws from the global RNG.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor

@@ -7,7 +7,6 @@ SAE that learns the data must recover the directions (max cosine > 0.9) and reco
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
