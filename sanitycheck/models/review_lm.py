@@ -259,7 +259,8 @@ class LMSpec:
 
 def build_review_lm(spec: LMSpec, vocab_len: int) -> OneLayerTransformerLM:
     """An untrained model, initialised from a generator seeded by ``(seed, "init", "review_lm")``."""
-    model = OneLayerTransformerLM(vocab_len, spec.d_model, spec.n_heads, spec.d_mlp, spec.max_len)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's default init draws from the global RNG: restore it
+        model = OneLayerTransformerLM(vocab_len, spec.d_model, spec.n_heads, spec.d_mlp, spec.max_len)
     g = torch.Generator().manual_seed(derive_seed(spec.seed, "init", "review_lm"))
     return init_weights(model, g)
 
