@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from sanitycheck.errors import ConfigError, ModelError
+from sanitycheck.models.activation_sources import _minilm_encode
+
+from tests.sae_lm_fixtures import TEXTS, tiny_source, trained_tiny_source
+
+
+def test_lm_encode_word_index_and_mask():
+    src = tiny_source()
+    ids, mask, wi = src.encode([["the", "movie"], ["mary"]], max_len=5)
+    assert ids.shape == mask.shape == wi.shape == (2, 5)
+    assert wi.tolist() == [[-1, 0, 1, -1, -1], [-1, 0, -1, -1, -1]]
+    assert mask.tolist() == [[False, True, True, False, False], [False, True, False, False, False]]
+
+
+def test_activations_shape_deterministic_and_hook_released():
+    src = tiny_source()
+    ids, mask, _ = src.encode(TEXTS, 8)
+    a = src.activations(ids, mask)
+    assert a.shape == (4, 8, src.d_in) and a.dtype == torch.float32 and not a.requires_grad
+    assert torch.equal(a, tiny_source().activations(ids, mask))
+    assert len(src.model.mlp_act._forward_hooks) == 0
+
+
+def test_identity_splice_equals_clean_loss_and_zero_ablation_hurts_trained_lm():
+    src = trained_tiny_source()
+    ids, mask, _ = src.encode(TEXTS, 8)
+    clean = src.loss_with(ids, mask, None)
+    assert clean.shape == (4,) and clean.dtype == torch.float64
+    assert torch.equal(src.loss_with(ids, mask, None, replace=lambda x: x), clean)
+    zero = src.loss_with(ids, mask, None, replace=torch.zeros_like)
+    assert zero.mean() > clean.mean() + 0.02  # the MLP carries part of what the LM learned
+    with pytest.raises(ModelError, match="shape"):
+        src.loss_with(ids, mask, None, replace=lambda x: x[..., :3])
+    assert len(src.model.mlp_act._forward_hooks) == 0  # released after an error too
+
+
+def test_randomized_copies_differ_and_keep_embeddings_keeps_exactly_them():
+    src = trained_tiny_source(steps=10)
+    trained = {k: v.clone() for k, v in src.model.state_dict().items()}
+    full = src.randomized("all", seed=0)
+    keep = src.randomized("keep_embeddings", seed=0)
+    for k, v in trained.items():
+        assert torch.equal(src.model.state_dict()[k], v)  # the original is untouched
+        is_emb = k.split(".")[0] in ("embed", "pos_embed")
+        assert torch.equal(keep.model.state_dict()[k], v) == is_emb or k.startswith(("ln", "ln_f")), k
+        if k.endswith("weight") and not k.startswith("ln"):
+            assert not torch.equal(full.model.state_dict()[k], v), k
+    assert full.state_hash() != src.state_hash() != keep.state_hash()
+    again = src.randomized("all", seed=0)
+    assert again.state_hash() == full.state_hash() and src.randomized("all", 1).state_hash() != full.state_hash()
+    assert full.randomization == {"mode": "all", "seed": 0} and src.randomization is None
+    with pytest.raises(ConfigError, match="mode"):
+        src.randomized("some", 0)
+
+
+class _FakePieces:
+    """A word-piece tokenizer stand-in: words longer than 4 letters split into two pieces."""
+    cls_id, sep_id = 101, 102
+
+    def _pieces(self, rows):
+        ids, words = [], []
+        for row in rows:
+            i, w = [], []
+            for k, word in enumerate(row):
+                n = 2 if len(word) > 4 else 1
+                i += [1000 + len(word)] * n
+                w += [k] * n
+            ids.append(i)
+            words.append(w)
+        return ids, words
+
+
+def test_minilm_word_index_alignment_for_word_pieces():
+    ids, mask, wi = _minilm_encode(_FakePieces(), [["a", "lovely", "film"], ["dreadful"]], max_len=6)
+    assert ids.tolist() == [[101, 1001, 1006, 1006, 1004, 102], [101, 1008, 1008, 102, 0, 0]]
+    assert wi.tolist() == [[-1, 0, 1, 1, 2, -1], [-1, 0, 0, -1, -1, -1]]
+    assert mask.tolist() == [[False, True, True, True, True, False], [False, True, True, False, False, False]]
+    ids, mask, wi = _minilm_encode(_FakePieces(), [["a", "lovely", "film"]], max_len=4)  # truncated
+    assert ids.tolist() == [[101, 1001, 1006, 102]] and wi.tolist() == [[-1, 0, 1, -1]]
+
+
+@pytest.fixture(scope="module")
+def real_minilm_pieces():
+    from sanitycheck.errors import WeightsUnavailableError
+    from sanitycheck.models.transformer import MiniLMTokenizer
+
+    try:
+        return MiniLMTokenizer()
+    except WeightsUnavailableError as err:
+        pytest.skip(str(err))
+
+
+def test_minilm_word_index_with_the_real_tokenizer(real_minilm_pieces):
+    tok = real_minilm_pieces
+    ids, mask, wi = _minilm_encode(tok, [["unbelievably", "good"]], max_len=64)
+    pieces = tok.decode(ids[0])
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]" and len(pieces) > 4
+    words = ["unbelievably", "good"]
+    for p, w in zip(pieces[1:-1], wi[0, 1:-1].tolist()):
+        assert p.lstrip("#") in words[w]
+    assert int(mask.sum()) == len(pieces) - 2
