@@ -78,8 +78,10 @@ def _load(path: Path, key: str) -> Optional[ActivationSet]:
         acts = torch.from_numpy(arr)
     if acts.shape != (meta["n_tokens"], meta["d_in"]):
         return None
-    return ActivationSet(acts=acts, token_ids=index["token_ids"], doc=index["doc"], position=index["position"],
-                         word_index=index["word_index"], key=key, source=meta["source"], meta=meta)
+    out = ActivationSet(acts=acts, token_ids=index["token_ids"], doc=index["doc"], position=index["position"],
+                        word_index=index["word_index"], key=key, source=meta["source"], meta=meta)
+    out.memmap = arr  # the read-only numpy.memmap behind ``acts`` (same memory); never write through ``acts``
+    return out
 
 
 def collect_activations(source: Any, corpus: Any, *, max_len: int = 64, batch_size: int = 64,
