@@ -45,6 +45,10 @@ def weights_hash(model: nn.Module, extra: str = "") -> str:
     return h.hexdigest()
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass at the hooked site (the rest is not needed)."""
+
+
 class ActivationSource:
     """One hooked site of one model. Subclasses define ``encode``, ``_module``, ``_forward`` and ``_loss``."""
 
@@ -88,14 +92,19 @@ class ActivationSource:
 
     # ---- hooks
     @contextmanager
-    def hooked(self, replace: Replace = None, store: Optional[List[Tensor]] = None) -> Iterator[None]:
-        """Within the block, the site's output is appended to ``store`` and/or replaced by ``replace(output)``."""
+    def hooked(self, replace: Replace = None, store: Optional[List[Tensor]] = None,
+               stop: bool = False) -> Iterator[None]:
+        """Within the block, the site's output is appended to ``store`` and/or replaced by ``replace(output)``;
+        ``stop=True`` ends the forward pass at the site (raises :class:`_StopForward`: the layers after the
+        site are not computed)."""
         d_in, name = self.d_in, self.name
 
         def hook(module, inputs, output):
             act = self._get(output)
             if store is not None:
                 store.append(act)
+            if stop:
+                raise _StopForward
             if replace is None:
                 return None
             new = replace(act)
@@ -116,11 +125,16 @@ class ActivationSource:
 
     @torch.no_grad()
     def activations(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """``(B, T, d_in)`` float32 activations of the site (no grad)."""
+        """``(B, T, d_in)`` float32 activations of the site (no grad); the forward pass stops at the site."""
         store: List[Tensor] = []
         dev = self._device()
-        with self.hooked(store=store):
-            self._forward(ids.to(dev), mask.to(dev))
+        try:
+            with self.hooked(store=store, stop=True):
+                self._forward(ids.to(dev), mask.to(dev))
+        except _StopForward:
+            pass
+        if not store:
+            raise ModelError(f"{self.name}: the hooked site {self.site} was not reached in the forward pass")
         act = store[0].float()
         if act.shape[-1] != self.d_in:
             raise ModelError(f"{self.name}: site {self.site} gave width {act.shape[-1]}, expected {self.d_in}")

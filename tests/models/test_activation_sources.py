@@ -102,3 +102,13 @@ def test_minilm_word_index_with_the_real_tokenizer(real_minilm_pieces):
     for p, w in zip(pieces[1:-1], wi[0, 1:-1].tolist()):
         assert p.lstrip("#") in words[w]
     assert int(mask.sum()) == len(pieces) - 2
+
+
+def test_activations_stop_at_the_site_but_equal_the_full_forward():
+    src = tiny_source()
+    ids, mask, _ = src.encode(TEXTS, 8)
+    store = []
+    with torch.no_grad(), src.hooked(store=store):
+        src.model(ids)  # the whole forward, the site's output captured on the way
+    assert torch.equal(src.activations(ids, mask), store[0])
+    assert len(src.model.mlp_act._forward_hooks) == 0
