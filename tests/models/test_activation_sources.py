@@ -112,3 +112,46 @@ def test_activations_stop_at_the_site_but_equal_the_full_forward():
         src.model(ids)  # the whole forward, the site's output captured on the way
     assert torch.equal(src.activations(ids, mask), store[0])
     assert len(src.model.mlp_act._forward_hooks) == 0
+
+
+@pytest.fixture(scope="module")
+def minilm_source():
+    from torch import nn
+
+    from sanitycheck.errors import WeightsUnavailableError
+    from sanitycheck.models.activation_sources import MiniLMSource, _MiniLMWithHead
+    from sanitycheck.models.transformer import MiniLMTokenizer, load_minilm
+
+    try:
+        bert, hf_tok = load_minilm()
+    except WeightsUnavailableError as err:
+        pytest.skip(str(err))
+    with torch.random.fork_rng(devices=[]):  # a stand-in head (minilm_residual fits and caches the real one)
+        torch.manual_seed(0)
+        head = nn.Linear(bert.config.hidden_size, 2)
+    return MiniLMSource(_MiniLMWithHead(bert, head).eval(), MiniLMTokenizer(hf_tok), 2)
+
+
+def test_minilm_residual_site_splice_and_randomization(minilm_source):
+    src = minilm_source
+    assert src.d_in == 384 and src.name == "minilm.layer2"
+    words = [["a", "truly", "unbelievably", "good", "film"], ["dull"]]
+    ids, mask, wi = src.encode(words, 16)
+    acts = src.activations(ids, mask)
+    assert acts.shape == (2, ids.shape[1], 384)
+    with torch.no_grad():
+        hs = src.model.bert(input_ids=ids, attention_mask=(ids != 0).long(), output_hidden_states=True).hidden_states
+    assert torch.allclose(acts[mask], hs[3][mask], atol=1e-5)  # hidden_states[0] is the embedding output
+    labels = torch.tensor([1, 0])
+    clean = src.loss_with(ids, mask, labels)
+    assert torch.allclose(src.loss_with(ids, mask, labels, replace=lambda x: x), clean)
+    assert not torch.allclose(src.loss_with(ids, mask, labels, replace=torch.zeros_like), clean)
+    keep = src.randomized("keep_embeddings", 0)
+    for k, v in src.model.state_dict().items():
+        same = torch.equal(keep.model.state_dict()[k], v)
+        if k.startswith("bert.embeddings."):
+            assert same, k
+        elif k.startswith("bert.encoder.") and k.endswith("dense.weight"):
+            assert not same, k
+    with pytest.raises(Exception, match="labels"):
+        src.loss_with(ids, mask, None)
