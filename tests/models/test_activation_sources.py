@@ -155,3 +155,15 @@ def test_minilm_residual_site_splice_and_randomization(minilm_source):
             assert not same, k
     with pytest.raises(Exception, match="labels"):
         src.loss_with(ids, mask, None)
+
+
+def test_logistic_head_fit_is_deterministic_and_separates():
+    from sanitycheck.models.activation_sources import _fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 5, 1, 1, 1], dtype=torch.float64)
+    y = (x[:, 1] + 0.1 * x[:, 0] > 0).long()
+    w, b = _fit_logistic(x, y)
+    w2, b2 = _fit_logistic(x, y)
+    assert torch.equal(w, w2) and torch.equal(b, b2)
+    assert ((x @ w + b > 0).long() == y).double().mean() > 0.97
