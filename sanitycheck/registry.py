@@ -375,6 +375,7 @@ for _name, _path in {
     # attention text classifiers (Jain & Wallace 2019), trained on a registered text dataset
     "text_attention": "sanitycheck.models.text_zoo:text_attention",
     "minilm_attention": "sanitycheck.models.text_zoo:minilm_attention",
+    "review_lm": "sanitycheck.models.review_lm:review_lm",  # issue 15: one-layer LM whose MLP SAEs read
 }.items():
     MODELS.register(_name, _path)
 
