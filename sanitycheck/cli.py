@@ -88,9 +88,15 @@ def _print_summary(results: dict, out_dir: Path) -> None:
                       f"{_score_cell(r)} n={r['n']}")
         for check, summaries in (results.get("summaries") or {}).items():
             for sm in summaries:
-                value = "undefined" if sm["value"] is None else (
-                    f"{sm['value']:.3f} [{sm['ci_low']:.2f},{sm['ci_high']:.2f}]")
-                print(f"  {check:<22} {sm['step']:<16} {sm['statistic']:<22} {'':<20} {value} n={sm['n']}")
+                value = sm.get("value")
+                value = "undefined" if value is None else (
+                    f"{value:.3f} [{sm['ci_low']:.2f},{sm['ci_high']:.2f}]" if sm.get("ci_low") is not None
+                    and sm.get("ci_high") is not None else f"{value:.3f}")
+                n = sm.get("n", sm.get("n_a"))
+                who = str(sm.get("explainer") or sm.get("method") or "")
+                what = sm["statistic"] + (f" ({sm['method']})" if sm.get("method") and sm.get("explainer") else "")
+                print(f"  {check:<22} {sm.get('step', ''):<16} {what:<22} {who:<20} {value}"
+                      + (f" n={n}" if n is not None else ""))
         for check, reason in (results.get("not_applicable") or {}).items():
             print(f"not applicable: {check}: {reason}")
         print(f"\nresults: {out_dir / 'results.json'}")

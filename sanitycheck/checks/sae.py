@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from ..models.activation_sites import RANDOMIZED, STATES, TRAINED
+from ..models.activation_sites import RANDOMIZED, TRAINED
 from ..results import Verdict
 from ..seeding import derive_seed, generator
 from ..stats import bootstrap_ci
@@ -489,8 +489,6 @@ class SAERandomizedControl(_SAECheck):
     def best_latents(self, ctx: Any, ws: Any, sae: Any, site: str, state: str) -> Dict[str, Any]:
         """Per concept: the latent chosen on the train half of the concept texts (max |AUROC - 0.5|, sign
         corrected) and its scores on the test half's tokens."""
-        from ..metrics.sae import auroc
-
         corpus = ws.corpus("concepts")
         acts = ws.activations(site, "concepts", state)
         z = ws.encode(sae, acts)
@@ -503,13 +501,11 @@ class SAERandomizedControl(_SAECheck):
             if int(y[tr].unique().numel()) < 2 or int(y[te].unique().numel()) < 2:
                 raise DataError(f"concept {concept!r} has one class among the probe's tokens ({int(y[ok].sum())} "
                                 f"positive of {int(ok.sum())}); a concept needs both classes in train and test")
-            a = auroc(z[tr], y[tr])
-            strength = (a - 0.5).abs()
-            strength = torch.nan_to_num(strength, nan=-1.0)
-            j = int(strength.argmax())
-            sign = 1.0 if float(a[j]) >= 0.5 else -1.0
-            per[concept] = {"latent": j, "score": sign * z[te, j], "labels": y[te], "groups": acts.doc[te].long(),
-                            "dead": bool(float(strength[j]) < 0)}
+            from ..metrics.sae import best_latent_auroc
+
+            r = best_latent_auroc(z[tr], y[tr], z[te], y[te], concept=concept)
+            per[concept] = {"latent": r.get("latent"), "score": r.get("test_scores"), "labels": y[te],
+                            "groups": acts.doc[te].long()}
         return per
 
     @staticmethod
@@ -520,6 +516,8 @@ class SAERandomizedControl(_SAECheck):
         if not concepts:
             return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
         per, boots = {}, []
+        if any(trained[c]["score"] is None or control[c]["score"] is None for c in concepts):
+            return {"value": None, "ci_low": None, "ci_high": None, "n": len(concepts), "undefined_reason": ALL_DEAD}
         for c in concepts:
             t, r = trained[c], control[c]
             w = grouped_resamples(t["groups"], n_boot, seed_parts=(*seed_parts, c))
@@ -610,8 +608,8 @@ class SAERandomizedControl(_SAECheck):
         return verdicts
 
 
-def _fmt(v: Any) -> str:
-    return "undefined" if v is None else f"{v:+.3f}"
+def _fmt(v: Any, sign: str = "+") -> str:
+    return "undefined" if v is None else f"{v:{sign}.3f}"
 
 
 # ---------------------------------------------------------------------------------------------------- baselines
@@ -707,14 +705,23 @@ class SAEBaselines(_SAECheck):
                             "k_sparse_probe": k_sparse_probe_auroc(z[tr], y[tr], z[~tr], y[~tr], k=self.k,
                                                                    seed=seed)}
                     for m, r in mine.items():
-                        ci = auroc_with_ci(r["test_scores"], y[~tr], groups[~tr],
-                                           seed_parts=(ctx.seed, self.name, step, name, m))
+                        if r.get("test_scores") is None:  # every latent dead: undefined, with the reason
+                            ci = {"value": None, "ci_low": None, "ci_high": None, "n": int((~tr).sum()),
+                                  "undefined_reason": r.get("undefined_reason") or ALL_DEAD}
+                        else:
+                            ci = auroc_with_ci(r["test_scores"], y[~tr], groups[~tr],
+                                               seed_parts=(ctx.seed, self.name, step, name, m))
                         out.summaries.append({"check": self.name, "explainer": name, "step": step,
                                               "statistic": "auroc", "method": m, "level": d["level"], **ci,
                                               **({"latent": r.get("latent")} if "latent" in r else {})})
                         bars.setdefault(step, {})[f"{name}:{m}"] = ci
-                    d_ = paired_auroc_difference(mine["k_sparse_probe"]["test_scores"], base_scores[best_base],
-                                                 y[~tr], groups[~tr], seed_parts=(ctx.seed, self.name, step, name))
+                    probe = mine["k_sparse_probe"].get("test_scores")
+                    if probe is None:
+                        d_ = {"a": None, "b": base[best_base]["auroc"], "value": None, "ci_low": None,
+                              "ci_high": None, "n": int((~tr).sum()), "undefined_reason": ALL_DEAD}
+                    else:
+                        d_ = paired_auroc_difference(probe, base_scores[best_base], y[~tr], groups[~tr],
+                                                     seed_parts=(ctx.seed, self.name, step, name))
                     worse = d_["ci_high"] is not None and d_["ci_high"] < 0
                     out.summaries.append({"check": self.name, "explainer": name, "step": step,
                                           "statistic": "probe_minus_best_baseline", "baseline": best_base,
@@ -734,9 +741,14 @@ class SAEBaselines(_SAECheck):
         verdicts = []
         for name, rows in by.items():
             worse = [r for r in rows if r.get("worse")]
-            describe = lambda r: (f"{r['step']}: probe {r['a']:.3f} vs {r['baseline']} {r['b']:.3f}, "  # noqa: E731
-                                  f"difference {_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
-            if worse:
+            undefined = [r for r in rows if r.get("ci_high") is None]
+            describe = lambda r: (f"{r['step']}: probe {_fmt(r['a'], '')} vs {r['baseline']} "  # noqa: E731
+                                  f"{_fmt(r['b'], '')}, difference {_fmt(r['value'])} [{_fmt(r['ci_low'])}, "
+                                  f"{_fmt(r['ci_high'])}]")
+            if undefined:
+                status, deciding = "undefined", undefined[0]
+                text = f"undefined ({ALL_DEAD}) at " + "; ".join(r["step"] for r in undefined)
+            elif worse:
                 status, deciding = "fail", min(worse, key=lambda r: r["ci_high"])
                 text = "worse than the best baseline on " + "; ".join(describe(r) for r in worse)
             else:

@@ -93,12 +93,15 @@ def sha256_files(paths: Iterable[Union[str, Path]]) -> str:
 
 def load_dataset(name: str, **kwargs):
     """Load a registered dataset by name (``fashion_mnist``, ``digits``, ``image_folder``, ``babi1``,
-    ``synthetic_sentiment``, ``text_file``, ... or an import path): an ImageDataset or a TextDataset."""
+    ``synthetic_sentiment``, ``text_file``, ``review_words``, ... or an import path): an ImageDataset, a
+    TextDataset, or a WordCorpus (the texts of an activations audit)."""
     from ..registry import DATASETS
     from .text import TextDataset
+    from .token_corpus import WordCorpus
 
     loader = DATASETS.get(name)
     ds = loader(**kwargs)
-    if not isinstance(ds, (ImageDataset, TextDataset)):
-        raise DataError(f"dataset loader {name!r} returned {type(ds).__name__}, expected ImageDataset or TextDataset")
+    if not isinstance(ds, (ImageDataset, TextDataset, WordCorpus)):
+        raise DataError(f"dataset loader {name!r} returned {type(ds).__name__}, expected ImageDataset, TextDataset "
+                        "or WordCorpus")
     return ds

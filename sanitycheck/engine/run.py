@@ -777,8 +777,10 @@ class AuditRun:
         per_sample = self.per_sample(scored)
         from ..report.reliability import reliability_report
 
+        # Tomsett et al.'s reliability compares methods per input: only checks that score inputs take part
         summaries = [(c, step, m, hib) for c, d in self.log.directions.items() for m, hib in d.items()
-                     for step in self.log.steps.get(c, []) if not step.isdigit()]
+                     for step in self.log.steps.get(c, []) if not step.isdigit()
+                     and getattr(self.log.checks.get(c), "sample_unit", "inputs") == "inputs"]
         reliability = reliability_report(per_sample, summaries) if summaries else None
         s = self.settings
         doc = {
@@ -986,7 +988,8 @@ def _merge(previous: Dict[str, Any], doc: Dict[str, Any], pairs: List[Tuple[str,
 
         summaries = [(c, step, m, hib) for c, info in out["checks"].items()
                      for m, hib in (info.get("higher_is_better") or {}).items()
-                     for step in info.get("steps") or [] if info.get("kind") == "evaluation" and not step.isdigit()]
+                     for step in info.get("steps") or [] if info.get("kind") == "evaluation" and not step.isdigit()
+                     and info.get("sample_unit", "inputs") == "inputs"]
         out["reliability"] = clean_json(reliability_report(per_sample, summaries)) if summaries else None
     out["merged"] = {"note": "results of an earlier run into this --out (same suite, seed and sample) that this run "
                              "did not recompute", "created": previous.get("created"),

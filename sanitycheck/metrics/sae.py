@@ -281,7 +281,8 @@ def undefined_reason(z: Optional[Tensor] = None, *, freq: Optional[Tensor] = Non
 
 
 def _nan_result(reason: str, **extra: Any) -> Dict[str, Any]:
-    return {"auroc": float("nan"), "train_auroc": float("nan"), "undefined_reason": reason, **extra}
+    return {"auroc": float("nan"), "train_auroc": float("nan"), "undefined_reason": reason, "test_scores": None,
+            **extra}
 
 
 def best_latent_auroc(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor, *,
@@ -301,9 +302,10 @@ def best_latent_auroc(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: 
     j = int((a - 0.5).abs().argmax())
     sign = 1.0 if float(a[j]) >= 0.5 else -1.0
     latent = int(cols[j])
-    test = float(auroc(sign * z_test[:, latent].double(), y_test, concept=concept))
+    scores = sign * z_test[:, latent].double()
+    test = float(auroc(scores, y_test, concept=concept))
     return {"auroc": test, "train_auroc": float(max(a[j], 1 - a[j])), "latent": latent, "sign": sign,
-            "undefined_reason": None}
+            "undefined_reason": None, "test_scores": scores}
 
 
 def _standardized_mean_difference(x: Tensor, y: Tensor) -> Tensor:
@@ -359,9 +361,10 @@ def k_sparse_probe_auroc(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_tes
     top = cols[smd.abs().argsort(descending=True)[:k]].sort().values
     xtr, xte = _standardize(z_train[:, top], z_test[:, top])
     w, b = _fit_logistic(xtr, yt, l2=l2)
-    return {"auroc": float(auroc(xte @ w + b, y_test, concept=concept)),
+    scores = xte @ w + b
+    return {"auroc": float(auroc(scores, y_test, concept=concept)),
             "train_auroc": float(auroc(xtr @ w + b, y_train, concept=concept)), "latents": top.tolist(), "k": k,
-            "seed": seed, "undefined_reason": None}
+            "seed": seed, "undefined_reason": None, "test_scores": scores}
 
 
 def diff_in_means_auroc(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *,
@@ -373,8 +376,10 @@ def diff_in_means_auroc(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test
     check_labels(y_test, concept=concept)
     x = x_train.double()
     direction = x[yt].mean(0) - x[~yt].mean(0)
-    return {"auroc": float(auroc(x_test.double() @ direction, y_test, concept=concept)),
-            "train_auroc": float(auroc(x @ direction, y_train, concept=concept)), "undefined_reason": None}
+    scores = x_test.double() @ direction
+    return {"auroc": float(auroc(scores, y_test, concept=concept)),
+            "train_auroc": float(auroc(x @ direction, y_train, concept=concept)), "undefined_reason": None,
+            "test_scores": scores}
 
 
 def logistic_probe_auroc(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, seed: int = 0,
@@ -385,9 +390,10 @@ def logistic_probe_auroc(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_tes
     check_labels(y_test, concept=concept)
     xtr, xte = _standardize(x_train, x_test)
     w, b = _fit_logistic(xtr, yt, l2=l2)
-    return {"auroc": float(auroc(xte @ w + b, y_test, concept=concept)),
+    scores = xte @ w + b
+    return {"auroc": float(auroc(scores, y_test, concept=concept)),
             "train_auroc": float(auroc(xtr @ w + b, y_train, concept=concept)), "seed": seed, "l2": l2,
-            "undefined_reason": None}
+            "undefined_reason": None, "test_scores": scores}
 
 
 def auroc_ci(scores: Tensor, labels: Tensor, *, seed: int, n_boot: int = 1000, groups: Optional[Tensor] = None,

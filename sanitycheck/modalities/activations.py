@@ -159,7 +159,7 @@ class ActivationsModality(Modality):
             for site, src in inputs.model.sources.items()})
 
     def figure_inputs(self, inputs: AuditInputs, k: int) -> Dict[str, Any]:
-        return {"inputs": None, "tokens": [list(w) for w in inputs.dataset.words[:k]]}
+        return {"inputs": inputs.x[:k], "tokens": [list(w) for w in inputs.dataset.words[:k]]}
 
     def accepts(self, method_kind: str) -> bool:
         return method_kind == self.name
