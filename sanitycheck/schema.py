@@ -95,7 +95,8 @@ RESULT_SCHEMA: Dict[str, Any] = {
                            "metric": {"type": "string"}, "rule": {"enum": ["all_steps", "final_step"]},
                            "threshold": {"type": "number"}, "measured": _num_or_null, "step": _str_or_null,
                            "status": {"enum": list(VERDICT_STATUSES)},
-                           "direction": {"enum": ["below", "above"]},
+                           # two_sided: an audit's own verdict on a difference whose CI must exclude the threshold
+                           "direction": {"enum": ["below", "above", "two_sided"]},
                            "n": {"type": "integer", "minimum": 0}, "min_n": {"type": "integer", "minimum": 2},
                            # gate mode (--strict) only: how the sequential gate stopped this verdict
                            "sequential": {

@@ -603,8 +603,8 @@ class SAERandomizedControl(_SAECheck):
                 text = "every measure separates trained from randomized: " + "; ".join(describe(r) for r in rows)
             n = int(deciding.get("n") or deciding.get("n_a") or 0)
             verdicts.append(Verdict(name, recorded.check, status == "pass", f"{status.upper()}: {text}",
-                                    deciding.get("statistic", "difference"), "ci_excludes_zero", 0.0,
-                                    deciding.get("value"), deciding.get("step"), status, "either", n, 2))
+                                    deciding.get("statistic", "difference"), "all_steps", 0.0,
+                                    deciding.get("value"), deciding.get("step"), status, "two_sided", n, 2))
         return verdicts
 
 
@@ -757,6 +757,6 @@ class SAEBaselines(_SAECheck):
                 text = "not significantly worse than the best baseline anywhere: " + "; ".join(
                     describe(r) for r in rows)
             verdicts.append(Verdict(name, recorded.check, status == "pass", f"{status.upper()}: {text}",
-                                    "probe_minus_best_baseline", "ci_high_not_below_zero", 0.0, deciding.get("ci_high"),
+                                    "probe_minus_best_baseline", "all_steps", 0.0, deciding.get("ci_high"),
                                     deciding.get("step"), status, "above", int(deciding.get("n") or 0), 2))
         return verdicts
