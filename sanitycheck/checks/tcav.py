@@ -254,7 +254,7 @@ class TCAVRandomConcepts(_TCAVCheck):
         """Pass when every concept's recorded p-value at some layer is below alpha / (concepts x layers);
         measured: the deciding p-value (a failing concept's smallest, else the weakest concept's smallest)."""
         thr, m = _threshold(recorded.notes)
-        rule = "t_test_bonferroni"
+        rule = "all_steps"  # every (concept, layer) test: a t-test, Bonferroni
         rows = _rows(recorded)
         if not rows:
             return _no_records(recorded, thr, rule, "below")
@@ -343,7 +343,7 @@ class TCAVModelRandomization(_TCAVCheck):
         the last step (every layer above the bottleneck randomized), pass when significance is lost; the check
         fails if any test fails, passes if all pass. Measured: the deciding test's p-value at its deciding step."""
         thr, m = _threshold(recorded.notes)
-        rule = "significance_lost_under_randomization"
+        rule = "all_steps"  # every (concept, layer) test at every cascade step
         rows = _rows(recorded)
         if not rows:
             return _no_records(recorded, thr, rule, "above")
@@ -490,7 +490,7 @@ class TCAVGroundTruth(_TCAVCheck):
         ``min_detection`` and its false-positive rate <= ``max_false_positive_rate``. Measured: the deciding rate
         (the detection rate where it is too low, else the false-positive rate)."""
         thr, m = _threshold(recorded.notes)
-        rule = "detection_and_false_positive_rates"
+        rule = "all_steps"  # every seed of both models
         rows = _rows(recorded)
         if not rows:
             return _no_records(recorded, thr, rule, "below")
