@@ -191,10 +191,13 @@ class _TCAVCheck(AuditCheck):
         for t in res.tests:
             step = f"{prefix}{t.concept}@{t.layer}"
             out.steps.append(step)
+            # per explained input (what results.json's per_sample holds, re-runnable on a sample of inputs): the
+            # share of runs in which its directional derivative is positive; the mean over inputs is the mean
+            # sign-count TCAV score over runs. The runs' own scores, CIs and the test are in the summary row.
             out.scores[(step, self.record_as)] = {
-                "tcav_score": t.scores.double(), "random_tcav_score": t.random_scores.double(),
-                "tcav_minus_random": (t.scores - t.random_scores).double()}
-            undefined = "runs with a zero CAV (identical sets): no direction"
+                "tcav_score": t.per_input.double(), "random_tcav_score": t.random_per_input.double(),
+                "tcav_minus_random": (t.per_input - t.random_per_input).double()}
+            undefined = "every run has a zero CAV (identical sets): no direction"
             out.reasons[(step, self.record_as)] = {m: (undefined if bool(torch.isnan(v).any()) else None)
                                                    for m, v in out.scores[(step, self.record_as)].items()}
             # the common summary row (check, step, statistic, value, CI, n) plus the test
@@ -205,7 +208,9 @@ class _TCAVCheck(AuditCheck):
                 "random_ci_high": t.random_summary.ci_high, "p_value": t.p_value, "p_adjusted": t.p_adjusted,
                 "threshold": t.threshold, "significant": t.significant, "reason": t.reason,
                 "test": "two-sided t-test (scipy.stats.ttest_ind), Bonferroni over concepts x layers",
-                "bootstrap": "percentile, 2000 resamples of runs"})
+                "bootstrap": "percentile, 2000 resamples of runs", "layer": t.layer, "concept": t.concept,
+                "scores": [None if v != v else round(float(v), 7) for v in t.scores.tolist()],
+                "random_scores": [None if v != v else round(float(v), 7) for v in t.random_scores.tolist()]})
 
     @staticmethod
     def figure_of(res: TCAVResult) -> Dict[str, Any]:
@@ -382,7 +387,6 @@ class TCAVGroundTruth(_TCAVCheck):
     description = ("Significant for the texture in the model where it decides the label, not in the twin where it "
                    "does not; detection and false-positive rates over seeds.")
     needs = frozenset({TWIN_MODEL})
-    higher_is_better = {"significant": True}
 
     def __init__(self, *args: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), min_detection: float = 0.8,
                  max_false_positive_rate: float = 0.2, twin: Optional[Union[str, Dict[str, Any]]] = None,
@@ -440,6 +444,7 @@ class TCAVGroundTruth(_TCAVCheck):
         models = {"decides": ctx.model, "independent": twin}
         sig = {step: {c: [] for c in self.concepts} for step in models}
         pvals = {step: {c: [] for c in self.concepts} for step in models}
+        shares: Dict[Tuple[str, str], List[Tuple[Tensor, Tensor]]] = {}
         figure: Dict[str, Any] = {}
         rows: List[Dict[str, Any]] = []
         for s in self.seeds:
@@ -448,6 +453,7 @@ class TCAVGroundTruth(_TCAVCheck):
                 res = self.result(ctx, self.bank(ctx, model, seed), model, label=f"{step}/{s}")
                 for c in self.concepts:
                     tests = [t for t in res.tests if t.concept == c]
+                    shares.setdefault((step, c), []).extend((t.per_input, t.random_per_input) for t in tests)
                     best = min(tests, key=lambda t: t.p_value)
                     sig[step][c].append(float(any(t.significant for t in tests)))
                     pvals[step][c].append(best.p_value)
@@ -467,7 +473,13 @@ class TCAVGroundTruth(_TCAVCheck):
             for step in models:
                 key = f"{step}|{c}"
                 out.steps.append(key)
-                out.scores[(key, self.record_as)] = {"significant": torch.tensor(sig[step][c], dtype=torch.float64)}
+                # per input: the share of runs (over seeds and layers) with a positive directional derivative;
+                # the decision reads the per-seed p-values of the summary rows
+                pairs = shares[(step, c)]
+                concept_share = torch.stack([a for a, _ in pairs]).nanmean(0).double()
+                random_share = torch.stack([b for _, b in pairs]).nanmean(0).double()
+                out.scores[(key, self.record_as)] = {"tcav_score": concept_share, "random_tcav_score": random_share,
+                                                     "tcav_minus_random": concept_share - random_share}
             detection = sum(sig["decides"][c]) / len(self.seeds)
             fpr = sum(sig["independent"][c]) / len(self.seeds)
             ok = detection >= self.min_detection and fpr <= self.max_fpr

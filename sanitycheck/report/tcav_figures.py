@@ -1,9 +1,9 @@
 """Figures of the TCAV audits (issue 16), drawn from the results document only.
 
 What they read: ``summaries[check]`` (per test: the concept's mean TCAV score with its bootstrap CI, the random
-runs' mean, the p-value and the Bonferroni threshold; ground truth: one p-value per model, concept and seed),
-``per_sample[explainer][check][step]["random_tcav_score"]`` (the random-concept runs' scores, the null
-distribution) and ``state_info[check]`` (the check's configuration).
+runs' mean, the p-value, the Bonferroni threshold, and the runs' scores and the random-concept runs' scores ``random_scores``,
+the null distribution; ground truth: one p-value per model, concept and seed) and ``state_info[check]`` (the
+check's configuration).
 
 * ``tcav_random_concepts``: per layer, each concept's mean score with its 95% CI beside the random-concept runs'
   scores (strip and box); a star marks significance after Bonferroni.
@@ -34,14 +34,9 @@ def _rows(results: Dict[str, Any], check: str) -> List[Dict[str, Any]]:
     return [r for r in (results.get("summaries") or {}).get(check) or [] if isinstance(r, dict) and "p_value" in r]
 
 
-def _explainer(results: Dict[str, Any], check: str) -> str:
-    return str(((results.get("state_info") or {}).get(check) or {}).get("record_as", "tcav"))
-
-
-def _random_scores(results: Dict[str, Any], check: str, step: str) -> List[float]:
-    by_step = (((results.get("per_sample") or {}).get(_explainer(results, check)) or {}).get(check) or {})
-    values = (by_step.get(step) or {}).get("random_tcav_score") or []
-    return [float(v) for v in values if v is not None]
+def _random_scores(row: Dict[str, Any]) -> List[float]:
+    """The random-concept runs' scores of a test (its summary row's ``random_scores``): the null distribution."""
+    return [float(v) for v in row.get("random_scores") or [] if v is not None]
 
 
 def _jitter(n: int, width: float = 0.12) -> List[float]:
@@ -96,7 +91,7 @@ def _random_concepts(out_dir: Path, results: Dict[str, Any], check: str) -> List
     groups = []
     for layer in layers:
         mine = [r for r in rows if str(r["step"]).split("@", 1)[1] == layer]
-        groups.append((layer, mine, _random_scores(results, check, mine[0]["step"])))
+        groups.append((layer, mine, _random_scores(mine[0])))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
     plot_scores_beside_random(ax, groups, thr)
@@ -122,7 +117,7 @@ def _model_randomization(out_dir: Path, results: Dict[str, Any], check: str) -> 
     plt = _plt()
     files = []
     for key, steps in tests.items():
-        groups = [(str(r["step"]).split("|", 1)[0], [r], _random_scores(results, check, r["step"])) for r in steps]
+        groups = [(str(r["step"]).split("|", 1)[0], [r], _random_scores(r)) for r in steps]
         fig, ax = plt.subplots(figsize=(1.8 + 1.2 * len(groups), 3.6))
         plot_scores_beside_random(ax, groups, thr)
         ax.set_xlabel("model state (cascade above the bottleneck,\nfrom the logits down)", fontsize=8)
