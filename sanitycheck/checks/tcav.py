@@ -365,9 +365,12 @@ class TCAVModelRandomization(_TCAVCheck):
             elif len(steps) < 2:
                 per[key] = ("insufficient_data", steps[0], f"{key}: no randomized step recorded")
             elif sig[-1]:
+                first = next((s for s, ok in zip(steps[1:], sig[1:]) if not ok), None)
+                lost = (f"; significance was first lost at step {first[0]!r} (p = {first[1]:.3g}) and came back "
+                        f"on a more randomized model" if first else "; it is significant at every step")
                 per[key] = ("fail", steps[-1], f"{key}: still significant with every layer above the bottleneck "
                             f"randomized (step {steps[-1][0]!r}: p = {steps[-1][1]:.3g} < {thr:.3g}): the concept "
-                            "does not explain the model")
+                            f"does not explain the model{lost}")
             else:
                 lost = next(s for s, ok in zip(steps[1:], sig[1:]) if not ok)
                 per[key] = ("pass", lost, f"{key}: significant on the trained model (p = {steps[0][1]:.3g}), "
