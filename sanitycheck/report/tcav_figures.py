@@ -67,7 +67,8 @@ def plot_scores_beside_random(ax: Any, groups: Sequence[Tuple[str, List[Dict[str
             if float(r["p_value"]) < threshold:
                 ax.annotate("*", (x, min(1.02, (hi if hi is not None else mean) + 0.02)), ha="center", fontsize=12)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([g[0] for g in groups], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([g[0] for g in groups], rotation=30 if len(groups) <= 8 else 60, ha="right",
+                       fontsize=8 if len(groups) <= 8 else 6)
     ax.set_ylim(-0.05, 1.1)
     ax.axhline(0.5, color="lightgrey", lw=0.8, zorder=0)
     ax.set_ylabel("TCAV score")
@@ -118,7 +119,7 @@ def _model_randomization(out_dir: Path, results: Dict[str, Any], check: str) -> 
     files = []
     for key, steps in tests.items():
         groups = [(str(r["step"]).split("|", 1)[0], [r], _random_scores(r)) for r in steps]
-        fig, ax = plt.subplots(figsize=(1.8 + 1.2 * len(groups), 3.6))
+        fig, ax = plt.subplots(figsize=(min(14.0, 1.8 + 1.2 * len(groups)), 3.6 if len(groups) <= 8 else 4.6))
         plot_scores_beside_random(ax, groups, thr)
         ax.set_xlabel("model state (cascade above the bottleneck,\nfrom the logits down)", fontsize=8)
         ax.set_title(f"{check}\n{key}, trained and randomized (* p < {thr:.2g})", fontsize=9)
