@@ -14,7 +14,6 @@ import torch
 from sanitycheck.checks.base import RecordedAudit, get_check
 from sanitycheck.engine.context import CheckContext
 from sanitycheck.errors import ConfigError, UnknownNameError
-from sanitycheck.results import Record
 from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs, noise
 
 N = 40
