@@ -1,9 +1,9 @@
 """Figures of the TCAV audits (issue 16), drawn from the results document only.
 
 What they read: ``summaries[check]`` (per test: the concept's mean TCAV score with its bootstrap CI, the random
-runs' mean, the p-value, the Bonferroni threshold, and the runs' scores and the random-concept runs' scores ``random_scores``,
-the null distribution; ground truth: one p-value per model, concept and seed) and ``state_info[check]`` (the
-check's configuration).
+runs' mean, the p-value, the Bonferroni threshold, the runs' ``scores`` and the random-concept runs'
+``random_scores``, the null distribution; ground truth: one p-value per model, concept and seed) and
+``state_info[check]`` (the check's configuration).
 
 * ``tcav_random_concepts``: per layer, each concept's mean score with its 95% CI beside the random-concept runs'
   scores (strip and box); a star marks significance after Bonferroni.
