@@ -34,11 +34,14 @@ class TCAVSensitivity(Explainer):
 
     ``concept``: a concept set name (:func:`sanitycheck.checks.tcav.load_concept_sets`: ``stripes``, ``dots``,
     ``zigzag``, ``fmnist_items_stripes``, ...); ``random``: the random-set family (``random_noise``,
-    ``random_photos``, ``random_fmnist_items``); ``random_sets``: how many CAVs (concept vs ``<random>_1..k``) are
+    ``random_photos``, ``random_fmnist_items``); ``layer``: the bottleneck (default: the last ``nn.Conv2d`` run);
+    ``random_sets``: how many CAVs (concept vs ``<random>_1..k``) are
     averaged; ``n_images`` per set; ``seed`` of the sets; ``ridge``: the CAV classifier's penalty."""
 
     name = "tcav"
     channel_reduction = "sum"
+    #: image classifiers only: a concept's CAV lives in a classifier's layer (a CLIP similarity has no class logit)
+    modalities = ("image",)
 
     def __init__(self, concept: str = "stripes", layer: Optional[str] = None, random: str = "random_noise",
                  random_sets: int = 5, n_images: int = 50, seed: int = 0, ridge: float = 1.0):
@@ -58,17 +61,21 @@ class TCAVSensitivity(Explainer):
                 "map": "sum over channels of d logit / d activation x CAV at each position of the layer, bilinear "
                        "to the input size"}
 
-    def _layer(self, model: nn.Module) -> str:
+    def _layer(self, model: nn.Module, x: Tensor) -> str:
+        """``layer``, checked against the model (close matches offered); by default the last ``nn.Conv2d`` the
+        forward pass runs (as Grad-CAM's default, :func:`~sanitycheck.explainers.cam.find_last_conv`)."""
         if self.layer is None:
-            raise ConfigError("tcav: name the bottleneck layer (params: {layer: 'pool2'}); TCAV's CAV lives in one "
-                              "layer's activations")
+            from .cam import find_last_conv
+
+            return find_last_conv(model, x)
         from ..metrics.tcav import resolve_layers
 
         return resolve_layers(model, [self.layer])[0]
 
-    def cav(self, model: nn.Module, shape: Tuple[int, ...]) -> Tensor:
-        """The mean unit CAV ``(D,)`` at the layer for this model state (cached by the weights' checksum)."""
-        layer = self._layer(model)
+    def cav(self, model: nn.Module, shape: Tuple[int, ...], layer: Optional[str] = None) -> Tensor:
+        """The mean unit CAV ``(D,)`` at ``layer`` (default: the explainer's) for this model state (cached by the
+        weights' checksum)."""
+        layer = layer or self._layer(model, torch.zeros(1, *shape))
         key = (state_checksum(model), layer, tuple(shape))
         if key not in self._cavs:
             from ..checks.tcav import load_concept_sets
@@ -95,8 +102,8 @@ class TCAVSensitivity(Explainer):
         return self._cavs[key]
 
     def attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        layer = self._layer(model)
-        v = self.cav(model, tuple(x.shape[1:]))
+        layer = self._layer(model, x)
+        v = self.cav(model, tuple(x.shape[1:]), layer)
         store = []
 
         def hook(_m, _i, out):
