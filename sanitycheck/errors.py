@@ -36,3 +36,7 @@ class AttributionError(SanityCheckError, ValueError):
 
 class NotApplicableError(AttributionError):
     """An explainer or check does not apply to this model (e.g. Grad-CAM on a model without convolutions)."""
+
+
+class SAEFormatError(ModelError):
+    """A sparse autoencoder on disk is not in a readable SAELens format (missing file or field, bad shapes)."""

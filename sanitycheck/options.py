@@ -82,6 +82,11 @@ class Option:
 RUN_OPTIONS: List[Option] = [
     Option("explainers", "comma-separated explainers to run (default: the suite's)", _csv, metavar="A,B"),
     Option("checks", "comma-separated checks of the suite to run (default: all)", _csv, metavar="A,B"),
+    Option("sae", "activations suites (sae_features): also audit a sparse autoencoder trained elsewhere, a directory "
+           "in SAELens' format (cfg.json + sae_weights.safetensors); its row on the board is sae_file", str,
+           metavar="PATH"),
+    Option("sae-site", "with --sae: the activation site it reads (e.g. minilm.layer2; default: the run's one site, "
+           "or the site named by its cfg.json hook_name)", str, metavar="SITE"),
     Option("model", "model to audit instead of the suite's (e.g. resnet50 with your weights)", str, metavar="NAME"),
     Option("model-param", "a model parameter overriding the suite's, KEY=VALUE (repeatable; e.g. encoder=average)",
            _key_value, action="append", metavar="KEY=VALUE"),
@@ -122,7 +127,20 @@ def run_kwargs(ns: Any) -> Dict[str, Any]:
             "progress": not ns.no_progress, "figures": not ns.no_figures,
             "shard_size": getattr(ns, "shard_size", None), "executor": getattr(ns, "executor", None) or "local",
             "executor_options": {"address": getattr(ns, "address", None), "workers": getattr(ns, "workers", None),
-                                 "threads": getattr(ns, "worker_threads", None)}}
+                                 "threads": getattr(ns, "worker_threads", None)},
+            "explainer_params": _sae_params(ns)}
+
+
+def _sae_params(ns: Any) -> Optional[Dict[str, Dict[str, Any]]]:
+    """``--sae PATH [--sae-site S]``: the ``sae_file`` explainer with its parameters (None without --sae)."""
+    path, site = getattr(ns, "sae", None), getattr(ns, "sae_site", None)
+    if not path:
+        if site:
+            from .errors import ConfigError
+
+            raise ConfigError("--sae-site names the site of an SAE given with --sae PATH; give --sae too")
+        return None
+    return {"sae_file": {"path": path, **({"site": site} if site else {})}}
 
 
 # ---------------------------------------------------------------------------------------------- the gate

@@ -77,10 +77,11 @@ def load_object(path: str) -> Any:
 
 
 #: the input kinds a suite may declare (``input_kind``); a part supports one or more of them
-MODALITIES = ("image", "text", "image_text")
+MODALITIES = ("image", "text", "image_text", "activations")
 #: what a part that declares only today's ``input_kind`` (or nothing) supports: image parts also serve the
 #: image side of image-text suites (the CLIP suite runs the image explainers and metrics)
-_KIND_MODALITIES = {"image": ("image", "image_text"), "text": ("text",), "image_text": ("image_text",)}
+_KIND_MODALITIES = {"image": ("image", "image_text"), "text": ("text",), "image_text": ("image_text",),
+                    "activations": ("activations",)}
 
 
 def modalities_for_kind(input_kind: str) -> Tuple[str, ...]:
@@ -374,6 +375,7 @@ for _name, _path in {
     # attention text classifiers (Jain & Wallace 2019), trained on a registered text dataset
     "text_attention": "sanitycheck.models.text_zoo:text_attention",
     "minilm_attention": "sanitycheck.models.text_zoo:minilm_attention",
+    "review_lm": "sanitycheck.models.review_lm:review_lm",  # issue 15: one-layer LM whose MLP SAEs read
 }.items():
     MODELS.register(_name, _path)
 
@@ -421,6 +423,19 @@ for _name, _path in {
 }.items():
     EXPLAINERS.register(_name, _path, modalities=_TEXT)
 
+# issue 15: sparse autoencoders explain a model's activations (input kind "activations"; sanitycheck/explainers/sae.py)
+_ACTIVATIONS = ("activations",)
+for _name, _path in {
+    "sae_relu": "sanitycheck.explainers.sae:ReluSAE",  # Bricken et al. 2023
+    "sae_topk": "sanitycheck.explainers.sae:TopKSAE",  # Gao et al. 2024
+    "sae_file": "sanitycheck.explainers.sae:SAEFile",  # SAELens' on-disk format (--sae PATH)
+}.items():
+    EXPLAINERS.register(_name, _path, modalities=_ACTIVATIONS)
+METRICS.register("fvu_relative_change", "sanitycheck.metrics.activation_maps:fvu_relative_change",
+                 modalities=_ACTIVATIONS)
+DATASETS.register("review_words", "sanitycheck.data.token_corpus:review_words")
+MODELS.register("activation_sites", "sanitycheck.models.activation_sites:activation_sites")
+
 for _name, _path in {
     "cascading_randomization": "sanitycheck.checks.randomization:CascadingRandomization",
     "independent_randomization": "sanitycheck.checks.randomization:IndependentRandomization",
@@ -454,6 +469,12 @@ for _name, _path in {
     "tcav_random_concepts": "sanitycheck.checks.tcav:TCAVRandomConcepts",
     "tcav_model_randomization": "sanitycheck.checks.tcav:TCAVModelRandomization",
     "tcav_ground_truth": "sanitycheck.checks.tcav:TCAVGroundTruth",
+    # sparse-autoencoder features (issue 15): quality, seeds, splitting, Heap et al.'s control, AxBench's baselines
+    "sae_reconstruction": "sanitycheck.checks.sae:SAEReconstruction",
+    "sae_seed_similarity": "sanitycheck.checks.sae:SAESeedSimilarity",
+    "sae_splitting": "sanitycheck.checks.sae:SAESplitting",
+    "sae_randomized_control": "sanitycheck.checks.sae:SAERandomizedControl",
+    "sae_baselines": "sanitycheck.checks.sae:SAEBaselines",
 }.items():
     CHECKS.register(_name, _path)
 

@@ -34,7 +34,7 @@ RESULT_SCHEMA: Dict[str, Any] = {
         "suite_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "suite_description": {"type": "string"},
         "suite_reference": {"type": "string"},
-        "input_kind": {"enum": ["image", "text", "image_text"]},
+        "input_kind": {"enum": ["image", "text", "image_text", "activations"]},
         "created": {"type": "string"},
         "seed": {"type": "integer", "minimum": 0},
         "model": {"type": "object", "required": ["name"], "properties": {
@@ -61,6 +61,8 @@ RESULT_SCHEMA: Dict[str, Any] = {
             "type": "object", "required": ["steps", "verdict_rule"],
             "properties": {"kind": {"enum": ["randomization", "evaluation"]},
                            "steps": {"type": "array", "items": {"type": "string"}},
+                           # absent: one score per audited input; else what one score is (latents, runs)
+                           "sample_unit": {"type": "string", "pattern": "^[a-z_]+$"},
                            "verdict_rule": {"oneOf": [
                                {"type": "null"},
                                {"type": "object", "required": ["metric", "threshold", "rule"],

@@ -45,7 +45,7 @@ SUITE_SCHEMA: Dict[str, Any] = {
         "figure_images": {"type": "integer", "minimum": 1, "maximum": 16},
         "min_n": {"type": "integer", "minimum": 2},
         "target": {"enum": ["predicted", "label"]},
-        "input_kind": {"enum": ["image", "text", "image_text"]},
+        "input_kind": {"enum": ["image", "text", "image_text", "activations"]},
         "dataset": {"type": "object", "required": ["name"], "additionalProperties": False,
                     "properties": {"name": {"type": "string"}, "split": {"type": "string"},
                                    "n": {"type": "integer", "minimum": 2}, "params": {"type": "object"}}},

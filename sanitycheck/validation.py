@@ -115,6 +115,12 @@ def rule_problems(doc: Dict[str, Any], suite: Any) -> List[str]:
     return problems
 
 
+def _scores_inputs(doc: Dict[str, Any], check: str) -> bool:
+    """Whether ``check``'s per-sample scores are one per audited input (they are unless the check records
+    another ``sample_unit``, e.g. an SAE's latents or TCAV's runs; their counts are bounded by the totals)."""
+    return ((doc.get("checks") or {}).get(check) or {}).get("sample_unit", "inputs") == "inputs"
+
+
 def size_problems(doc: Dict[str, Any]) -> List[str]:
     """Absurd list lengths, refused before any bootstrap (bounded time and memory)."""
     n = doc["dataset"]["n"]
@@ -136,7 +142,7 @@ def size_problems(doc: Dict[str, Any]) -> List[str]:
                     where = f"{name}/{check}/{step}/{metric}"
                     if not isinstance(values, list):
                         return [f"per_sample: {where} is not a list"]
-                    if len(values) != n:
+                    if len(values) != n and _scores_inputs(doc, check):
                         return [f"per_sample: {where} has {len(values)} scores for n={n} images"]
                     if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in values):
                         return [f"per_sample: {where} holds a value that is neither a number nor null"]
@@ -266,7 +272,7 @@ def aggregate_problems(doc: Dict[str, Any]) -> List[str]:
         if scores is None:
             problems.append(f"per_sample: no scores for record {where}")
             continue
-        if len(scores) != n_images:
+        if len(scores) != n_images and _scores_inputs(doc, r["check"]):
             problems.append(f"per_sample: {where} has {len(scores)} scores for n={n_images} images")
             continue
         values = torch.tensor([float("nan") if v is None else v for v in scores], dtype=torch.float64)

@@ -137,3 +137,50 @@ def test_an_audit_that_decides_its_own_verdicts_is_recorded_and_revalidated(tmp_
     v = next(v for v in forged["verdicts"] if v["check"] == "toy_map_energy")
     v.update(status="fail", passed=False)
     assert any("tampered" in p and "toy_map_energy" in p for p in verdict_problems(forged, suite))
+
+
+class RowEnergyAudit(sc.AuditCheck):
+    """A toy audit whose scores are not one per input (``sample_unit``): per image row of input 0's map, at two
+    "sizes" (the first 5 and the first 7 rows), as an SAE check scores latents of dictionaries of two sizes."""
+
+    name = "toy_row_energy"
+    needs = frozenset({"original_maps"})
+    higher_is_better = {"row_energy": True}
+    sample_unit = "rows"
+
+    def evaluate(self, ctx):
+        out = sc.CheckOutput(steps=["five", "seven"], scores={})
+        for name, maps in ctx.originals.items():
+            rows = maps[0].abs().mean(-1).double()
+            out.scores[("five", name)] = {"row_energy": rows[:5]}
+            out.scores[("seven", name)] = {"row_energy": rows[:7]}
+        return out
+
+
+def test_an_audit_scoring_other_units_than_inputs_is_recorded_and_revalidated(tmp_path, monkeypatch):
+    """``sample_unit``: rows of different lengths are bootstrapped per length and recorded; ``validate``
+    re-aggregates them instead of refusing their counts, and still catches a forged record."""
+    from sanitycheck.validation import aggregate_problems, size_problems
+
+    for registry in (sc.EXPLAINERS, sc.METRICS, sc.CHECKS):
+        monkeypatch.setattr(registry, "_objects", dict(registry._objects))
+        monkeypatch.setattr(registry, "_lazy", dict(registry._lazy))
+    sc.CHECKS.register("toy_row_energy", RowEnergyAudit, overwrite=True)
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "toyrows.yaml").write_text(yaml.safe_dump({
+        "name": "toyrows", "version": "0.0.1", "description": "latent-like units", "input_kind": "image", "seed": 0,
+        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 12}, "model": {"name": "digits_cnn"},
+        "explainers": ["gradient"], "metrics": ["spearman_abs"], "checks": [{"name": "toy_row_energy"}]}))
+    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
+    results = sc.run_suite("toyrows", out=tmp_path / "run", progress=False, figures=False)
+    assert results["checks"]["toy_row_energy"]["sample_unit"] == "rows"
+    recs = {r["step"]: r for r in results["records"] if r["check"] == "toy_row_energy"}
+    assert recs["five"]["n"] + recs["five"]["n_undefined"] == 5 and recs["seven"]["n"] + recs["seven"]["n_undefined"] == 7
+    assert size_problems(results) == [] and aggregate_problems(results) == []
+    forged = json.loads(json.dumps(results))
+    next(r for r in forged["records"] if r["check"] == "toy_row_energy")["mean"] += 0.5
+    assert any("tampered" in p for p in aggregate_problems(forged))
+    del forged["checks"]["toy_row_energy"]["sample_unit"]  # claimed per input: the counts give it away
+    assert size_problems(forged)

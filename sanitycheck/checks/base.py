@@ -76,6 +76,10 @@ class Check:
     unit: str = "state"
     #: per score name, True when higher is better (evaluation checks and audits)
     higher_is_better: Dict[str, bool] = {}
+    #: what one per-sample score is: ``"inputs"`` (one per audited input: images, texts); an audit may score
+    #: other units, e.g. ``"runs"`` (TCAV's runs against random sets) or ``"latents"`` (an SAE's dictionary),
+    #: whose counts differ from the dataset's n and between steps (recorded in results.json's ``checks``)
+    sample_unit: str = "inputs"
 
     def config(self) -> Dict[str, Any]:
         return {}

@@ -146,7 +146,8 @@ class AuditRun:
                  context: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
                  dataset_name: Optional[str] = None, data_root: Optional[str] = None,
                  model_params: Optional[Dict[str, Any]] = None, shard_size: Optional[int] = None,
-                 executor: str = "local", executor_options: Optional[Dict[str, Any]] = None):
+                 executor: str = "local", executor_options: Optional[Dict[str, Any]] = None,
+                 explainer_params: Optional[Dict[str, Dict[str, Any]]] = None):
         check_device(device)  # before any work: `--device cuda` without a GPU is a clear error
         batch_size = _batch_size_arg(batch_size)
         self.suite = suite
@@ -166,6 +167,11 @@ class AuditRun:
             # names outside the suite (registered, or import paths) run with their default parameters
             wanted = list(explainers) if explainers else suite.explainer_names
             params = dict(suite.explainers)
+            # explainers given with parameters (e.g. --sae PATH: sae_file with its path) join the suite's
+            for name, extra in (explainer_params or {}).items():
+                params[name] = {**params.get(name, {}), **extra}
+                if name not in wanted:
+                    wanted.append(name)
             self.explainers = {name: get_explainer(name, modality=self.modality.name, **params.get(name, {}))
                                for name in wanted}
         self.check_specs = [c for c in suite.checks if not checks or c.name in checks]
@@ -616,8 +622,8 @@ class AuditRun:
                         keys.append((mname, step, i, entry["reasons"].get(mname)))
                 if not per_metric_rows or (not evaluation and len(keys) == len(self.metrics)):
                     continue
-                summaries = bootstrap_ci_many(torch.stack(per_metric_rows),
-                                              seed_parts=(self.seed, "bootstrap", spec.name, bootstrap_label(name)))
+                summaries = _bootstrap_rows(per_metric_rows,
+                                            seed_parts=(self.seed, "bootstrap", spec.name, bootstrap_label(name)))
                 recs = [Record(name, spec.name, mname, step, idx, s.mean, s.ci_low, s.ci_high, s.n,
                                s.n_undefined, reason if s.n_undefined else None)
                         for (mname, step, idx, reason), s in zip(keys, summaries)]
@@ -758,6 +764,12 @@ class AuditRun:
             maps[name] = per_check
         return self.modality.example(self.inputs, maps)
 
+    def _sample_unit_entry(self, check: str) -> Dict[str, str]:
+        """``{"sample_unit": ...}`` for a check whose per-sample scores are not one per input (else nothing, so
+        documents of input-scored checks are unchanged)."""
+        unit = getattr(self.log.checks.get(check), "sample_unit", "inputs")
+        return {} if unit == "inputs" else {"sample_unit": unit}
+
     def results_dict(self, records: List[Record], verdicts: List[Verdict], originals: Dict[str, Tensor],
                      scored: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[str, Any]:
         model_info = dict(getattr(self.model, "sanitycheck_info", {}) or {})
@@ -809,7 +821,8 @@ class AuditRun:
             "checks": {c.name: {"kind": self.log.kinds.get(c.name, "randomization"), "params": c.params,
                                 "higher_is_better": self.log.directions.get(c.name),
                                 "verdict_rule": asdict(c.verdict) if c.verdict is not None else None,
-                                "steps": self.log.steps.get(c.name, [])} for c in self.check_specs},
+                                "steps": self.log.steps.get(c.name, []),
+                                **self._sample_unit_entry(c.name)} for c in self.check_specs},
             "state_info": self.log.state_info,
             "bootstrap": {"resamples": 2000, "confidence": 0.95, "method": "percentile"},
             "timing": self.log.timing,
@@ -829,6 +842,21 @@ class AuditRun:
         if self.log.not_applicable:
             doc["not_applicable"] = dict(self.log.not_applicable)
         return clean_json(doc)
+
+
+def _bootstrap_rows(rows: List[Tensor], *, seed_parts: tuple) -> List[Any]:
+    """:func:`bootstrap_ci_many` of rows that may differ in length (an audit scoring latents of dictionaries of
+    several sizes): one call per length, summaries in the rows' order. A row's interval depends only on its own
+    values and the seed, so grouping changes no number."""
+    lengths = {int(r.numel()) for r in rows}
+    if len(lengths) == 1:
+        return bootstrap_ci_many(torch.stack(rows), seed_parts=seed_parts)
+    out: List[Any] = [None] * len(rows)
+    for n in sorted(lengths):
+        idx = [i for i, r in enumerate(rows) if int(r.numel()) == n]
+        for i, s in zip(idx, bootstrap_ci_many(torch.stack([rows[i] for i in idx]), seed_parts=seed_parts)):
+            out[i] = s
+    return out
 
 
 def _join_parts(parts: List[Dict[str, Any]]) -> Dict[str, Any]:

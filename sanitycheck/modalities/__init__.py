@@ -21,6 +21,7 @@ MODALITIES: Dict[str, str] = {
     "image": "sanitycheck.modalities.image:ImageModality",
     "text": "sanitycheck.modalities.text:TextModality",
     "image_text": "sanitycheck.modalities.image_text:ImageTextModality",
+    "activations": "sanitycheck.modalities.activations:ActivationsModality",
 }
 
 _instances: Dict[str, Modality] = {}
