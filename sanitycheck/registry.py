@@ -403,6 +403,8 @@ EXPLAINERS.register("gradient_shap", "sanitycheck.explainers.gradient_shap:Gradi
 EXPLAINERS.register("lrp", "sanitycheck.explainers.lrp:LRP", modalities=("image",))
 # Score-CAM needs a convolutional feature map: images only (on a CLIP ViT the last Conv2d is the patch embedding)
 EXPLAINERS.register("score_cam", "sanitycheck.explainers.score_cam:ScoreCAM", modalities=("image",))
+# issue 16: TCAV's concept sensitivity as a map; the TCAV audits record under this explainer (the board's "tcav" row)
+EXPLAINERS.register("tcav", "sanitycheck.explainers.tcav:TCAVSensitivity", modalities=("image",))
 
 # explainers of text models (modality "text"); "gradient", "gradient_x_input" and "integrated_gradients"
 # name the image method and its token counterpart

@@ -25,7 +25,8 @@ reason in ``notes["verdict"]`` (and one summary per test in ``summaries``), and 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -33,15 +34,33 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ModelError
 from ..metrics.tcav import MIN_RUNS, NULLS, SCORES, CAVBank, TCAVResult, fit_cavs, resolve_layers, score_cavs
 from ..seeding import derive_seed
-from .base import TWIN_MODEL, AuditCheck, CheckOutput
+from .base import TWIN_MODEL, AuditCheck, CheckOutput, RecordedAudit
 
-__all__ = ["TCAVRandomConcepts", "TCAVModelRandomization", "TCAVGroundTruth", "load_concept_sets", "layers_above"]
+__all__ = ["TCAVRandomConcepts", "TCAVModelRandomization", "TCAVGroundTruth", "load_concept_sets", "layers_above",
+           "FIGURES"]
 
 TRAINED = "trained"
+#: the figures of the TCAV audits: a function of the results document (``sanitycheck.report.tcav_figures``)
+FIGURES = "sanitycheck.report.tcav_figures:write_tcav_figures"
+#: Fashion-MNIST items stamped with a texture (the controlled data set's concept), and plain items as random sets
+_ITEMS_RE = re.compile(r"^fmnist_items_(stripes|dots)$")
+_PLAIN_RE = re.compile(r"^random_fmnist_items_(\d+)$")
 
 
 def load_concept_sets(name: str, *, size: Any, n: int, seed: int, channels: int = 3) -> List[Any]:
-    """The contract's loader (:func:`sanitycheck.data.concepts.concept_sets`), at the model's size and channels."""
+    """The contract's loader (:func:`sanitycheck.data.concepts.concept_sets`), at the model's size and channels.
+
+    Two more families for the controlled data set (:mod:`sanitycheck.data.textured_fmnist`, 1x28x28):
+    ``"fmnist_items_stripes"`` / ``"fmnist_items_dots"`` (Fashion-MNIST test items stamped with the texture, as
+    in training) and ``"random_fmnist_items_<i>"`` (plain items: random sets from the same distribution)."""
+    items, plain = _ITEMS_RE.match(str(name)), _PLAIN_RE.match(str(name))
+    if items or plain:
+        if channels != 1 or size not in (28, (28, 28)):
+            raise ConfigError(f"concept set {name!r} holds 1x28x28 Fashion-MNIST items, but the model's inputs are "
+                              f"{channels}x{size}; use the procedural sets (stripes, random_noise_<i>) for it")
+        from ..data.textured_fmnist import item_concept_set
+
+        return [item_concept_set(name, n, seed=seed, texture=items.group(1) if items else None)]
     try:
         from ..data.concepts import concept_sets
     except ImportError as err:  # pragma: no cover - until part tcavdata is merged
@@ -75,11 +94,39 @@ def layers_above(model: nn.Module, layer: str, example_input: Tensor) -> List[st
     return [n for n in mode.order[done[-1]:] if not inside(n)]
 
 
+def _threshold(notes: Dict[str, Any]) -> Tuple[float, int]:
+    """The Bonferroni-corrected alpha the recorded configuration gives: alpha / (concepts x layers)."""
+    m = len(notes["concepts"]) * len(notes["layers"])
+    return float(notes["alpha"]) / m, m
+
+
+def _verdict(recorded: RecordedAudit, status: str, reason: str, metric: str, rule: str, threshold: float,
+             measured: Optional[float], step: Optional[str], direction: str, n: int) -> Any:
+    from ..results import STATUS_WORDS, Verdict
+
+    return Verdict(str(recorded.notes.get("record_as", "tcav")), recorded.check, status == "pass",
+                   f"{STATUS_WORDS[status]}: {reason}", metric, rule, float(threshold),
+                   None if measured is None else float(measured), step, status, direction, int(n), 2)
+
+
+def _no_records(recorded: RecordedAudit, threshold: float, rule: str, direction: str) -> List[Any]:
+    return [_verdict(recorded, "insufficient_data", "the results record no test of this check", "p_value", rule,
+                     threshold, None, None, direction, 0)]
+
+
+def _rows(recorded: RecordedAudit) -> List[Dict[str, Any]]:
+    return [r for r in recorded.summaries if r.get("check", recorded.check) == recorded.check and "p_value" in r]
+
+
 class _TCAVCheck(AuditCheck):
     """Shared parameters and plumbing of the TCAV audits."""
 
     needs: frozenset = frozenset()
     higher_is_better = {"tcav_score": True, "random_tcav_score": False, "tcav_minus_random": True}
+    #: the verdict is the t-test's (Bonferroni), recomputed from the recorded p-values by :meth:`decide`
+    decides = True
+    #: the audit draws its own figures from the results document (``sanitycheck.report.figures``)
+    figures = FIGURES
 
     def __init__(self, concepts: Sequence[str] = ("stripes",), layers: Sequence[str] = (), random: str = "random_noise",
                  n_runs: int = MIN_RUNS, alpha: float = 0.05, n_images: int = 50, min_images: int = 10,
@@ -144,10 +191,13 @@ class _TCAVCheck(AuditCheck):
         for t in res.tests:
             step = f"{prefix}{t.concept}@{t.layer}"
             out.steps.append(step)
+            # per explained input (what results.json's per_sample holds, re-runnable on a sample of inputs): the
+            # share of runs in which its directional derivative is positive; the mean over inputs is the mean
+            # sign-count TCAV score over runs. The runs' own scores, CIs and the test are in the summary row.
             out.scores[(step, self.record_as)] = {
-                "tcav_score": t.scores.double(), "random_tcav_score": t.random_scores.double(),
-                "tcav_minus_random": (t.scores - t.random_scores).double()}
-            undefined = "runs with a zero CAV (identical sets): no direction"
+                "tcav_score": t.per_input.double(), "random_tcav_score": t.random_per_input.double(),
+                "tcav_minus_random": (t.per_input - t.random_per_input).double()}
+            undefined = "every run has a zero CAV (identical sets): no direction"
             out.reasons[(step, self.record_as)] = {m: (undefined if bool(torch.isnan(v).any()) else None)
                                                    for m, v in out.scores[(step, self.record_as)].items()}
             # the common summary row (check, step, statistic, value, CI, n) plus the test
@@ -158,7 +208,9 @@ class _TCAVCheck(AuditCheck):
                 "random_ci_high": t.random_summary.ci_high, "p_value": t.p_value, "p_adjusted": t.p_adjusted,
                 "threshold": t.threshold, "significant": t.significant, "reason": t.reason,
                 "test": "two-sided t-test (scipy.stats.ttest_ind), Bonferroni over concepts x layers",
-                "bootstrap": "percentile, 2000 resamples of runs"})
+                "bootstrap": "percentile, 2000 resamples of runs", "layer": t.layer, "concept": t.concept,
+                "scores": [None if v != v else round(float(v), 7) for v in t.scores.tolist()],
+                "random_scores": [None if v != v else round(float(v), 7) for v in t.random_scores.tolist()]})
 
     @staticmethod
     def figure_of(res: TCAVResult) -> Dict[str, Any]:
@@ -202,6 +254,34 @@ class TCAVRandomConcepts(_TCAVCheck):
     @staticmethod
     def concepts_of(res: TCAVResult) -> List[str]:
         return list(dict.fromkeys(t.concept for t in res.tests))
+
+    def decide(self, recorded: RecordedAudit) -> List[Any]:
+        """Pass when every concept's recorded p-value at some layer is below alpha / (concepts x layers);
+        measured: the deciding p-value (a failing concept's smallest, else the weakest concept's smallest)."""
+        thr, m = _threshold(recorded.notes)
+        rule = "all_steps"  # every (concept, layer) test: a t-test, Bonferroni
+        rows = _rows(recorded)
+        if not rows:
+            return _no_records(recorded, thr, rule, "below")
+        best: Dict[str, Dict[str, Any]] = {}
+        for r in rows:
+            concept, layer = str(r["step"]).split("@", 1)
+            if concept not in best or float(r["p_value"]) < best[concept]["p"]:
+                best[concept] = {"p": float(r["p_value"]), "layer": layer, "n": int(r.get("n") or 0), "step": r["step"]}
+        failing = [c for c, v in best.items() if not v["p"] < thr]
+        decider = failing[0] if failing else max(best, key=lambda c: best[c]["p"])
+        d = best[decider]
+        each = "; ".join(f"{c}: min p = {v['p']:.3g} at {v['layer']}" for c, v in best.items())
+        if failing:
+            reason = (f"concept(s) {failing} not significant at any layer: {decider}'s smallest p = {d['p']:.3g} "
+                      f"(at {d['layer']}) >= {thr:.3g} (alpha {recorded.notes['alpha']} / {m} concepts x layers, "
+                      f"two-sided t-test of {d['n']} runs against random concepts); {each}")
+        else:
+            reason = (f"every concept is significant at some layer; the weakest, {decider}, has p = {d['p']:.3g} at "
+                      f"{d['layer']} < {thr:.3g} (alpha {recorded.notes['alpha']} / {m} concepts x layers, two-sided "
+                      f"t-test of {d['n']} runs against random concepts); {each}")
+        return [_verdict(recorded, "fail" if failing else "pass", reason, "p_value", rule, thr, d["p"], d["step"],
+                         "below", d["n"])]
 
 
 class TCAVModelRandomization(_TCAVCheck):
@@ -262,54 +342,147 @@ class TCAVModelRandomization(_TCAVCheck):
         return out
 
 
+    def decide(self, recorded: RecordedAudit) -> List[Any]:
+        """Per (concept, layer), from the recorded p-values of the trained model and each cascade step (in the
+        order recorded): inconclusive when not significant on the trained model, fail when still significant at
+        the last step (every layer above the bottleneck randomized), pass when significance is lost; the check
+        fails if any test fails, passes if all pass. Measured: the deciding test's p-value at its deciding step."""
+        thr, m = _threshold(recorded.notes)
+        rule = "all_steps"  # every (concept, layer) test at every cascade step
+        rows = _rows(recorded)
+        if not rows:
+            return _no_records(recorded, thr, rule, "above")
+        tests: Dict[str, List[Tuple[str, float, int]]] = {}
+        for r in rows:
+            step, key = str(r["step"]).split("|", 1)
+            tests.setdefault(key, []).append((step, float(r["p_value"]), int(r.get("n") or 0)))
+        per: Dict[str, Tuple[str, Tuple[str, float, int], str]] = {}
+        for key, steps in tests.items():
+            sig = [p < thr for _, p, _ in steps]
+            if not sig[0]:
+                per[key] = ("inconclusive", steps[0], f"{key}: not significant on the trained model (p = "
+                            f"{steps[0][1]:.3g} >= {thr:.3g}): nothing to lose")
+            elif len(steps) < 2:
+                per[key] = ("insufficient_data", steps[0], f"{key}: no randomized step recorded")
+            elif sig[-1]:
+                first = next((s for s, ok in zip(steps[1:], sig[1:]) if not ok), None)
+                lost = (f"; significance was first lost at step {first[0]!r} (p = {first[1]:.3g}) and came back "
+                        f"on a more randomized model" if first else "; it is significant at every step")
+                per[key] = ("fail", steps[-1], f"{key}: still significant with every layer above the bottleneck "
+                            f"randomized (step {steps[-1][0]!r}: p = {steps[-1][1]:.3g} < {thr:.3g}): the concept "
+                            f"does not explain the model{lost}")
+            else:
+                lost = next(s for s, ok in zip(steps[1:], sig[1:]) if not ok)
+                per[key] = ("pass", lost, f"{key}: significant on the trained model (p = {steps[0][1]:.3g}), "
+                            f"significance lost at step {lost[0]!r} (p = {lost[1]:.3g} >= {thr:.3g})")
+        statuses = [v[0] for v in per.values()]
+        overall = ("fail" if "fail" in statuses else "pass" if all(s == "pass" for s in statuses) else
+                   "insufficient_data" if "insufficient_data" in statuses else "inconclusive")
+        key = next(k for k, v in per.items() if v[0] == overall)
+        _, (step, p, n), _ = per[key]
+        reason = (f"decided by {key} (Bonferroni alpha {recorded.notes['alpha']} / {m}); "
+                  + "; ".join(f"{v[0]}: {v[2]}" for v in per.values()))
+        return [_verdict(recorded, overall, reason, "p_value", rule, thr, p, f"{step}|{key}", "above", n)]
+
+
 class TCAVGroundTruth(_TCAVCheck):
     name = "tcav_ground_truth"
     description = ("Significant for the texture in the model where it decides the label, not in the twin where it "
                    "does not; detection and false-positive rates over seeds.")
     needs = frozenset({TWIN_MODEL})
-    higher_is_better = {"significant": True}
 
     def __init__(self, *args: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), min_detection: float = 0.8,
-                 max_false_positive_rate: float = 0.2, **kwargs: Any):
+                 max_false_positive_rate: float = 0.2, twin: Optional[Union[str, Dict[str, Any]]] = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ConfigError("tcav_ground_truth needs at least one seed (seeds=[...])")
         self.min_detection, self.max_fpr = float(min_detection), float(max_false_positive_rate)
+        self.twin = self._twin_spec(twin)
+
+    @staticmethod
+    def _twin_spec(twin: Any) -> Optional[Dict[str, Any]]:
+        """``twin``: a registered model name, or ``{name, params}`` (as a suite's ``model``); checked here."""
+        if twin is None:
+            return None
+        spec = {"name": twin} if isinstance(twin, str) else dict(twin) if isinstance(twin, dict) else None
+        if spec is None or not isinstance(spec.get("name"), str) or set(spec) - {"name", "params"} \
+                or not isinstance(spec.get("params", {}), dict):
+            raise ConfigError(f"tcav_ground_truth: twin must be a registered model name or {{name: ..., params: "
+                              f"{{...}}}}, got {twin!r}")
+        from ..registry import MODELS
+
+        MODELS.get(spec["name"])  # an unknown name fails here, with close matches
+        return {"name": spec["name"], "params": dict(spec.get("params") or {})}
 
     def config(self) -> Dict[str, Any]:
         return {**super().config(), "seeds": self.seeds, "min_detection": self.min_detection,
-                "max_false_positive_rate": self.max_fpr}
+                "max_false_positive_rate": self.max_fpr, "twin": self.twin}
+
+    def load_twin(self, ctx: Any) -> nn.Module:
+        """The twin named by ``twin`` through the model registry (cached zoo models load, never retrain twice)."""
+        import inspect
+
+        from ..models import load_model
+        from ..registry import MODELS
+
+        name, params = self.twin["name"], dict(self.twin["params"])
+        offered = {"device": ctx.device, "progress": False, "cache_dir": ctx.cache_dir}
+        accepted = inspect.signature(MODELS.get(name)).parameters
+        offered = {k: v for k, v in offered.items() if k in accepted and k not in params}
+        return load_model(name, **offered, **params)
 
     def evaluate(self, ctx: Any) -> CheckOutput:
         twin = ctx.twin_model
+        if twin is None and self.twin is not None:
+            twin = self.load_twin(ctx)
         if twin is None:
-            raise ModelError("tcav_ground_truth needs the model where the texture does not decide the label: pass it "
-                             "as the run's context random_label_model=... (a model or a callable returning one)")
+            raise ModelError("tcav_ground_truth needs the model where the texture does not decide the label: name it "
+                             "in the check's params (twin: {name: ..., params: {...}}) or pass it as the run's "
+                             "context random_label_model=... (a model or a callable returning one)")
         if callable(twin) and not isinstance(twin, nn.Module):
             twin = twin()
         twin.eval()
         models = {"decides": ctx.model, "independent": twin}
         sig = {step: {c: [] for c in self.concepts} for step in models}
         pvals = {step: {c: [] for c in self.concepts} for step in models}
+        shares: Dict[Tuple[str, str], List[Tuple[Tensor, Tensor]]] = {}
         figure: Dict[str, Any] = {}
+        rows: List[Dict[str, Any]] = []
         for s in self.seeds:
             seed = derive_seed(ctx.seed, "tcav_ground_truth", s)
             for step, model in models.items():
                 res = self.result(ctx, self.bank(ctx, model, seed), model, label=f"{step}/{s}")
                 for c in self.concepts:
                     tests = [t for t in res.tests if t.concept == c]
+                    shares.setdefault((step, c), []).extend((t.per_input, t.random_per_input) for t in tests)
+                    best = min(tests, key=lambda t: t.p_value)
                     sig[step][c].append(float(any(t.significant for t in tests)))
-                    pvals[step][c].append(min(t.p_value for t in tests))
+                    pvals[step][c].append(best.p_value)
+                    # one row per (model, concept, seed): the smallest p over the layers, what decide() reads
+                    rows.append({"check": self.name, "step": f"{step}|{c}", "seed": s, "statistic": "min_p_value",
+                                 "value": best.p_value, "p_value": best.p_value, "layer": best.layer,
+                                 "threshold": best.threshold, "significant": any(t.significant for t in tests),
+                                 "tcav_mean": best.summary.mean, "tcav_ci_low": best.summary.ci_low,
+                                 "tcav_ci_high": best.summary.ci_high, "random_mean": best.random_summary.mean,
+                                 "n": best.summary.n})
                 if s == self.seeds[0]:
                     figure[step] = self.figure_of(res)
         out = CheckOutput(steps=[], scores={}, figure=figure)
+        out.summaries.extend(rows)
         per: Dict[str, Any] = {}
         for c in self.concepts:
             for step in models:
                 key = f"{step}|{c}"
                 out.steps.append(key)
-                out.scores[(key, self.record_as)] = {"significant": torch.tensor(sig[step][c], dtype=torch.float64)}
+                # per input: the share of runs (over seeds and layers) with a positive directional derivative;
+                # the decision reads the per-seed p-values of the summary rows
+                pairs = shares[(step, c)]
+                concept_share = torch.stack([a for a, _ in pairs]).nanmean(0).double()
+                random_share = torch.stack([b for _, b in pairs]).nanmean(0).double()
+                out.scores[(key, self.record_as)] = {"tcav_score": concept_share, "random_tcav_score": random_share,
+                                                     "tcav_minus_random": concept_share - random_share}
             detection = sum(sig["decides"][c]) / len(self.seeds)
             fpr = sum(sig["independent"][c]) / len(self.seeds)
             ok = detection >= self.min_detection and fpr <= self.max_fpr
@@ -324,3 +497,45 @@ class TCAVGroundTruth(_TCAVCheck):
                                  "reason": "; ".join(f"{c}: {v['reason']}" for c, v in per.items())},
                      **self.config()}
         return out
+
+    def decide(self, recorded: RecordedAudit) -> List[Any]:
+        """From the recorded per-seed p-values (the smallest over the layers) of the two models: the detection
+        rate (share of seeds significant at alpha / (concepts x layers) in the model where the texture decides the
+        label) and the false-positive rate (the same in the twin). Pass when every concept's detection rate >=
+        ``min_detection`` and its false-positive rate <= ``max_false_positive_rate``. Measured: the deciding rate
+        (the detection rate where it is too low, else the false-positive rate)."""
+        thr, m = _threshold(recorded.notes)
+        rule = "all_steps"  # every seed of both models
+        rows = _rows(recorded)
+        if not rows:
+            return _no_records(recorded, thr, rule, "below")
+        min_det = float(recorded.notes["min_detection"])
+        max_fpr = float(recorded.notes["max_false_positive_rate"])
+        rates: Dict[str, Dict[str, List[bool]]] = {}
+        for r in rows:
+            step, concept = str(r["step"]).split("|", 1)
+            rates.setdefault(concept, {}).setdefault(step, []).append(float(r["p_value"]) < thr)
+        out: List[Tuple[str, str, float, float, str, int, str]] = []
+        for concept, by in rates.items():
+            det, fp = by.get("decides", []), by.get("independent", [])
+            if not det or not fp:
+                out.append(("insufficient_data", "detection_rate", min_det, None, concept, 0, "above"))
+                continue
+            d, f = sum(det) / len(det), sum(fp) / len(fp)
+            status = "pass" if d >= min_det and f <= max_fpr else "fail"
+            if d < min_det:
+                out.append((status, "detection_rate", min_det, d, concept, len(det), "above"))
+            else:
+                out.append((status, "false_positive_rate", max_fpr, f, concept, len(fp), "below"))
+        decider = next((o for o in out if o[0] == "fail"), None) or next(
+            (o for o in out if o[0] != "pass"), None) or out[0]
+        status, metric, threshold, measured, concept, n, direction = decider
+        each = "; ".join(
+            f"{c}: significant (p < {thr:.3g}, alpha {recorded.notes['alpha']} / {m}) in the model where the texture "
+            f"decides the label on {sum(by.get('decides', []))}/{len(by.get('decides', []))} seeds (detection; needs "
+            f">= {min_det:.0%}), in the twin where it does not on {sum(by.get('independent', []))}/"
+            f"{len(by.get('independent', []))} (false positives; allowed <= {max_fpr:.0%})" for c, by in rates.items())
+        status = "fail" if any(o[0] == "fail" for o in out) else status
+        return [_verdict(recorded, status, f"decided by {concept}'s {metric.replace('_', ' ')}; {each}", metric, rule,
+                         threshold, measured, f"{'decides' if metric == 'detection_rate' else 'independent'}|{concept}",
+                         direction, n)]

@@ -205,6 +205,19 @@ def directional_scores(grads: Tensor, cavs: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.where(zero, nan, sign), torch.where(zero, nan, magnitude)
 
 
+def _positive_share(dd: Tensor, zero: Tensor):
+    """``rows -> (N,)``: per input, the share of the runs ``rows`` (columns of the directional derivatives
+    ``dd`` (N, P)) whose derivative is positive, runs with a zero CAV (``zero`` (P,)) left out (NaN if none is
+    left)."""
+    def share(rows: slice) -> Tensor:
+        keep = ~zero[rows]
+        block = (dd[:, rows][:, keep] > 0).double()
+        if block.shape[1] == 0:
+            return torch.full((dd.shape[0],), float("nan"), dtype=torch.float64)
+        return block.mean(1)
+    return share
+
+
 # ------------------------------------------------------------------------------------------- the test
 @dataclass
 class LayerTest:
@@ -224,6 +237,11 @@ class LayerTest:
     summary: Summary
     random_summary: Summary
     reason: str
+    #: per explained input, the share of the concept's runs (and of the null runs) in which its directional
+    #: derivative is positive (runs with a zero CAV left out): the mean over inputs is the mean sign-count score
+    #: over runs, and an input's value depends only on it, the model and the CAVs (re-runnable on a sample)
+    per_input: Optional[Tensor] = None
+    random_per_input: Optional[Tensor] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return {"concept": self.concept, "layer": self.layer, "p_value": self.p_value,
@@ -351,6 +369,7 @@ def score_cavs(bank: CAVBank, model: nn.Module, inputs: Tensor, target: Union[in
     tests: List[LayerTest] = []
     for layer in bank.layers:
         sign, mag = directional_scores(grads[layer], bank.cavs[layer])
+        positive = _positive_share(grads[layer] @ bank.cavs[layer].T, bank.cavs[layer].abs().amax(1) == 0)
         chosen = sign if score == "sign" else mag
         null = chosen[nc * n_runs:]
         null_mag = mag[nc * n_runs:]
@@ -369,7 +388,8 @@ def score_cavs(bank: CAVBank, model: nn.Module, inputs: Tensor, target: Union[in
                 name, layer, run.clone(), null.clone(), mag[c * n_runs:(c + 1) * n_runs].clone(),
                 null_mag.clone(), p, p_adj, threshold, bool(sig),
                 bootstrap_ci(run, seed_parts=(seed, "tcav", label, name, layer)),
-                bootstrap_ci(null, seed_parts=(seed, "tcav", label, "random", layer)), reason))
+                bootstrap_ci(null, seed_parts=(seed, "tcav", label, "random", layer)), reason,
+                positive(slice(c * n_runs, (c + 1) * n_runs)), positive(slice(nc * n_runs, None))))
     return TCAVResult(tests, n_runs, alpha, m, score,
                       {"set_forward_batches": bank.set_forward_batches,
                        "input_forward_backward_batches": -(-inputs.shape[0] // batch_size)})

@@ -32,6 +32,12 @@ RECIPES: Dict[str, Tuple[str, Dict[str, Any]]] = {
                                                               "encoder": "bilstm", "attention": "additive"}),
     "minilm_attention_rotten_tomatoes": ("minilm_attention", {"dataset": "rotten_tomatoes"}),
     "tiny_clip": ("clip_similarity", {}),
+    # issue 16 (suite tcav): the model where the stamped texture decides half of the label, and its twin where the
+    # texture is independent of the label
+    "textured_fmnist_cnn_texture_decides": ("textured_fmnist_cnn", {"variant": "texture_decides",
+                                                                    "texture": "stripes"}),
+    "textured_fmnist_cnn_texture_independent": ("textured_fmnist_cnn", {"variant": "texture_independent",
+                                                                        "texture": "stripes"}),
 }
 
 #: Stored as float16 (upcast to float32 on load; the upcast model is the reference, so results reproduce

@@ -214,6 +214,19 @@ def _per_image(results: Dict[str, Any], explainer: str, check: str, step: str) -
     return next(iter(by_metric.values()), [])
 
 
+def _own_figures(check: str) -> Any:
+    """The figure writer ``(out_dir, results, check) -> [file names]`` a check names in its ``figures``
+    attribute (an import path), for audits whose statistics are not curves over model states; else None."""
+    from ..errors import SanityCheckError
+    from ..registry import CHECKS, load_object
+
+    try:
+        path = getattr(CHECKS.get(check), "figures", None)
+    except SanityCheckError:
+        return None
+    return load_object(path) if isinstance(path, str) else None
+
+
 def write_run_figures(out_dir: Path, results: Dict[str, Any],
                       figure_maps: Optional[FigureMaps] = None) -> Dict[str, List[str]]:
     """All figures of an image run into ``out_dir`` from its documents: ``results`` and its ``figure_maps``
@@ -226,6 +239,10 @@ def write_run_figures(out_dir: Path, results: Dict[str, Any],
     model_name = (results.get("model") or {}).get("name")
     seed = int(results.get("seed") or 0)
     for check in check_names:
+        own = _own_figures(check)
+        if own is not None:  # an audit that draws its own figures from the results document (e.g. TCAV)
+            out[check] = list(own(out_dir, results, check))
+            continue
         info = (results.get("checks") or {}).get(check) or {}
         steps = list(info.get("steps") or [])
         files = []

@@ -24,6 +24,9 @@ SUITE_REFERENCES = {
     "adebayo2018_imagenet": [],
     "petsiuk2018_imagenet": [],
     "faithfulness_imagenet": [],
+    "tcav_imagenet": [],
+    # issue 16: the texture-decides model and its texture-independent twin (named in tcav_ground_truth's params)
+    "tcav": ["textured_fmnist_cnn_texture_decides", "textured_fmnist_cnn_texture_independent"],
     # the base model, its seed variants, diagnostic MLPs and adversaries the checks train
     "wiegreffe_pinter2019": ["text_attention_synthetic_sentiment", "text_attention_synthetic_sentiment_seed1",
                              "text_attention_synthetic_sentiment_seed2"],
