@@ -38,6 +38,8 @@ RECIPES: Dict[str, Tuple[str, Dict[str, Any]]] = {
                                                                     "texture": "stripes"}),
     "textured_fmnist_cnn_texture_independent": ("textured_fmnist_cnn", {"variant": "texture_independent",
                                                                         "texture": "stripes"}),
+    # issue 15 (suite sae_features): the one-layer review LM whose MLP activations the SAEs read
+    "review_lm": ("review_lm", {}),
 }
 
 #: Stored as float16 (upcast to float32 on load; the upcast model is the reference, so results reproduce
@@ -45,7 +47,8 @@ RECIPES: Dict[str, Tuple[str, Dict[str, Any]]] = {
 #: the repository's 2 MiB warning. Kept float32: the random-label twin (it memorizes 1000 permuted
 #: labels, which is what the data-randomization check relies on) and Wiegreffe & Pinter's models (the
 #: base's checksum enters the cache keys of the diagnostic and adversary models trained from it).
-FLOAT16 = ("fmnist_cnn", "text_attention_rotten_tomatoes", "minilm_attention_rotten_tomatoes", "tiny_clip")
+FLOAT16 = ("fmnist_cnn", "text_attention_rotten_tomatoes", "minilm_attention_rotten_tomatoes", "tiny_clip",
+           "review_lm")
 
 
 #: friendly names of the references the suites load directly: (arch of the spec, seed) -> name

