@@ -26,7 +26,7 @@ run: env data bwrap
 	$(BIN)/sanitycheck leaderboard --rerun-suites adebayo2018
 
 # Every suite (or SUITES="..."), each published to the leaderboard, then the board: what leaderboard/ holds.
-SUITES ?= adebayo2018 petsiuk2018 faithfulness jain_wallace2019 jain_wallace2019_minilm wiegreffe_pinter2019 clip_text2img
+SUITES ?= adebayo2018 petsiuk2018 faithfulness jain_wallace2019 jain_wallace2019_minilm wiegreffe_pinter2019 clip_text2img tcav tcav_imagenet sae_features
 audits: env data
 	@set -e; for s in $(SUITES); do \
 	  out=runs/$$s-$$(date +%Y%m%d-%H%M%S); \
