@@ -198,7 +198,7 @@ class SAEReconstruction(_SAECheck):
                    "and zero-ablation. Loss recovered = (zero - spliced) / (zero - clean), with a bootstrap CI over "
                    "texts; dead (never fire) and dense (fire on > 10 % of tokens) latents.")
     higher_is_better = {"mse": False, "fvu": False, "l0": False, "ce_clean": False, "ce_spliced": False,
-                        "ce_zero_ablated": False}
+                        "ce_zero_ablated": False, "ce_mean_ablated": False}
 
     def __init__(self, sites: Sequence[str] = (), dense_threshold: float = 0.1, max_len: int = 64):
         super().__init__(sites)
@@ -232,6 +232,10 @@ class SAEReconstruction(_SAECheck):
             total = float(((x - x.mean(0)) ** 2).sum(1).mean())
             ce_clean = self.losses(ctx, source, None)
             ce_zero = self.losses(ctx, source, ws.splice(None))
+            # mean-ablation: the site's mean activation (over the audited tokens) everywhere — the stricter
+            # reference, since a reconstruction that keeps only the mean already "recovers" what zeroing destroys
+            mean = x.mean(0)
+            ce_mean = self.losses(ctx, source, lambda a: mean.to(a.dtype).expand_as(a).clone())
             for name, explainer in self.dictionaries(ctx).items():
                 if not self.applies(explainer, site, sites):
                     continue
@@ -242,7 +246,7 @@ class SAEReconstruction(_SAECheck):
                 ce_spliced = self.losses(ctx, source, ws.splice(sae))
                 out.scores[(site, name)] = {"mse": rec["mse"].double(), "fvu": rec["fvu"].double(),
                                             "l0": l0.double(), "ce_clean": ce_clean, "ce_spliced": ce_spliced,
-                                            "ce_zero_ablated": ce_zero}
+                                            "ce_zero_ablated": ce_zero, "ce_mean_ablated": ce_mean}
                 freq = latent_frequencies(z)
                 dd = dead_dense(freq, dense_threshold=self.dense_threshold)
                 parts = (ctx.seed, "sae_reconstruction", site, name)
@@ -251,6 +255,11 @@ class SAEReconstruction(_SAECheck):
                                       "statistic": "loss_recovered", **recovered,
                                       "definition": "(mean CE zero-ablated - mean CE spliced) / (mean CE zero-ablated "
                                                     "- mean CE clean); CI: bootstrap over texts (paired)"})
+                vs_mean = self.loss_recovered(ce_clean, ce_spliced, ce_mean, seed_parts=(*parts, "mean"))
+                vs_mean["ce_mean_ablated"] = vs_mean.pop("ce_zero_ablated", None)
+                out.summaries.append({"check": self.name, "explainer": name, "step": site,
+                                      "statistic": "loss_recovered_vs_mean_ablation", **vs_mean,
+                                      "definition": "as loss_recovered, with the mean activation in place of zeros"})
                 for what in ("dead", "dense"):
                     s = bootstrap_ci(dd[what].double(), seed_parts=(*parts, what))
                     out.summaries.append({"check": self.name, "explainer": name, "step": site,
@@ -323,6 +332,16 @@ class SAESeedSimilarity(_SAECheck):
                 alive_b = latent_frequencies(ws.encode(b, acts)) > 0
                 mc = max_cosine(a.W_dec.detach(), b.W_dec.detach(), alive_a=alive_a, alive_b=alive_b)
                 out.scores[(site, name)] = {"max_cosine": mc.double()}
+                # chance: the same statistic against a dictionary of random directions of b's size
+                g = generator(ctx.seed, self.name, "chance", site, name)
+                rand = torch.randn(b.W_dec.shape, generator=g, dtype=torch.float32)
+                chance = max_cosine(a.W_dec.detach(), rand, alive_a=alive_a).double()
+                s = bootstrap_ci(chance, seed_parts=(ctx.seed, self.name, "chance", site, name))
+                out.summaries.append({"check": self.name, "explainer": name, "step": site,
+                                      "statistic": "chance_max_cosine", "value": s.mean, "ci_low": s.ci_low,
+                                      "ci_high": s.ci_high, "n": s.n, "unit": "latents",
+                                      "definition": "max cosine of each alive latent to a dictionary of as many "
+                                                    "random Gaussian directions (what seeds that share nothing give)"})
                 if not bool(alive_a.any()):
                     out.reasons[(site, name)] = {"max_cosine": ALL_DEAD}
         out.notes = {"sites": sites, "reference": "Bricken et al. 2023: about 0.7 between dictionaries trained on "
@@ -624,14 +643,18 @@ class SAEBaselines(_SAECheck):
     decides = True
 
     def __init__(self, sites: Sequence[str] = (), concepts: Sequence[str] = TOKEN_CONCEPTS, k: int = 8,
-                 text_concepts: Sequence[str] = ("review_sentiment",)):
+                 text_concepts: Sequence[str] = ("review_sentiment",), margin: float = 0.01):
         super().__init__(sites)
         self.concepts, self.k, self.text_concepts = list(concepts), int(k), list(text_concepts)
         if self.k < 1:
             raise ConfigError(f"sae_baselines: k must be >= 1, got {k!r}")
+        if not 0 <= float(margin) < 0.5:
+            raise ConfigError(f"sae_baselines: margin must be in [0, 0.5) (AUROC), got {margin!r}")
+        self.margin = float(margin)
 
     def config(self) -> Dict[str, Any]:
-        return {**super().config(), "concepts": self.concepts, "k": self.k, "text_concepts": self.text_concepts}
+        return {**super().config(), "concepts": self.concepts, "k": self.k, "text_concepts": self.text_concepts,
+                "margin": self.margin}
 
     def datasets(self, ctx: Any, ws: Any, site: str) -> Dict[str, Dict[str, Any]]:
         """Per concept: raw features, labels, text groups and the train mask (tokens, or texts mean-pooled)."""
@@ -722,13 +745,16 @@ class SAEBaselines(_SAECheck):
                     else:
                         d_ = paired_auroc_difference(probe, base_scores[best_base], y[~tr], groups[~tr],
                                                      seed_parts=(ctx.seed, self.name, step, name))
-                    worse = d_["ci_high"] is not None and d_["ci_high"] < 0
+                    # non-inferiority: worse only where the whole CI lies below -margin (AUROC 0.99997 against
+                    # 1.00000 on 20,000 tokens is "significantly" lower, and no worse for detection)
+                    worse = d_["ci_high"] is not None and d_["ci_high"] < -self.margin
                     out.summaries.append({"check": self.name, "explainer": name, "step": step,
                                           "statistic": "probe_minus_best_baseline", "baseline": best_base,
                                           "k": self.k, **d_, "worse": worse})
         out.figure = {"auroc": bars}
-        out.notes = {"sites": sites, "k": self.k, "threshold": 0.0,
-                     "rule": "fail where the 95% CI of AUROC(k-sparse probe) - AUROC(best baseline) lies below 0"}
+        out.notes = {"sites": sites, "k": self.k, "threshold": -self.margin,
+                     "rule": f"fail where the 95% CI of AUROC(k-sparse probe) - AUROC(best baseline) lies below "
+                             f"-{self.margin} (non-inferiority margin)"}
         return out
 
     def decide(self, recorded: RecordedAudit) -> List[Verdict]:
@@ -740,7 +766,7 @@ class SAEBaselines(_SAECheck):
                 by.setdefault(s["explainer"], []).append(s)
         verdicts = []
         for name, rows in by.items():
-            worse = [r for r in rows if r.get("worse")]
+            worse = [r for r in rows if r.get("ci_high") is not None and r["ci_high"] < -self.margin]
             undefined = [r for r in rows if r.get("ci_high") is None]
             describe = lambda r: (f"{r['step']}: probe {_fmt(r['a'], '')} vs {r['baseline']} "  # noqa: E731
                                   f"{_fmt(r['b'], '')}, difference {_fmt(r['value'])} [{_fmt(r['ci_low'])}, "
@@ -756,7 +782,8 @@ class SAEBaselines(_SAECheck):
                 deciding = min(rows, key=lambda r: r["ci_high"] if r["ci_high"] is not None else math.inf)
                 text = "not significantly worse than the best baseline anywhere: " + "; ".join(
                     describe(r) for r in rows)
-            verdicts.append(Verdict(name, recorded.check, status == "pass", f"{status.upper()}: {text}",
-                                    "probe_minus_best_baseline", "all_steps", 0.0, deciding.get("ci_high"),
+            verdicts.append(Verdict(name, recorded.check, status == "pass", f"{status.upper()}: {text} (threshold: "
+                                    f"the CI's upper bound must reach -{self.margin})",
+                                    "probe_minus_best_baseline", "all_steps", -self.margin, deciding.get("ci_high"),
                                     deciding.get("step"), status, "above", int(deciding.get("n") or 0), 2))
         return verdicts

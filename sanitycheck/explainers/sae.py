@@ -38,17 +38,25 @@ class SparseAutoencoderExplainer(Explainer):
     channel_reduction = "none"
     architecture = "relu"
 
-    def __init__(self, expansion: int = 8, l1_coefficient: Optional[float] = None, k: int = 32, seed: int = 0,
+    def __init__(self, expansion: int = 8, l1_coefficient: Any = None, k: int = 32, seed: int = 0,
                  train_tokens: Optional[int] = None, batch_size: Optional[int] = None, lr: Optional[float] = None):
         if isinstance(expansion, bool) or not isinstance(expansion, int) or expansion < 1:
             raise ConfigError(f"{self.name}: expansion must be a positive integer (d_sae = expansion x d_in), got "
                               f"{expansion!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"{self.name}: k must be a positive integer, got {k!r}")
-        if l1_coefficient is not None and not float(l1_coefficient) > 0:
-            raise ConfigError(f"{self.name}: l1_coefficient must be > 0, got {l1_coefficient!r}")
+        # one coefficient, or one per site ({site: coefficient}; "default" for the others): the L1 penalty that
+        # gives a useful L0 depends on the site's activation statistics (a residual stream with a few outlier
+        # dimensions needs a smaller one than an MLP's GELU output), as SAELens trains one SAE per hook
+        values = l1_coefficient.values() if isinstance(l1_coefficient, dict) else [l1_coefficient]
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v) > 0)
+               for v in values):
+            raise ConfigError(f"{self.name}: l1_coefficient must be a number > 0 or a mapping site -> number > 0, "
+                              f"got {l1_coefficient!r}")
         self.expansion, self.k, self.seed = int(expansion), int(k), int(seed)
-        self.l1_coefficient = None if l1_coefficient is None else float(l1_coefficient)
+        self.l1_coefficient = (None if l1_coefficient is None else
+                               {str(k_): float(v) for k_, v in l1_coefficient.items()}
+                               if isinstance(l1_coefficient, dict) else float(l1_coefficient))
         self.train_tokens = None if train_tokens is None else int(train_tokens)
         self.batch_size = None if batch_size is None else int(batch_size)
         self.lr = None if lr is None else float(lr)
@@ -73,11 +81,20 @@ class SparseAutoencoderExplainer(Explainer):
                               "hook_name": hook_name}
         if self.architecture == "topk":
             kw["k"] = self.k
-        elif self.l1_coefficient is not None:
-            kw["l1_coefficient"] = self.l1_coefficient
+        else:
+            l1 = self.l1_for(hook_name)
+            if l1 is not None:
+                kw["l1_coefficient"] = l1
         kw.update({k: v for k, v in (("train_tokens", self.train_tokens), ("batch_size", self.batch_size),
                                       ("lr", self.lr)) if v is not None})
         return SAEConfig(**kw)
+
+    def l1_for(self, site: str) -> Optional[float]:
+        """The L1 coefficient at ``site`` (a per-site mapping's entry, else its "default", else None: the
+        :class:`~sanitycheck.models.sae.SAEConfig` default)."""
+        if not isinstance(self.l1_coefficient, dict):
+            return self.l1_coefficient
+        return self.l1_coefficient.get(site, self.l1_coefficient.get("default"))
 
     def fit(self, source: Any, activations: Any, *, state: str = "trained", expansion: Optional[int] = None,
             seed: Optional[int] = None, cache_dir: Any = None, progress: bool = True, device: Any = "cpu") -> Any:
@@ -128,8 +145,9 @@ class SAEFile(SparseAutoencoderExplainer):
         cfg = self._loaded.cfg
         d_in, d_sae = int(cfg.d_in), int(cfg.d_sae)
         self.architecture = cfg.architecture
+        l1 = getattr(cfg, "l1_coefficient", None)
         super().__init__(expansion=max(1, d_sae // d_in), k=int(getattr(cfg, "k", 32) or 32), seed=int(cfg.seed),
-                         l1_coefficient=getattr(cfg, "l1_coefficient", None), **kwargs)
+                         l1_coefficient=l1 if l1 else None, **kwargs)
         self.d_sae = d_sae
 
     def config(self) -> Dict[str, Any]:

@@ -87,11 +87,15 @@ def test_baseline_verdict_fails_only_where_the_probe_is_significantly_worse():
                                       "a": 0.8, "b": 0.9, "value": (lo + hi) / 2, "ci_low": lo, "ci_high": hi,
                                       "n": 100, "worse": hi < 0}
     rows = [row("sae_relu", "s|negation_scope", -0.2, -0.05), row("sae_relu", "s|after_but", -0.05, 0.02),
-            row("sae_topk", "s|negation_scope", -0.04, 0.01)]
+            row("sae_topk", "s|negation_scope", -0.04, 0.01),
+            # 0.99997 against 1.0: significantly lower, but within the non-inferiority margin (0.01)
+            row("sae_topk", "s|babi_entity", -0.00005, -0.00001)]
     verdicts = {v.explainer: v for v in check.decide(RecordedAudit("sae_baselines", [], rows, {}))}
     assert verdicts["sae_relu"].status == "fail" and "negation_scope" in verdicts["sae_relu"].reason
-    assert verdicts["sae_relu"].measured == pytest.approx(-0.05)
+    assert verdicts["sae_relu"].measured == pytest.approx(-0.05) and verdicts["sae_relu"].threshold == -0.01
     assert verdicts["sae_topk"].status == "pass"
+    strict = SAEBaselines(margin=0.0).decide(RecordedAudit("sae_baselines", [], rows, {}))
+    assert {v.explainer: v.status for v in strict}["sae_topk"] == "fail"
 
 
 def test_checks_refuse_unknown_controls_and_measures():
@@ -110,3 +114,14 @@ def test_token_concept_labels_follow_each_tokens_word():
         word_index = torch.tensor([0, 1, 1, 2, -1, 0, 1])  # word pieces repeat a word; -1: a special token
 
     assert token_concept_labels(Corpus, Acts, "c").tolist() == [0, 1, 1, 1, -1, 1, 0]
+
+
+def test_the_l1_coefficient_may_be_given_per_site():
+    from sanitycheck.explainers.sae import ReluSAE
+
+    sae = ReluSAE(l1_coefficient={"minilm.layer2": 1.0, "default": 3.0})
+    assert sae.sae_config(384, hook_name="minilm.layer2").l1_coefficient == 1.0
+    assert sae.sae_config(512, hook_name="review_lm.mlp").l1_coefficient == 3.0
+    assert ReluSAE(l1_coefficient=2.0).sae_config(8, hook_name="x").l1_coefficient == 2.0
+    with pytest.raises(ConfigError, match="l1_coefficient"):
+        ReluSAE(l1_coefficient={"minilm.layer2": -1.0})
