@@ -209,6 +209,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"  {_verdict_status(v).upper()} {v['check']}")
         if "indices" in report:
             print(f"  re-run sample: seed {report['sample_seed']}, indices {report['indices']}")
+        for check, why in (report.get("not_rerun") or {}).items():
+            print(f"  not re-run: {check} ({why})")
     return 1 if bad else 0
 
 

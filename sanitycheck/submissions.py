@@ -454,7 +454,17 @@ def _compare_rerun(doc: Dict[str, Any], fresh: Dict[str, Any], name: str, indice
     if extra:
         return [f"re-run: the file has scores for {'/'.join(extra[0])}, which the re-run does not produce"]
     worst, where, excess = 0.0, None, 0.0
+    # a check that scores other units than inputs (an SAE's latents) scores the sampled inputs as a whole: its
+    # scores are not per input and cannot be compared at sampled indices. They are validated statically (the
+    # aggregates re-bootstrapped from the stored scores, the verdicts recomputed); the report names them.
+    other_units = sorted(c for c in new_tree
+                         if ((doc.get("checks") or {}).get(c) or {}).get("sample_unit", "inputs") != "inputs")
+    if other_units:
+        report["not_rerun"] = {c: f"scores {doc['checks'][c]['sample_unit']}, not inputs: validated statically"
+                               for c in other_units}
     for check, steps in new_tree.items():
+        if check in other_units:
+            continue
         for step, metrics in steps.items():
             for metric, values in metrics.items():
                 recorded = stored[check][step][metric]

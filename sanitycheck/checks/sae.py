@@ -229,12 +229,13 @@ class SAEReconstruction(_SAECheck):
             source = ws.source(site)
             acts = ws.activations(site, "eval")
             x = acts.acts.float()
-            total = float(((x - x.mean(0)) ** 2).sum(1).mean())
+            # FVU relative to, and mean-ablation with, the training text's statistics (a text's scores do not
+            # depend on which other texts are audited)
+            mean, total = ws.statistics(site)
             ce_clean = self.losses(ctx, source, None)
             ce_zero = self.losses(ctx, source, ws.splice(None))
-            # mean-ablation: the site's mean activation (over the audited tokens) everywhere — the stricter
-            # reference, since a reconstruction that keeps only the mean already "recovers" what zeroing destroys
-            mean = x.mean(0)
+            # mean-ablation: the site's mean activation everywhere — the stricter reference, since a
+            # reconstruction that keeps only the mean already "recovers" what zeroing destroys
             ce_mean = self.losses(ctx, source, lambda a: mean.to(a.dtype).expand_as(a).clone())
             for name, explainer in self.dictionaries(ctx).items():
                 if not self.applies(explainer, site, sites):

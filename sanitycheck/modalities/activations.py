@@ -131,7 +131,7 @@ class ActivationsModality(Modality):
             sae = ws.sae(explainer, site)
             x_hat, _ = ws.reconstruct(sae, acts)
             x = acts.acts.float()
-            total = float(((x - x.mean(0)) ** 2).sum(1).mean())
+            _, total = ws.statistics(site)
             per_doc = reconstruction_per_doc(x, x_hat, acts.doc, len(inputs), total)
             out.append(per_doc["fvu"][start:stop].float())
         return torch.stack(out, 1)
@@ -154,8 +154,8 @@ class ActivationsModality(Modality):
         ws = inputs.extra["workspace"]
         doc["activation_sites"] = clean_json({
             site: {"d_in": int(src.d_in), "site": getattr(src, "site", site),
-                   "tokens": {which: int(acts.acts.shape[0]) for (s, which, state), acts in ws._acts.items()
-                              if s == site and state == "trained"}}
+                   "tokens": {key[1]: int(acts.acts.shape[0]) for key, acts in ws._acts.items()
+                              if key[0] == site and key[2] == "trained" and hasattr(acts, "acts")}}
             for site, src in inputs.model.sources.items()})
 
     def figure_inputs(self, inputs: AuditInputs, k: int) -> Dict[str, Any]:

@@ -144,6 +144,24 @@ class SAEWorkspace:
                                                   progress=self.progress)
         return self._acts[key]
 
+    def statistics(self, site: str, state: str = TRAINED, *, chunk: int = 65536) -> Tuple[torch.Tensor, float]:
+        """The mean activation and the total variance (mean squared distance to it) of ``site`` over the
+        training corpus: what FVU is relative to and what mean-ablation inserts. Fixed by the training text, so a
+        text's scores do not depend on which other texts are audited (a re-run of a sample reproduces them)."""
+        key = ("stats", site, state)
+        if key not in self._acts:
+            acts = self.activations(site, "train", state).acts
+            n = acts.shape[0]
+            total = torch.zeros(acts.shape[1], dtype=torch.float64)
+            for i in range(0, n, chunk):
+                total += acts[i:i + chunk].double().sum(0)
+            mean = total / max(n, 1)
+            sq = 0.0
+            for i in range(0, n, chunk):
+                sq += float(((acts[i:i + chunk].double() - mean) ** 2).sum())
+            self._acts[key] = (mean.float(), sq / max(n, 1))
+        return self._acts[key]
+
     # ------------------------------------------------------------------ dictionaries
     def sae(self, explainer: Any, site: str, state: str = TRAINED, **variant: Any) -> Any:
         """``explainer``'s dictionary of ``site`` in ``state`` (``variant``: e.g. ``seed=1``, ``expansion=4``):
