@@ -71,6 +71,24 @@ def test_a_toy_explainer_metric_and_check_run_through_the_engine(tmp_path, monke
     assert results["metrics"]["toy_cosine"]["category"] == "similarity"
 
 
+def _run_toy_audit(tmp_path, monkeypatch, name, check_cls, check):
+    """Register ``check_cls`` as ``check["name"]`` (leaving with the test) and run a 12-image digits suite with it."""
+    for registry in (sc.EXPLAINERS, sc.METRICS, sc.CHECKS):
+        monkeypatch.setattr(registry, "_objects", dict(registry._objects))
+        monkeypatch.setattr(registry, "_lazy", dict(registry._lazy))
+    sc.CHECKS.register(check["name"], check_cls, overwrite=True)
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / f"{name}.yaml").write_text(yaml.safe_dump({
+        "name": name, "version": "0.0.1", "description": "a toy audit", "input_kind": "image", "seed": 0,
+        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 12}, "model": {"name": "digits_cnn"},
+        "explainers": ["gradient", "noise"] if name == "toyaudit" else ["gradient"], "metrics": ["spearman_abs"],
+        "checks": [check]}))
+    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
+    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
+    return sc.run_suite(name, out=tmp_path / "run", progress=False, figures=False)
+
+
 class MapEnergyAudit(sc.AuditCheck):
     """A toy audit that decides its own verdict: the mean of each explainer's trained-model map energy, per
     image, must exceed ``threshold``; the decision reads only what results.json records (summaries, notes)."""
@@ -114,20 +132,8 @@ def test_an_audit_that_decides_its_own_verdicts_is_recorded_and_revalidated(tmp_
     from sanitycheck.suites import load_suite
     from sanitycheck.validation import verdict_problems
 
-    for registry in (sc.EXPLAINERS, sc.METRICS, sc.CHECKS):
-        monkeypatch.setattr(registry, "_objects", dict(registry._objects))
-        monkeypatch.setattr(registry, "_lazy", dict(registry._lazy))
-    sc.CHECKS.register("toy_map_energy", MapEnergyAudit, overwrite=True)
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    (suites / "toyaudit.yaml").write_text(yaml.safe_dump({
-        "name": "toyaudit", "version": "0.0.1", "description": "a deciding audit", "input_kind": "image", "seed": 0,
-        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 12}, "model": {"name": "digits_cnn"},
-        "explainers": ["gradient", "noise"], "metrics": ["spearman_abs"],
-        "checks": [{"name": "toy_map_energy", "params": {"threshold": 1e-3}}]}))
-    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
-    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
-    results = sc.run_suite("toyaudit", out=tmp_path / "run", progress=False, figures=False)
+    results = _run_toy_audit(tmp_path, monkeypatch, "toyaudit", MapEnergyAudit,
+                             {"name": "toy_map_energy", "params": {"threshold": 1e-3}})
     mine = {v["explainer"]: v for v in results["verdicts"] if v["check"] == "toy_map_energy"}
     assert set(mine) == {"gradient", "noise"}
     assert all(v["status"] == "pass" and v["metric"] == "median_energy" for v in mine.values())
@@ -162,19 +168,7 @@ def test_an_audit_scoring_other_units_than_inputs_is_recorded_and_revalidated(tm
     re-aggregates them instead of refusing their counts, and still catches a forged record."""
     from sanitycheck.validation import aggregate_problems, size_problems
 
-    for registry in (sc.EXPLAINERS, sc.METRICS, sc.CHECKS):
-        monkeypatch.setattr(registry, "_objects", dict(registry._objects))
-        monkeypatch.setattr(registry, "_lazy", dict(registry._lazy))
-    sc.CHECKS.register("toy_row_energy", RowEnergyAudit, overwrite=True)
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    (suites / "toyrows.yaml").write_text(yaml.safe_dump({
-        "name": "toyrows", "version": "0.0.1", "description": "latent-like units", "input_kind": "image", "seed": 0,
-        "batch_size": 32, "dataset": {"name": "digits", "split": "test", "n": 12}, "model": {"name": "digits_cnn"},
-        "explainers": ["gradient"], "metrics": ["spearman_abs"], "checks": [{"name": "toy_row_energy"}]}))
-    monkeypatch.setenv("SANITYCHECK_SUITES", str(suites))
-    monkeypatch.setenv("SANITYCHECK_CACHE", str(tmp_path / "cache"))
-    results = sc.run_suite("toyrows", out=tmp_path / "run", progress=False, figures=False)
+    results = _run_toy_audit(tmp_path, monkeypatch, "toyrows", RowEnergyAudit, {"name": "toy_row_energy"})
     assert results["checks"]["toy_row_energy"]["sample_unit"] == "rows"
     recs = {r["step"]: r for r in results["records"] if r["check"] == "toy_row_energy"}
     assert recs["five"]["n"] + recs["five"]["n_undefined"] == 5 and recs["seven"]["n"] + recs["seven"]["n_undefined"] == 7
