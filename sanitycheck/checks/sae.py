@@ -197,7 +197,7 @@ class SAEReconstruction(_SAECheck):
                    "spliced in (LM: next-token cross-entropy; MiniLM: the downstream task) against the clean model "
                    "and zero-ablation. Loss recovered = (zero - spliced) / (zero - clean), with a bootstrap CI over "
                    "texts; dead (never fire) and dense (fire on > 10 % of tokens) latents.")
-    higher_is_better = {"mse": False, "fvu": False, "l0": False, "ce_clean": False, "ce_spliced": False,
+    higher_is_better = {"fvu": False, "mse": False, "l0": False, "ce_clean": False, "ce_spliced": False,
                         "ce_zero_ablated": False, "ce_mean_ablated": False}
 
     def __init__(self, sites: Sequence[str] = (), dense_threshold: float = 0.1, max_len: int = 64):

@@ -64,7 +64,8 @@ def summaries_of(checks: Mapping[str, Any]) -> List[Tuple[str, str, str, bool]]:
     """The summary scores of a result document's evaluation checks, with their directions."""
     out = []
     for name, info in checks.items():
-        if info.get("kind") != "evaluation":
+        # Tomsett et al. rank methods per input: checks scoring other units (an SAE's latents) take no part
+        if info.get("kind") != "evaluation" or info.get("sample_unit", "inputs") != "inputs":
             continue
         for metric, higher in (info.get("higher_is_better") or {}).items():
             steps = [s for s in info.get("steps", []) if not s.isdigit()]
