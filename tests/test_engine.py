@@ -20,7 +20,7 @@ PACKAGE = Path(sanitycheck.__file__).parent
 
 
 def test_every_input_kind_has_a_modality_and_one_engine_class_runs_them_all(tmp_path):
-    assert set(MODALITIES) == {"image", "text", "image_text"}
+    assert set(MODALITIES) == {"image", "text", "image_text", "activations"}
     for kind in MODALITIES:
         assert modality_for(kind).name == kind
     text = engine.audit_run_for(load_suite("jain_wallace2019"), out_dir=tmp_path / "t", progress=False)

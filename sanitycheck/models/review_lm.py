@@ -351,6 +351,18 @@ def _train_lm(model: OneLayerTransformerLM, ids: Tensor, mask: Tensor, held_ids:
             "n_train_windows": int(ids.shape[0])}
 
 
+def review_lm_key(spec: "LMSpec", *, cache_dir: Optional[Union[str, Path]] = None) -> Tuple[str, Any, str]:
+    """``(cache key, tokenizer, training-data checksum)`` of ``spec``: the key hashes the spec, the training data,
+    the tokenizer and the training code (so the shipped reference is found, and any change retrains)."""
+    from ..provenance import content_key, source_text
+
+    tok, data_sum = build_tokenizer(spec.vocab_size, cache_dir=cache_dir)
+    key = content_key({"spec": spec.as_dict(), "data": data_sum, "tokenizer": tok.checksum,
+                       "code": [source_text(f) for f in (OneLayerTransformerLM, CausalSelfAttention, init_weights,
+                                                         build_review_lm, lm_windows, sequence_ce, _train_lm)]})
+    return key, tok, data_sum
+
+
 def review_lm(seed: int = 0, *, cache_dir: Optional[Union[str, Path]] = None, progress: bool = True,
               device: Union[str, torch.device] = "cpu", **overrides: Any) -> OneLayerTransformerLM:
     """The review LM of ``seed``: loaded from the cache or trained deterministically (about 4 minutes on 2 CPU
@@ -358,7 +370,6 @@ def review_lm(seed: int = 0, *, cache_dir: Optional[Union[str, Path]] = None, pr
 
     The cache key hashes the spec, the training-data checksum, the tokenizer and the training code.
     """
-    from ..provenance import content_key, source_text
     from .training import checkpoint_file, load_or_train, same_training_data
 
     fields = set(LMSpec.__dataclass_fields__) - {"seed"}
@@ -366,10 +377,7 @@ def review_lm(seed: int = 0, *, cache_dir: Optional[Union[str, Path]] = None, pr
     if unknown:
         raise ConfigError(f"review_lm: unknown option(s) {', '.join(unknown)}; LMSpec fields: {', '.join(sorted(fields))}")
     spec = LMSpec(seed=seed, **overrides)
-    tok, data_sum = build_tokenizer(spec.vocab_size, cache_dir=cache_dir)
-    key = content_key({"spec": spec.as_dict(), "data": data_sum, "tokenizer": tok.checksum,
-                       "code": [source_text(f) for f in (OneLayerTransformerLM, CausalSelfAttention, init_weights,
-                                                         build_review_lm, lm_windows, sequence_ce, _train_lm)]})
+    key, tok, data_sum = review_lm_key(spec, cache_dir=cache_dir)
 
     def train(model: nn.Module) -> Dict[str, Any]:
         texts, _ = _train_texts()
