@@ -71,3 +71,15 @@ def random_sets(k: int, n: int, seed: int = 0, prefix: str = "random_noise") -> 
 
 def explained_inputs(n: int = 12, seed: int = 0) -> Tensor:
     return noise(n, seed, "inputs")
+
+
+def tcav_context(check, model=None, twin=None):
+    """The engine's CheckContext for ``check`` on the 12 explained inputs of a HalfReader (class 1 explained)."""
+    from types import SimpleNamespace
+
+    from sanitycheck.engine.context import CheckContext
+
+    model = model or HalfReader("left").eval()
+    inputs = SimpleNamespace(model=model, x=explained_inputs(), target=torch.ones(12, dtype=torch.long))
+    return CheckContext(check=check, modality=None, inputs=inputs, explainers={}, seed=0, device="cpu",
+                        batch_size=64, progress=False, cache_dir=None, twin_model=twin)

@@ -5,7 +5,6 @@ the engine's CheckContext, with the concept-set loader replaced by the fixtures'
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,9 +12,8 @@ import torch
 from sanitycheck.checks.base import get_check
 from sanitycheck.checks.tcav import TCAVModelRandomization, layers_above
 from sanitycheck.checks.tcav import load_concept_sets as real_loader  # before the fixture replaces it
-from sanitycheck.engine.context import CheckContext
 from sanitycheck.errors import ConfigError, DataError, ModelError
-from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs, noise
+from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs, noise, tcav_context
 
 N = 40
 
@@ -37,11 +35,7 @@ def concept_loader(monkeypatch):
     monkeypatch.setattr("sanitycheck.checks.tcav.load_concept_sets", fake_sets)
 
 
-def context(check, model=None, twin=None):
-    model = model or HalfReader("left").eval()
-    inputs = SimpleNamespace(model=model, x=explained_inputs(), target=torch.ones(12, dtype=torch.long))
-    return CheckContext(check=check, modality=None, inputs=inputs, explainers={}, seed=0, device="cpu",
-                        batch_size=64, progress=False, cache_dir=None, twin_model=twin)
+context = tcav_context
 
 
 def test_random_concepts_check_passes_for_planted_concept_with_records_and_figure():

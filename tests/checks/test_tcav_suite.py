@@ -6,15 +6,13 @@ sensitivity map) and the figures drawn from a saved results document. Tiny model
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sanitycheck.checks.base import RecordedAudit, get_check
-from sanitycheck.engine.context import CheckContext
 from sanitycheck.errors import ConfigError, UnknownNameError
-from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs, noise
+from tcav_fixtures import ConceptSet, HalfReader, bright_left, explained_inputs, noise, tcav_context
 
 N = 40
 
@@ -32,11 +30,7 @@ def fixture_sets(monkeypatch):
     monkeypatch.setattr("sanitycheck.checks.tcav.load_concept_sets", fake_sets)
 
 
-def context(check, model=None, twin=None):
-    model = model or HalfReader("left").eval()
-    inputs = SimpleNamespace(model=model, x=explained_inputs(), target=torch.ones(12, dtype=torch.long))
-    return CheckContext(check=check, modality=None, inputs=inputs, explainers={}, seed=0, device="cpu",
-                        batch_size=64, progress=False, cache_dir=None, twin_model=twin)
+context = tcav_context
 
 
 def recorded_of(check, out):
